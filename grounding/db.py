@@ -1,0 +1,119 @@
+"""The database: which Postgres (GROUNDING_DATABASE_URL or the embedded server), its engine, its migrations."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from grounding.config import get_settings
+from grounding.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_LOCK = 0x67726E64  # advisory lock key that serialises `alembic upgrade` across processes
+
+
+@functools.cache
+def _embedded_server(data_dir: str):
+    """Start (or join) the embedded PostgreSQL under GROUNDING_HOME; several processes share it safely."""
+    import pgserver
+
+    path = Path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return pgserver.get_server(path, cleanup_mode="stop")
+    except Exception as err:  # pgserver raises subprocess and assertion errors alike
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {path}: {err}. "
+            f"See {path / 'log'}, or set GROUNDING_DATABASE_URL to a Postgres with pgvector."
+        ) from err
+
+
+def database_url() -> str:
+    """The SQLAlchemy URL in force: the configured one, else the embedded server's (started on demand)."""
+    settings = get_settings()
+    url = settings.database_url or _embedded_server(str(settings.embedded_data_dir)).get_uri()
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _describe(url: str) -> str:
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+_engines: dict[str, Engine] = {}
+
+
+def _engine_for(url: str) -> Engine:
+    if url in _engines:
+        return _engines[url]
+    engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as err:
+        engine.dispose()
+        raise DatabaseUnavailable(
+            f"cannot reach Postgres at {_describe(url)}: {err.orig}. "
+            "Start it, fix GROUNDING_DATABASE_URL, or unset it to use the embedded server."
+        ) from err
+    migrate(engine)
+    _engines[url] = engine
+    return engine
+
+
+def get_engine() -> Engine:
+    """The engine for the configured database, migrated to the latest schema on first use."""
+    return _engine_for(database_url())
+
+
+def reset() -> None:
+    """Dispose of engines (after settings change, or in tests)."""
+    while _engines:
+        _engines.popitem()[1].dispose()
+
+
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def migrate(engine: Engine) -> None:
+    """Run `alembic upgrade head` unless the database is already there; one process at a time."""
+    head = _head_revision()
+    with engine.connect() as conn:
+        if _current_revision(conn) == head:
+            return
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+        if _current_revision(conn) == head:
+            return
+        log.info("migrating %s to %s", _describe(str(engine.url)), head)
+        config.attributes["connection"] = conn
+        try:
+            command.upgrade(config, "head")
+        except sa.exc.DBAPIError as err:
+            raise DatabaseUnavailable(
+                f"could not migrate {_describe(str(engine.url))}: {err.orig}. "
+                "The database needs the pgvector and pg_trgm extensions."
+            ) from err
+
+
+def _current_revision(conn) -> str | None:
+    exists = conn.execute(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
+    if not exists:
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()

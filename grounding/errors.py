@@ -1,0 +1,46 @@
+"""The errors a user of grounding can meet, each with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class GroundingError(Exception):
+    """Base of every error grounding raises on purpose."""
+
+
+class SourceNotFound(GroundingError):
+    """The path or git URL to ingest does not exist or cannot be reached."""
+
+
+class EmptyRepository(GroundingError):
+    """The source has no file that can be indexed."""
+
+
+class RepoNotFound(GroundingError):
+    """The repository named has never been ingested."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        hint = f" Known repositories: {', '.join(known)}." if known else ""
+        super().__init__(
+            f"repository {name!r} is not ingested; run `grounding ingest PATH_OR_URL --name {name}` first.{hint}"
+        )
+        self.name = name
+
+
+class NotIndexed(GroundingError):
+    """The repository has no active index version to search."""
+
+
+class DatabaseUnavailable(GroundingError):
+    """Postgres cannot be reached or lacks pgvector."""
+
+
+class IngestBusy(GroundingError):
+    """Another ingest or reindex holds the repository's lock."""
+
+
+class IngestError(GroundingError):
+    """An ingest failed; the previous snapshot stays active."""
+
+
+class EncoderNotFound(GroundingError):
+    """The encoder path does not hold a Hugging Face model."""

@@ -1,0 +1,199 @@
+"""Ingest one repository: list, chunk, embed and write what changed, then make the new snapshot current.
+
+Unchanged files (same path and content hash) keep their rows and vectors. New content is written in
+batches, each in its own transaction, as rows of the new snapshot that queries do not see yet; the
+last transaction deletes what the snapshot no longer holds and moves the repository's pointer. A
+crash anywhere leaves the previous snapshot answering, and a rerun reuses what the crashed run wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from grounding import db, sources, store
+from grounding.chunking import chunk_file
+from grounding.config import get_settings
+from grounding.embed import Embedder, load_embedder
+from grounding.errors import EmptyRepository, GroundingError, IngestError
+from grounding.records import IngestReport, SourceFile
+from grounding.retrieve import lexical_terms
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+STAGES = ("list_read", "chunk", "embed", "write")
+
+
+def default_name(source: str) -> str:
+    """The repository name a source gets when none is given: its last path segment, without `.git`."""
+    tail = source.rstrip("/").replace(":", "/").split("/")[-1]
+    if not sources.is_git_url(source):
+        tail = Path(source).expanduser().resolve().name or tail
+    return tail[:-4] if tail.endswith(".git") else tail
+
+
+def ingest(
+    source: str,
+    *,
+    name: str | None = None,
+    ref: str | None = None,
+    embedder: Embedder | None = None,
+    progress: Progress | None = None,
+    wait: bool = True,
+    after_batch: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Ingest `source` (a path or git URL) as repository `name`, incrementally; returns what was done."""
+    settings = get_settings()
+    name = name or default_name(source)
+    engine = db.get_engine()
+    seconds = dict.fromkeys(STAGES, 0.0)
+    with store.repo_lock(engine, name, wait=wait):
+        t = time.perf_counter()
+        checkout = sources.open_source(source, checkouts=settings.checkouts_dir, name=name, ref=ref)
+        listing = sources.list_files(
+            checkout, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
+        )
+        seconds["list_read"] = time.perf_counter() - t
+        if not listing.files:
+            reasons = _reasons(listing.skipped)
+            raise EmptyRepository(
+                f"{source!r} has no file to index ({len(listing.skipped)} skipped{': ' + reasons if reasons else ''}); "
+                "point at a directory with source code"
+            )
+        with engine.begin() as conn:
+            repo = store.upsert_repo(conn, name, source=checkout.source, ref=checkout.ref)
+            snapshot = store.begin_snapshot(conn, repo, commit=checkout.commit, ref=checkout.ref)
+        try:
+            report = _write_snapshot(
+                engine, name, repo, snapshot, checkout, listing, embedder, progress, after_batch, seconds
+            )
+        except BaseException as err:
+            with engine.begin() as conn:
+                store.fail_snapshot(conn, snapshot, error=f"{type(err).__name__}: {err}")
+            if isinstance(err, (GroundingError, KeyboardInterrupt, SystemExit)):
+                raise
+            raise IngestError(
+                f"ingest of {name!r} failed ({type(err).__name__}: {err}); the previous snapshot stays active, "
+                "and a rerun resumes from what was written"
+            ) from err
+    log.info("ingested %s: %s", name, report)
+    return report
+
+
+def _reasons(skipped) -> str:
+    counts: dict[str, int] = {}
+    for s in skipped:
+        counts[s.reason] = counts.get(s.reason, 0) + 1
+    return ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+
+
+def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, progress, after_batch, seconds):
+    settings = get_settings()
+    with engine.begin() as conn:
+        version = store.active_index_version(conn, repo)
+        stored = store.existing_files(conn, repo)
+        current, _ = store.current_snapshot(conn, repo)
+    visible_paths = {path for (path, _), (_, snap) in stored.items() if current is not None and snap <= current}
+    keep: list[int] = []
+    todo: list[SourceFile] = []
+    for f in listing.files:
+        found = stored.get((f.path, f.content_hash))
+        if found is not None:
+            keep.append(found[0])
+        else:
+            todo.append(f)
+    unchanged_ids = list(keep)
+
+    embedded = reused = chunks_added = 0
+    if todo:
+        if version is not None:
+            embedder = load_embedder(version.encoder)
+        embedder = embedder or load_embedder(get_settings().encoder)
+        with engine.begin() as conn:
+            if version is None:
+                version = store.building_index_version(conn, repo, encoder=embedder.name) or (
+                    store.create_index_version(conn, repo, encoder=embedder.name, dim=embedder.dim)
+                )
+        counter = embedder.token_counter()
+        batch_size = max(1, settings.write_batch_files)
+        for b, lo in enumerate(range(0, len(todo), batch_size)):
+            batch = todo[lo : lo + batch_size]
+            t = time.perf_counter()
+            chunked = [
+                (f, chunk_file(f.path, f.data, f.language, max_tokens=settings.chunk_tokens, counter=counter))
+                for f in batch
+            ]
+            seconds["chunk"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            all_chunks = [c for _, cs in chunked for c in cs]
+            hashes = [c.content_hash for c in all_chunks]
+            with engine.begin() as conn:
+                known = store.embeddings_by_hash(conn, repo, version.id, sorted(set(hashes)))
+            missing = {h: c.embed_text for h, c in zip(hashes, all_chunks) if h not in known}
+            if missing:
+                vectors = embedder.embed(list(missing.values()), batch_size=settings.embed_batch_size)
+                known.update(zip(missing.keys(), vectors))
+            embedded += len(missing)
+            reused += len(all_chunks) - len(missing)
+            seconds["embed"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            matrix = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, version.dim), np.float32)
+            with engine.begin() as conn:
+                keep.extend(
+                    store.write_files(
+                        conn, repo, snapshot, version, files=chunked, vectors=matrix, lexical_terms=lexical_terms
+                    )
+                )
+            chunks_added += len(all_chunks)
+            seconds["write"] += time.perf_counter() - t
+            if progress:
+                progress("files", min(lo + batch_size, len(todo)), len(todo))
+            if after_batch:
+                after_batch(b)
+
+    stats = {
+        "files_seen": len(listing.files) + len(listing.skipped),
+        "files_indexed": len(listing.files),
+        "files_changed": len(todo),
+        "files_unchanged": len(unchanged_ids),
+        "files_deleted": len(visible_paths - {f.path for f in listing.files}),
+        "files_skipped": len(listing.skipped),
+        "non_utf8": [f.path for f in listing.files if f.decode_errors],
+        "chunks_added": chunks_added,
+        "embeddings_computed": embedded,
+        "embeddings_reused": reused,
+        "seconds": seconds,
+    }
+    t = time.perf_counter()
+    with engine.begin() as conn:
+        if version is not None and version.status == "building":
+            store.build_vector_index(conn, version)
+            store.activate_index_version(conn, version)
+        chunks_unchanged = store.count_chunks(conn, unchanged_ids)
+        stats["chunks_unchanged"] = chunks_unchanged
+        removed = store.finish_snapshot(conn, repo, snapshot, keep_file_ids=keep, stats=stats, skipped=listing.skipped)
+    seconds["write"] += time.perf_counter() - t
+    return IngestReport(
+        repo=name,
+        snapshot_id=snapshot,
+        commit=checkout.commit,
+        files_seen=stats["files_seen"],
+        files_changed=len(todo),
+        files_unchanged=len(unchanged_ids),
+        files_deleted=stats["files_deleted"],
+        chunks_added=chunks_added,
+        chunks_removed=removed,
+        chunks_unchanged=chunks_unchanged,
+        embeddings_computed=embedded,
+        embeddings_reused=reused,
+        skipped=tuple(listing.skipped),
+        non_utf8=tuple(stats["non_utf8"]),
+        seconds=seconds,
+    )

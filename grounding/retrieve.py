@@ -1,0 +1,112 @@
+"""Question -> ranked hits: vector and lexical search over one repository's visible chunks, fused by rank.
+
+The text side is pure and lives here: identifiers are split on snake_case and camelCase so that a
+question's words meet the code's names, for both the stored tsvector and the query.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from grounding import db, store
+from grounding.config import get_settings
+from grounding.embed import load_embedder
+from grounding.records import Chunk, Hit
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+MAX_TERMS_CHARS = 200_000  # a tsvector is limited to 1 MB; a chunk's terms stay far below it
+MAX_QUERY_TERMS = 32
+MAX_FRAGMENTS = 6
+STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from how i if in is it its me my of on or should the "
+    "this that to was what when where which who why will with you your there their them then than "
+    "get set use used using code function method class file return returns".split()
+)
+
+
+def split_identifier(word: str) -> list[str]:
+    """`parseHTTPHeader_v2` -> ["parse", "http", "header", "v", "2"]."""
+    return [p.lower() for p in _PART.findall(word)]
+
+
+def identifier_terms(text: str) -> str:
+    """Every identifier as written (lower-cased) and its parts, space-separated, for to_tsvector."""
+    out: list[str] = []
+    for word in _IDENT.findall(text[:MAX_TERMS_CHARS]):
+        lower = word.lower().strip("_")
+        parts = split_identifier(word)
+        if lower and (len(parts) != 1 or parts[0] != lower):
+            out.append(lower.replace("_", ""))
+        out.extend(parts)
+    return " ".join(out)
+
+
+def lexical_terms(chunk: Chunk) -> tuple[str, str, str]:
+    """(symbol, path, body) terms of a chunk: weighted A, B and D in its tsvector."""
+    path_terms = identifier_terms(chunk.path.replace("/", " ").replace(".", " "))
+    return identifier_terms(chunk.symbol or ""), path_terms, identifier_terms(chunk.text)
+
+
+def query_terms(question: str) -> list[str]:
+    """The question's distinct search terms: identifiers split, stop words dropped, order kept."""
+    seen: dict[str, None] = {}
+    for term in identifier_terms(question).split():
+        if len(term) > 1 and term not in STOPWORDS and not term.isdigit():
+            seen.setdefault(term, None)
+    return list(seen)[:MAX_QUERY_TERMS]
+
+
+def to_tsquery_text(terms: list[str]) -> str:
+    """An OR query over the terms for to_tsquery('english', ...): any term may match, rank sorts it out."""
+    return " | ".join(terms)
+
+
+def identifier_fragments(question: str) -> list[str]:
+    """Identifier-like words of the question to look for inside symbol names (pg_trgm)."""
+    frags: dict[str, None] = {}
+    for word in _IDENT.findall(question):
+        if len(word) >= 4 and word.lower() not in STOPWORDS:
+            frags.setdefault(word.lower(), None)
+    return list(frags)[:MAX_FRAGMENTS]
+
+
+def search(
+    repo: str,
+    question: str,
+    *,
+    k: int = 8,
+    mode: str = "hybrid",
+) -> list[Hit]:
+    """The k best chunks of `repo` for `question`; mode is hybrid, vector or lexical."""
+    if mode not in ("hybrid", "vector", "lexical"):
+        raise ValueError(f"mode must be hybrid, vector or lexical, not {mode!r}")
+    settings = get_settings()
+    engine = db.get_engine()
+    with engine.begin() as conn:
+        repo_id = store.repo_id(conn, repo)
+        version = store.active_index_version(conn, repo_id)
+        _, commit = store.current_snapshot(conn, repo_id)
+    query_vector = None
+    if mode != "lexical" and version is not None:
+        query_vector = load_embedder(version.encoder).embed_batch([question])[0]
+    terms = query_terms(question)
+    with engine.begin() as conn:
+        hits = store.hybrid_search(
+            conn,
+            repo_id,
+            version,
+            query_vector=query_vector,
+            tsquery=to_tsquery_text(terms),
+            fragments=identifier_fragments(question),
+            candidates=max(settings.candidates, k),
+            rrf_k=settings.rrf_k,
+            k=k,
+            use_vector=mode in ("hybrid", "vector"),
+            use_lexical=mode in ("hybrid", "lexical"),
+            use_trigram=mode in ("hybrid", "lexical"),
+        )
+    return [
+        dataclasses.replace(h, citation=dataclasses.replace(h.citation, repo=repo, commit=commit)) for h in hits
+    ]

@@ -1,0 +1,137 @@
+"""The tables: repositories, snapshots, files, chunks, index versions and their embeddings.
+
+Visibility is by snapshot: a file row is written by the snapshot that first saw its content and is
+visible once the repository's `current_snapshot_id` has reached it. Finishing an ingest deletes the
+superseded rows and moves the pointer in one transaction, so readers see either the old snapshot or
+the new one, never a mix. Embeddings carry their index version; each version gets its own partial
+HNSW index (built by `store.build_vector_index`), so a new encoder can be built beside the active one.
+"""
+
+from __future__ import annotations
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+
+metadata = MetaData()
+
+repositories = Table(
+    "repositories",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("source", Text, nullable=False),  # the path or git URL it was ingested from
+    Column("ref", Text),
+    Column("current_snapshot_id", Integer),  # the last complete snapshot: what queries see
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    Column("commit", Text),
+    Column("ref", Text),
+    Column("status", Text, nullable=False),  # running, complete, failed
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("stats", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("error", Text),
+    Index("snapshots_repo", "repo_id", "id"),
+)
+
+skipped_files = Table(
+    "skipped_files",
+    metadata,
+    Column("snapshot_id", Integer, ForeignKey("snapshots.id", ondelete="CASCADE"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("skipped_files_snapshot", "snapshot_id"),
+)
+
+files = Table(
+    "files",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    Column("snapshot_id", Integer, nullable=False),  # the snapshot that wrote this content
+    Column("path", Text, nullable=False),
+    Column("language", Text, nullable=False),
+    Column("content_hash", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("decode_errors", Boolean, nullable=False, server_default=text("false")),
+    UniqueConstraint("repo_id", "path", "content_hash", name="files_repo_path_hash"),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("file_id", BigInteger, ForeignKey("files.id", ondelete="CASCADE"), nullable=False),
+    Column("repo_id", Integer, nullable=False),  # denormalised: every search filters on it
+    Column("ordinal", Integer, nullable=False),  # position within the file
+    Column("start_byte", Integer, nullable=False),
+    Column("end_byte", Integer, nullable=False),
+    Column("start_line", Integer, nullable=False),
+    Column("end_line", Integer, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("symbol", Text),
+    Column("context", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("token_count", Integer, nullable=False),
+    Column("content_hash", Text, nullable=False),  # of context + text: equal hashes share an embedding
+    Column("search", TSVECTOR, nullable=False),  # symbol (A), path (B), identifiers split (D)
+    Index("chunks_file", "file_id"),
+    Index("chunks_repo_hash", "repo_id", "content_hash"),
+    Index("chunks_search", "search", postgresql_using="gin"),
+    Index(
+        "chunks_symbol_trgm",
+        "symbol",
+        postgresql_using="gin",
+        postgresql_ops={"symbol": "gin_trgm_ops"},
+    ),
+)
+
+index_versions = Table(
+    "index_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    Column("encoder", Text, nullable=False),  # local path (or name) of the encoder that made the vectors
+    Column("dim", Integer, nullable=False),
+    Column("status", Text, nullable=False),  # building, active, retired, failed
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("activated_at", DateTime(timezone=True)),
+    Column("retired_at", DateTime(timezone=True)),
+    Column("note", Text),
+    Index(
+        "index_versions_one_active",
+        "repo_id",
+        unique=True,
+        postgresql_where=text("status = 'active'"),
+    ),
+)
+
+embeddings = Table(
+    "embeddings",
+    metadata,
+    Column("index_version_id", Integer, ForeignKey("index_versions.id", ondelete="CASCADE"), primary_key=True),
+    Column("chunk_id", BigInteger, ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True),
+    Column("embedding", Vector(), nullable=False),  # dimension fixed per version by its HNSW index
+    Index("embeddings_chunk", "chunk_id"),
+)
