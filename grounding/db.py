@@ -34,10 +34,15 @@ def _embedded_server(data_dir: str):
         ) from err
 
 
+def embedded_url(data_dir: Path) -> str:
+    """The URL of the embedded PostgreSQL in `data_dir`, started (or joined) on demand."""
+    return _embedded_server(str(data_dir)).get_uri()
+
+
 def database_url() -> str:
     """The SQLAlchemy URL in force: the configured one, else the embedded server's (started on demand)."""
     settings = get_settings()
-    url = settings.database_url or _embedded_server(str(settings.embedded_data_dir)).get_uri()
+    url = settings.database_url or embedded_url(settings.embedded_data_dir)
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]

@@ -1,0 +1,87 @@
+"""Test fixtures: one real embedded Postgres (or $GROUNDING_DATABASE_URL) per session, real code trees in tmp."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import site
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from grounding import db  # noqa: E402
+from grounding.config import reset_settings  # noqa: E402
+from grounding.embed import HashingEmbedder  # noqa: E402
+
+SITE_PACKAGES = Path(next(p for p in site.getsitepackages() if p.endswith("site-packages")))
+
+
+def package_tree(name: str) -> Path:
+    """The installed source tree of a package: real code to ingest."""
+    path = SITE_PACKAGES / name
+    assert path.is_dir(), f"{name} is not installed in {SITE_PACKAGES}"
+    return path
+
+
+def copy_tree(name: str, dest: Path) -> Path:
+    """A copy of an installed package's .py files (no caches), to change freely."""
+    shutil.copytree(package_tree(name), dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory) -> str:
+    """The session's database: $GROUNDING_DATABASE_URL if set, else an embedded PostgreSQL in a temp dir."""
+    if os.environ.get("GROUNDING_DATABASE_URL"):
+        return os.environ["GROUNDING_DATABASE_URL"]
+    return db.embedded_url(tmp_path_factory.mktemp("pg-home") / "pgdata")
+
+
+@pytest.fixture(autouse=True)
+def grounding_env(request, tmp_path, monkeypatch):
+    """Every test gets its own GROUNDING_HOME; those that touch the database share the session's server."""
+    monkeypatch.setenv("GROUNDING_HOME", str(tmp_path / "home"))
+    if "database_url" in request.fixturenames or "engine" in request.fixturenames:
+        monkeypatch.setenv("GROUNDING_DATABASE_URL", request.getfixturevalue("database_url"))
+    reset_settings()
+    yield
+    reset_settings()
+
+
+@pytest.fixture
+def engine(database_url):
+    return db.get_engine()
+
+
+@pytest.fixture
+def repo_name(engine):
+    """A unique repository name, deleted with everything it owns after the test."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    yield name
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM repositories WHERE name LIKE :n"), {"n": name + "%"})
+
+
+@pytest.fixture
+def hashing():
+    return HashingEmbedder(64)
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def git_repo(path: Path) -> Path:
+    """Turn a directory into a git repository with one commit of everything in it."""
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
