@@ -120,11 +120,17 @@ def chunk_file(
         atoms = _syntax_atoms(source, language, max_tokens)
     if atoms is None:
         atoms = list(_line_atoms(source, 0, len(data), (), max_tokens))
-    chunks = []
+    chunks: list[Chunk] = []
     for atom in _merge(source, atoms, max_tokens):
+        _, _, first, last = source.line_span(atom.start, atom.end)
+        if chunks and last < chunks[-1].end_line:
+            continue  # its lines are in the previous chunk already: a `};` after a class, pieces of one long line
         chunk = _to_chunk(source, path, language, atom)
-        if chunk.text.strip():
-            chunks.append(chunk)
+        if not chunk.text.strip():
+            continue
+        if chunks and chunks[-1].symbol is None and chunks[-1].start_line == first + 1:
+            chunks.pop()  # glue that only holds this chunk's first line (`export` before a split class)
+        chunks.append(chunk)
     return chunks
 
 
@@ -166,7 +172,7 @@ def _syntax_atoms(source: _Source, language: str, max_tokens: int) -> list[_Atom
                 if key not in by_name or rank > by_name[key][0]:
                     by_name[key] = (rank, node, definition)
         definitions = {_node_key(node): d for _, node, d in by_name.values()}
-    return list(_atoms(source, tree.root_node, (), definitions, max_tokens, 0))
+    return list(_atoms(source, tree.root_node, (), definitions, sorted(definitions), max_tokens, 0))
 
 
 def _node_key(node) -> tuple[int, int, str]:
@@ -177,8 +183,22 @@ def _node_text(source: _Source, node) -> str:
     return source.data[node.start_byte : node.end_byte].decode("utf-8", errors="replace")
 
 
-def _atoms(source, node, owner, definitions, max_tokens, depth) -> Iterator[_Atom]:
-    """The atoms of an oversize (or root) node, in document order."""
+def _holds_definition(node, spans: list[tuple[int, int, str]]) -> bool:
+    """Whether a definition lies within node; spans are the sorted keys of the definitions."""
+    i = bisect.bisect_left(spans, (node.start_byte,))
+    while i < len(spans) and spans[i][0] < node.end_byte:
+        if spans[i][1] <= node.end_byte:
+            return True
+        i += 1
+    return False
+
+
+def _atoms(source, node, owner, definitions, spans, max_tokens, depth) -> Iterator[_Atom]:
+    """The atoms of an oversize (or root) node, in document order.
+
+    A child that fits is one atom if it is a definition or holds none; glue that wraps definitions
+    (`export`, a Go `type (...)` group, the body of a split class) is opened so that they stand alone.
+    """
     children = node.children
     if not children or depth > MAX_DEPTH:
         yield from _line_atoms(source, node.start_byte, node.end_byte, owner, max_tokens)
@@ -188,11 +208,11 @@ def _atoms(source, node, owner, definitions, max_tokens, depth) -> Iterator[_Ato
             continue  # zero-width nodes (MISSING) carry no text
         definition = definitions.get(_node_key(child))
         fits = source.line_tokens(child.start_byte, child.end_byte) <= max_tokens
-        if fits:
+        if fits and (definition or not _holds_definition(child, spans)):
             yield _Atom(child.start_byte, child.end_byte, owner, definition, "comment" in child.type)
         else:
             inner = owner + (definition,) if definition else owner
-            yield from _atoms(source, child, inner, definitions, max_tokens, depth + 1)
+            yield from _atoms(source, child, inner, definitions, spans, max_tokens, depth + 1)
 
 
 def _line_atoms(source, start, end, owner, max_tokens) -> Iterator[_Atom]:
@@ -201,7 +221,7 @@ def _line_atoms(source, start, end, owner, max_tokens) -> Iterator[_Atom]:
     window_start = start
     for line in range(first, last + 1):
         line_end = min(end, source.line_starts[line + 1] if line + 1 < len(source.line_starts) else end)
-        if window_start < line_end and source.tokens(window_start, line_end) > max_tokens:
+        if window_start < line_end and source.line_tokens(window_start, line_end) > max_tokens:
             line_start = max(start, source.line_starts[line])
             if line_start > window_start:
                 yield _Atom(window_start, line_start, owner)
@@ -211,7 +231,7 @@ def _line_atoms(source, start, end, owner, max_tokens) -> Iterator[_Atom]:
 
 
 def _merge(source: _Source, atoms: list[_Atom], max_tokens: int) -> Iterator[_Atom]:
-    """Merge runs of plain atoms of one owner; attach touching comments to the definition after them."""
+    """Merge runs of plain atoms of one owner; attach touching comments, and glue on its first line, to a definition."""
     group: list[_Atom] = []
 
     def flush() -> Iterator[_Atom]:
@@ -222,12 +242,15 @@ def _merge(source: _Source, atoms: list[_Atom], max_tokens: int) -> Iterator[_At
     for atom in atoms:
         if atom.definition is not None:
             start = atom.start
-            while group and group[-1].is_comment and group[-1].owner == atom.owner:
-                comment = group[-1]
-                touching = source.line_of(comment.end) >= source.line_of(start) - 1
-                if not touching or source.line_tokens(comment.start, atom.end) > max_tokens:
+            while group and group[-1].owner == atom.owner:
+                piece = group[-1]
+                if piece.is_comment:
+                    attached = source.line_of(piece.end) >= source.line_of(start) - 1
+                else:
+                    attached = source.line_of(piece.start) == source.line_of(start)
+                if not attached or source.line_tokens(piece.start, atom.end) > max_tokens:
                     break
-                start = comment.start
+                start = piece.start
                 group.pop()
             yield from flush()
             yield _Atom(start, atom.end, atom.owner, atom.definition)

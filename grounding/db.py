@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
@@ -18,25 +17,38 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_LOCK = 0x67726E64  # advisory lock key that serialises `alembic upgrade` across processes
 
 
-@functools.cache
+_embedded_servers: dict = {}  # data dir -> pgserver handle, one per process
+
+
 def _embedded_server(data_dir: str):
     """Start (or join) the embedded PostgreSQL under GROUNDING_HOME; several processes share it safely."""
     import pgserver
 
+    if data_dir in _embedded_servers:
+        return _embedded_servers[data_dir]
     path = Path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return pgserver.get_server(path, cleanup_mode="stop")
+        server = pgserver.get_server(path, cleanup_mode="stop")
     except Exception as err:  # pgserver raises subprocess and assertion errors alike
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {path}: {err}. "
             f"See {path / 'log'}, or set GROUNDING_DATABASE_URL to a Postgres with pgvector."
         ) from err
+    _embedded_servers[data_dir] = server
+    return server
 
 
 def embedded_url(data_dir: Path) -> str:
     """The URL of the embedded PostgreSQL in `data_dir`, started (or joined) on demand."""
     return _embedded_server(str(data_dir)).get_uri()
+
+
+def stop_embedded() -> None:
+    """Stop the embedded servers this process started, unless other processes still use them."""
+    for server in _embedded_servers.values():
+        server.cleanup()
+    _embedded_servers.clear()
 
 
 def database_url() -> str:
@@ -66,7 +78,7 @@ def _engine_for(url: str) -> Engine:
     except sa.exc.OperationalError as err:
         engine.dispose()
         raise DatabaseUnavailable(
-            f"cannot reach Postgres at {_describe(url)}: {err.orig}. "
+            f"cannot reach Postgres at {_describe(url)}: {str(err.orig).strip().splitlines()[0]}. "
             "Start it, fix GROUNDING_DATABASE_URL, or unset it to use the embedded server."
         ) from err
     migrate(engine)

@@ -163,10 +163,12 @@ def _walk(root: Path) -> Iterator[str]:
             stack.append((rel_dir, spec))
 
         def ignored(rel: str, is_dir: bool) -> bool:
-            for base, s in stack:
+            # As git: the deepest .gitignore with a matching pattern decides, negations included.
+            for base, s in reversed(stack):
                 sub = rel[len(base) + 1 :] if base else rel
-                if s.match_file(sub + ("/" if is_dir else "")):
-                    return True
+                decision = s.check_file(sub + ("/" if is_dir else "")).include
+                if decision is not None:
+                    return decision
             return False
 
         kept = []

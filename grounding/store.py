@@ -59,6 +59,14 @@ def upsert_repo(conn: Connection, name: str, *, source: str, ref: str | None) ->
 
 
 def begin_snapshot(conn: Connection, repo: int, *, commit: str | None, ref: str | None) -> int:
+    """Open a running snapshot. Called under the repository lock, so a run still marked running has died."""
+    conn.execute(
+        sa.text(
+            "UPDATE snapshots SET status = 'failed', finished_at = now(), "
+            "error = 'interrupted: the run ended without finishing' WHERE repo_id = :r AND status = 'running'"
+        ),
+        {"r": repo},
+    )
     return conn.execute(
         sa.text("INSERT INTO snapshots (repo_id, commit, ref, status) VALUES (:r, :c, :f, 'running') RETURNING id"),
         {"r": repo, "c": commit, "f": ref},

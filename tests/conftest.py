@@ -6,6 +6,7 @@ import os
 import shutil
 import site
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -36,11 +37,17 @@ def copy_tree(name: str, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory) -> str:
+def database_url() -> str:
     """The session's database: $GROUNDING_DATABASE_URL if set, else an embedded PostgreSQL in a temp dir."""
     if os.environ.get("GROUNDING_DATABASE_URL"):
-        return os.environ["GROUNDING_DATABASE_URL"]
-    return db.embedded_url(tmp_path_factory.mktemp("pg-home") / "pgdata")
+        yield os.environ["GROUNDING_DATABASE_URL"]
+        return
+    # Not under pytest's tmp: that is private to root, and the server runs as the `pgserver` user.
+    home = Path(tempfile.mkdtemp(prefix="grounding-test-pg-"))
+    yield db.embedded_url(home / "pgdata")
+    db.reset()
+    db.stop_embedded()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

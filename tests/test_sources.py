@@ -1,0 +1,118 @@
+"""Reading a repository: ignore rules, git's tracked files, git URLs, and every reason a file is skipped."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from grounding.errors import SourceNotFound
+from grounding.sources import classify, list_files, open_source
+from tests.conftest import copy_tree, git, git_repo
+
+LIMITS = {"max_bytes": 1 << 20, "max_line_length": 1000}
+
+
+def listing(root: Path):
+    out = list_files(open_source(str(root), checkouts=root.parent / "co", name="x"), **LIMITS)
+    return {f.path for f in out.files}, {s.path: s.reason for s in out.skipped}, out
+
+
+def test_walk_respects_nested_gitignore_rules(tmp_path):
+    root = tmp_path / "r"
+    (root / "pkg" / "build").mkdir(parents=True)
+    (root / "pkg" / "gen").mkdir()
+    (root / ".gitignore").write_text("*.log\nbuild/\n")
+    (root / "pkg" / ".gitignore").write_text("gen/\n!keep.log\n")
+    (root / "a.py").write_text("x = 1\n")
+    (root / "debug.log").write_text("noise\n")
+    (root / "pkg" / "keep.log").write_text("kept by negation\n")
+    (root / "pkg" / "b.py").write_text("y = 2\n")
+    (root / "pkg" / "build" / "c.py").write_text("z = 3\n")
+    (root / "pkg" / "gen" / "d.py").write_text("w = 4\n")
+    files, _, _ = listing(root)
+    assert files == {".gitignore", "a.py", "pkg/.gitignore", "pkg/b.py", "pkg/keep.log"}
+
+
+def test_git_checkout_uses_tracked_files_and_records_commit(tmp_path):
+    root = copy_tree("requests", tmp_path / "requests")
+    (root / ".gitignore").write_text("ignored_*.py\n")
+    git_repo(root)
+    (root / "untracked.py").write_text("def untracked(): pass\n")
+    (root / "ignored_x.py").write_text("def ignored(): pass\n")
+    checkout = open_source(str(root), checkouts=tmp_path / "co", name="requests")
+    assert checkout.is_git and checkout.commit == git(root, "rev-parse", "HEAD")
+    files, _, _ = listing(root)
+    assert "sessions.py" in files and "untracked.py" not in files and "ignored_x.py" not in files
+
+
+def test_git_url_is_cloned_at_a_ref(tmp_path):
+    origin = copy_tree("requests", tmp_path / "origin")
+    git_repo(origin)
+    first = git(origin, "rev-parse", "HEAD")
+    git(origin, "tag", "v1")
+    (origin / "new_module.py").write_text("def added_later(): pass\n")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-q", "-m", "second")
+    url = f"file://{origin}"
+    at_tag = open_source(url, checkouts=tmp_path / "co", name="req", ref="v1")
+    assert at_tag.commit == first and not (at_tag.root / "new_module.py").exists()
+    latest = open_source(url, checkouts=tmp_path / "co", name="req")  # fetches into the same checkout
+    assert latest.commit == git(origin, "rev-parse", "HEAD") and (latest.root / "new_module.py").exists()
+
+
+def test_every_skipped_file_has_its_reason(tmp_path):
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "ok.py").write_text("def ok():\n    return 1\n")
+    (root / "empty.py").write_text("")
+    (root / "blank.txt").write_text("  \n\n")
+    (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0IHDR")
+    (root / "huge.py").write_text("x = 1\n" * 200_000)
+    (root / "bundle.js").write_text("var a=1;" * 500)
+    (root / "app.min.js").write_text("var a=1;\n")
+    (root / "latin1.py").write_bytes("# caf\xe9\nname = 'Andr\xe9'\n".encode("latin-1"))
+    outside = tmp_path / "secret.py"
+    outside.write_text("TOKEN = 'x'\n")
+    os.symlink(outside, root / "escape.py")
+    os.symlink(root / "ok.py", root / "alias.py")
+    files, skipped, out = listing(root)
+    assert files == {"ok.py", "latin1.py"}
+    assert skipped == {
+        "empty.py": "empty",
+        "blank.txt": "empty",
+        "image.png": "binary",
+        "huge.py": "too-large",
+        "bundle.js": "minified",
+        "app.min.js": "generated",
+        "escape.py": "symlink-outside-repo",
+        "alias.py": "symlink",
+    }
+    latin = next(f for f in out.files if f.path == "latin1.py")
+    assert latin.decode_errors
+
+
+def test_classify_keeps_a_file_with_one_long_line():
+    data = b"def f():\n    return 1\n" * 100 + b"DATA = '" + b"x" * 2000 + b"'\n"
+    assert classify("m.py", data, **LIMITS).__class__.__name__ == "SourceFile"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("/definitely/not/here", "does not exist"),
+        ("file:///definitely/not/here.git", "cannot fetch"),
+        ("https://127.0.0.1:9/nobody/nothing.git", "cannot fetch"),
+    ],
+)
+def test_bad_sources_say_what_to_do(tmp_path, source, message):
+    with pytest.raises(SourceNotFound, match=message):
+        open_source(source, checkouts=tmp_path / "co", name="x")
+
+
+def test_a_file_is_not_a_repository(tmp_path):
+    f = tmp_path / "one.py"
+    f.write_text("x = 1\n")
+    with pytest.raises(SourceNotFound, match="not a directory"):
+        open_source(str(f), checkouts=tmp_path / "co", name="x")
