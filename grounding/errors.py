@@ -11,6 +11,10 @@ class SourceNotFound(GroundingError):
     """The path or git URL to ingest does not exist or cannot be reached."""
 
 
+class SourceUnreachable(SourceNotFound):
+    """A git remote could not be fetched: perhaps for now (network, server), so worth a retry."""
+
+
 class EmptyRepository(GroundingError):
     """The source has no file that can be indexed."""
 

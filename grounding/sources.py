@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from grounding.errors import SourceNotFound
+from grounding.errors import SourceNotFound, SourceUnreachable
 from grounding.languages import detect_language
 from grounding.records import SkippedFile, SourceFile
 
@@ -103,12 +103,12 @@ def _clone(url: str, dest: Path, ref: str | None) -> Checkout:
         _git(["checkout", "--quiet", "--force", "--detach", commit], dest)
     except subprocess.CalledProcessError as err:
         detail = (err.stderr or "").strip().splitlines()
-        raise SourceNotFound(
+        raise SourceUnreachable(
             f"cannot fetch {url!r}{f' at {ref!r}' if ref else ''}: {detail[-1] if detail else err}. "
             "Check the URL, the ref and your access to it."
         ) from err
     except subprocess.TimeoutExpired as err:
-        raise SourceNotFound(f"git timed out after {GIT_TIMEOUT_S}s fetching {url!r}") from err
+        raise SourceUnreachable(f"git timed out after {GIT_TIMEOUT_S}s fetching {url!r}") from err
     return Checkout(dest.resolve(), url, commit, ref, True)
 
 

@@ -1,0 +1,1 @@
+"""Prefect flows: thin tasks over grounding's functions. Deployments are declared in prefect.yaml."""

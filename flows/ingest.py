@@ -1,0 +1,74 @@
+"""The `ingest-repo` flow: ingest a path or git URL into Postgres/pgvector, and publish what it did."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from grounding.errors import DatabaseUnavailable, SourceUnreachable
+from grounding.ingest import ingest
+from grounding.records import IngestReport
+
+IO_ERRORS = (DatabaseUnavailable, SourceUnreachable, ConnectionError, TimeoutError)
+
+
+def _retry_on_io(task, task_run, state) -> bool:
+    """Retry when the database or a git remote failed to answer; a bad path or a bug fails at once."""
+    try:
+        state.result()
+    except IO_ERRORS:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_on_io)
+def ingest_task(source: str, name: str | None, ref: str | None) -> IngestReport:
+    logger = get_run_logger()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        logger.info("%s: %d/%d", stage, done, total)
+
+    return ingest(source, name=name, ref=ref, progress=progress)
+
+
+@task
+def publish_report(report: IngestReport) -> None:
+    """A Prefect artifact: files seen and skipped (with reasons), chunks added/removed/unchanged, time per stage."""
+    reasons = report.skipped_by_reason()
+    lines = [
+        f"# Ingest of `{report.repo}`, snapshot {report.snapshot_id}" + (f" at `{report.commit[:12]}`" if report.commit else ""),
+        "",
+        "| files | count |", "|---|---|",
+        f"| seen | {report.files_seen} |", f"| changed | {report.files_changed} |",
+        f"| unchanged | {report.files_unchanged} |", f"| deleted | {report.files_deleted} |",
+        f"| skipped | {len(report.skipped)} |",
+        "",
+        "| chunks | count |", "|---|---|",
+        f"| added | {report.chunks_added} |", f"| removed | {report.chunks_removed} |",
+        f"| unchanged | {report.chunks_unchanged} |", f"| embedded | {report.embeddings_computed} |",
+        f"| vectors reused | {report.embeddings_reused} |",
+        "",
+        "| stage | seconds |", "|---|---|",
+        *(f"| {stage} | {secs:.2f} |" for stage, secs in report.seconds.items()),
+    ]
+    if reasons:
+        lines += ["", "| skipped because | files |", "|---|---|", *(f"| {r} | {n} |" for r, n in sorted(reasons.items()))]
+        lines += ["", "First skipped files:", *(f"- `{s.path}`: {s.reason}" for s in report.skipped[:50])]
+    if report.non_utf8:
+        lines += ["", "Not UTF-8 (decoded with replacement): " + ", ".join(f"`{p}`" for p in report.non_utf8[:50])]
+    key = "ingest-" + "".join(ch if ch.isalnum() else "-" for ch in report.repo.lower())
+    create_markdown_artifact("\n".join(lines), key=key, description=f"ingest of {report.repo}")
+
+
+@flow(name="ingest-repo", log_prints=True)
+def ingest_repo(source: str, name: str | None = None, ref: str | None = None) -> dict:
+    """Ingest `source` (a directory or git URL) as repository `name` (default: its last path segment)."""
+    report = ingest_task(source, name, ref)
+    publish_report(report)
+    summary = dataclasses.asdict(report)
+    summary["skipped"] = report.skipped_by_reason()
+    return summary

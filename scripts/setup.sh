@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install grounding with its test extras. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v git >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq git >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+# torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel from local disk.
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
