@@ -51,7 +51,7 @@ _ENV = {
     "chunk_tokens": ("GROUNDING_CHUNK_TOKENS", int, 200),
     "embed_batch_size": ("GROUNDING_EMBED_BATCH_SIZE", int, 32),
     "write_batch_files": ("GROUNDING_WRITE_BATCH_FILES", int, 200),
-    "rrf_k": ("GROUNDING_RRF_K", int, 60),
+    "rrf_k": ("GROUNDING_RRF_K", int, 5),  # 60 flattens a strong ranking into a weak one (bench/retrieval.py)
     "candidates": ("GROUNDING_CANDIDATES", int, 50),
 }
 

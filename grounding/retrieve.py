@@ -63,12 +63,26 @@ def to_tsquery_text(terms: list[str]) -> str:
     return " | ".join(terms)
 
 
+_CODE_WORD = re.compile(r"`([^`]+)`|([A-Za-z_][\w.]*[A-Za-z0-9])")
+
+
+def looks_like_identifier(word: str) -> bool:
+    """snake_case, camelCase, CamelCase or dotted: a name from code, not an English word."""
+    return "_" in word.strip("_") or "." in word or bool(re.search(r"[a-z][A-Z]|[A-Z][a-z]+[A-Z]", word))
+
+
 def identifier_fragments(question: str) -> list[str]:
-    """Identifier-like words of the question to look for inside symbol names (pg_trgm)."""
+    """The question's identifier-like words (and anything in backticks), to find inside symbol names.
+
+    Plain English words are left to full-text search: as trigram fragments they match most symbols
+    and drown the ranking (measured by bench/retrieval.py).
+    """
     frags: dict[str, None] = {}
-    for word in _IDENT.findall(question):
-        if len(word) >= 4 and word.lower() not in STOPWORDS:
-            frags.setdefault(word.lower(), None)
+    for quoted, word in _CODE_WORD.findall(question):
+        for part in ([quoted] if quoted else [word] if looks_like_identifier(word) else []):
+            for piece in part.split("."):
+                if len(piece) >= 3:
+                    frags.setdefault(piece.lower(), None)
     return list(frags)[:MAX_FRAGMENTS]
 
 

@@ -347,25 +347,26 @@ def hybrid_search(
         ctes.append(
             f"""lex AS (
                 SELECT id, row_number() OVER (ORDER BY rank DESC, id) AS r FROM (
-                    SELECT c.id, ts_rank_cd(c.search, q) AS rank
+                    SELECT c.id, ts_rank(c.search, q) AS rank
                     FROM chunks c JOIN files f ON f.id = c.file_id, to_tsquery('english', :tsq) q
                     WHERE c.repo_id = :r AND c.search @@ q AND {visible}
-                    ORDER BY rank DESC LIMIT :n) s)"""
+                    ORDER BY rank DESC, c.id LIMIT :n) s)"""
         )
         sources.append("SELECT id, r, 'l' AS src FROM lex")
     if use_trigram and fragments:
         likes = " OR ".join(f"c.symbol ILIKE :p{i}" for i in range(len(fragments)))
-        sims = ", ".join(f"word_similarity(:t{i}, c.symbol)" for i in range(len(fragments)))
+        matched = " + ".join(f"(c.symbol ILIKE :p{i})::int" for i in range(len(fragments)))
+        sims = " + ".join(f"word_similarity(:t{i}, c.symbol)" for i in range(len(fragments)))
         for i, frag in enumerate(fragments):
             params[f"p{i}"] = "%" + frag.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             params[f"t{i}"] = frag
         ctes.append(
             f"""tri AS (
-                SELECT id, row_number() OVER (ORDER BY sim DESC, id) AS r FROM (
-                    SELECT c.id, greatest({sims}, 0) AS sim
+                SELECT id, row_number() OVER (ORDER BY matched DESC, sim DESC, len, id) AS r FROM (
+                    SELECT c.id, {matched} AS matched, {sims} AS sim, length(c.symbol) AS len
                     FROM chunks c JOIN files f ON f.id = c.file_id
                     WHERE c.repo_id = :r AND ({likes}) AND {visible}
-                    ORDER BY sim DESC LIMIT :n) s)"""
+                    ORDER BY matched DESC, sim DESC, len, c.id LIMIT :n) s)"""
         )
         sources.append("SELECT id, r, 't' AS src FROM tri")
     if not sources:
