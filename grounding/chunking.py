@@ -203,9 +203,14 @@ def _atoms(source, node, owner, definitions, spans, max_tokens, depth) -> Iterat
     if not children or depth > MAX_DEPTH:
         yield from _line_atoms(source, node.start_byte, node.end_byte, owner, max_tokens)
         return
+    cursor = node.start_byte
     for child in children:
         if child.end_byte <= child.start_byte:
             continue  # zero-width nodes (MISSING) carry no text
+        if source.data[cursor : child.start_byte].strip():
+            # Text that no child holds: a string's content around its escape sequences.
+            yield from _line_atoms(source, cursor, child.start_byte, owner, max_tokens)
+        cursor = max(cursor, child.end_byte)
         definition = definitions.get(_node_key(child))
         fits = source.line_tokens(child.start_byte, child.end_byte) <= max_tokens
         if fits and (definition or not _holds_definition(child, spans)):
@@ -213,6 +218,8 @@ def _atoms(source, node, owner, definitions, spans, max_tokens, depth) -> Iterat
         else:
             inner = owner + (definition,) if definition else owner
             yield from _atoms(source, child, inner, definitions, spans, max_tokens, depth + 1)
+    if source.data[cursor : node.end_byte].strip():
+        yield from _line_atoms(source, cursor, node.end_byte, owner, max_tokens)
 
 
 def _line_atoms(source, start, end, owner, max_tokens) -> Iterator[_Atom]:
