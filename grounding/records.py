@@ -94,6 +94,7 @@ class Hit:
     vector_rank: int | None = None
     lexical_rank: int | None = None
     trigram_rank: int | None = None
+    index_version: int | None = None  # the version whose vectors ranked it (one per answer)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,10 @@ def search(
             use_lexical=mode in ("hybrid", "lexical"),
             use_trigram=mode in ("hybrid", "lexical"),
         )
+    used = version.id if version is not None and mode != "lexical" else None
     return [
-        dataclasses.replace(h, citation=dataclasses.replace(h.citation, repo=repo, commit=commit)) for h in hits
+        dataclasses.replace(
+            h, citation=dataclasses.replace(h.citation, repo=repo, commit=commit), index_version=used
+        )
+        for h in hits
     ]

@@ -112,6 +112,31 @@ def _clone(url: str, dest: Path, ref: str | None) -> Checkout:
     return Checkout(dest.resolve(), url, commit, ref, True)
 
 
+def current_commit(source: str, ref: str | None = None) -> str | None:
+    """The commit `source` points at now, without fetching: `git ls-remote` for a URL, HEAD for a checkout.
+
+    None for a directory outside git, which has no commit to compare.
+    """
+    if is_git_url(source):
+        if ref and re.fullmatch(r"[0-9a-f]{40}", ref):
+            return ref
+        try:
+            out = _git(["ls-remote", source, ref or "HEAD"])
+        except subprocess.CalledProcessError as err:
+            raise SourceUnreachable(f"cannot reach {source!r}: {(err.stderr or '').strip()[-300:]}") from err
+        except subprocess.TimeoutExpired as err:
+            raise SourceUnreachable(f"git timed out reaching {source!r}") from err
+        lines = [line.split("\t") for line in out.splitlines() if "\t" in line]
+        peeled = [sha for sha, name in lines if name.endswith("^{}")]  # an annotated tag's commit
+        if peeled or lines:
+            return (peeled or [lines[0][0]])[0]
+        raise SourceNotFound(f"{source!r} has no ref {ref or 'HEAD'!r}")
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise SourceNotFound(f"path {source!r} does not exist any more; re-ingest from where the repository lives")
+    return _git_head(root) if _git_toplevel(root) else None
+
+
 def _default_branch(dest: Path) -> str:
     head = _try_git(["symbolic-ref", "--quiet", "refs/remotes/origin/HEAD"], dest)
     if head:

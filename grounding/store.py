@@ -48,6 +48,23 @@ def repo_id(conn: Connection, name: str) -> int:
     return found
 
 
+def repo_source(conn: Connection, name: str) -> tuple[str, str | None, str | None]:
+    """(source, ref, commit of the current snapshot) of an ingested repository."""
+    rid = repo_id(conn, name)
+    row = conn.execute(
+        sa.text(
+            "SELECT r.source, r.ref, s.commit FROM repositories r "
+            "LEFT JOIN snapshots s ON s.id = r.current_snapshot_id WHERE r.id = :r"
+        ),
+        {"r": rid},
+    ).one()
+    return row[0], row[1], row[2]
+
+
+def repo_names(conn: Connection) -> list[str]:
+    return list(conn.execute(sa.text("SELECT name FROM repositories ORDER BY name")).scalars())
+
+
 def upsert_repo(conn: Connection, name: str, *, source: str, ref: str | None) -> int:
     return conn.execute(
         sa.text(
@@ -399,3 +416,107 @@ def hybrid_search(
         )
         for cid, path, sl, el, text, symbol, kind, language, score, vr, lr, tr in rows
     ]
+
+
+# --- reindexing ----------------------------------------------------------------------------------
+
+
+def visible_chunks_page(conn: Connection, repo: int, *, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+    """(id, content hash, embed text) of the visible chunks with id > after_id, in id order (keyset pages)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT c.id, c.content_hash, CASE WHEN c.context = '' THEN c.text ELSE c.context || E'\\n' || c.text END "
+            "FROM chunks c JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id AND c.id > :a ORDER BY c.id LIMIT :n"
+        ),
+        {"r": repo, "a": after_id, "n": limit},
+    )
+    return [tuple(row) for row in rows]
+
+
+def count_visible_chunks(conn: Connection, repo: int) -> int:
+    return conn.execute(
+        sa.text(
+            "SELECT count(*) FROM chunks c JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id"
+        ),
+        {"r": repo},
+    ).scalar_one()
+
+
+def count_version_embeddings(conn: Connection, version: int) -> int:
+    return conn.execute(
+        sa.text("SELECT count(*) FROM embeddings WHERE index_version_id = :v"), {"v": version}
+    ).scalar_one()
+
+
+def copy_embeddings(conn: Connection, version: IndexVersion, *, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
+    raw = conn.connection.driver_connection
+    with raw.cursor().copy("COPY embeddings (index_version_id, chunk_id, embedding) FROM STDIN") as copy:
+        for cid, vec in zip(chunk_ids, vectors):
+            copy.write_row((version.id, cid, _vector_literal(vec)))
+
+
+def nearest_in_version(conn: Connection, version: IndexVersion, vector: np.ndarray, *, k: int) -> list[tuple[int, float]]:
+    """(chunk id, inner product) nearest to `vector` through the version's own HNSW index, before activation."""
+    vid, dim = int(version.id), int(version.dim)
+    conn.execute(sa.text("SET LOCAL hnsw.ef_search = 100"))
+    rows = conn.execute(
+        sa.text(
+            f"SELECT chunk_id, -(embedding::vector({dim}) <#> CAST(:q AS vector({dim}))) AS ip "
+            f"FROM embeddings WHERE index_version_id = {vid} "
+            f"ORDER BY embedding::vector({dim}) <#> CAST(:q AS vector({dim})) LIMIT :k"
+        ),
+        {"q": _vector_literal(vector), "k": k},
+    )
+    return [(cid, float(ip)) for cid, ip in rows]
+
+
+def drop_index_version(conn: Connection, version_id: int, *, status: str, note: str | None = None) -> None:
+    """Give up a version: its vectors and HNSW index go, its row stays with the reason."""
+    vid = int(version_id)
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS embeddings_hnsw_v{vid}"))
+    conn.execute(sa.text("DELETE FROM embeddings WHERE index_version_id = :v"), {"v": vid})
+    conn.execute(
+        sa.text(
+            "UPDATE index_versions SET status = :s, note = coalesce(:n, note), "
+            "retired_at = coalesce(retired_at, now()) WHERE id = :v"
+        ),
+        {"v": vid, "s": status, "n": note},
+    )
+
+
+def collect_index_versions(conn: Connection, repo: int, *, grace_seconds: float) -> list[int]:
+    """Remove the vectors of versions retired longer ago than the grace period, and of abandoned builds.
+
+    Called under the repository lock, so a version still 'building' while an active one exists was
+    left by a run that died.
+    """
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, status FROM index_versions v WHERE repo_id = :r AND ("
+            " (status = 'retired' AND retired_at < now() - make_interval(secs => :g))"
+            " OR (status = 'building' AND EXISTS (SELECT 1 FROM index_versions a WHERE a.repo_id = :r"
+            "     AND a.status = 'active'))"
+            " OR (status = 'failed' AND EXISTS (SELECT 1 FROM embeddings e WHERE e.index_version_id = v.id)))"
+        ),
+        {"r": repo, "g": grace_seconds},
+    ).all()
+    for vid, status in rows:
+        if status == "retired":
+            drop_index_version(conn, vid, status="retired", note="vectors removed after the grace period")
+        else:
+            drop_index_version(conn, vid, status="failed", note="abandoned: the run building it ended")
+    return [vid for vid, _ in rows]
+
+
+def index_versions(conn: Connection, repo: int) -> list[dict]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT v.id, v.encoder, v.dim, v.status, v.created_at, v.activated_at, v.retired_at, v.note, "
+            "(SELECT count(*) FROM embeddings e WHERE e.index_version_id = v.id) AS vectors "
+            "FROM index_versions v WHERE repo_id = :r ORDER BY v.id"
+        ),
+        {"r": repo},
+    ).mappings()
+    return [dict(row) for row in rows]

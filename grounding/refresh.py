@@ -1,0 +1,40 @@
+"""Keep ingested repositories current: re-ingest a repository when its commit has moved, else say so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grounding import db, sources, store
+from grounding.ingest import ingest
+from grounding.records import IngestReport
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    repo: str
+    action: str  # "ingested" or "unchanged"
+    commit_before: str | None
+    commit_after: str | None
+    reason: str
+    report: IngestReport | None = None
+
+
+def refresh(repo: str) -> RefreshOutcome:
+    """Re-ingest `repo` (incrementally) if its source's commit moved; a directory outside git is always re-read."""
+    with db.get_engine().connect() as conn:
+        source, ref, before = store.repo_source(conn, repo)
+    now = sources.current_commit(source, ref)
+    if now is not None and now == before:
+        return RefreshOutcome(repo, "unchanged", before, now, f"still at {now[:12]}")
+    report = ingest(source, name=repo, ref=ref)
+    if now is None:
+        reason = f"no commit to compare: re-read, {report.files_changed} files changed"
+    else:
+        reason = f"{(before or 'nothing')[:12]} -> {(report.commit or now)[:12]}, {report.files_changed} files changed"
+    return RefreshOutcome(repo, "ingested", before, report.commit, reason, report)
+
+
+def repositories() -> list[str]:
+    """Every registered repository."""
+    with db.get_engine().connect() as conn:
+        return store.repo_names(conn)
