@@ -14,7 +14,7 @@ from grounding.records import IngestReport
 IO_ERRORS = (DatabaseUnavailable, SourceUnreachable, ConnectionError, TimeoutError)
 
 
-def _retry_on_io(task, task_run, state) -> bool:
+def retry_on_io(task, task_run, state) -> bool:
     """Retry when the database or a git remote failed to answer; a bad path or a bug fails at once."""
     try:
         state.result()
@@ -25,7 +25,7 @@ def _retry_on_io(task, task_run, state) -> bool:
     return False
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retry_on_io)
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
 def ingest_task(source: str, name: str | None, ref: str | None) -> IngestReport:
     logger = get_run_logger()
 

@@ -81,6 +81,39 @@ def _cmd_repos(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    from grounding.reindex import reindex
+
+    r = reindex(args.repo, encoder=args.encoder, grace_seconds=args.grace_seconds, wait=not args.no_wait)
+    print(f"{r.repo}: index version {r.previous_version or '-'} -> {r.version} ({r.encoder}), "
+          f"{r.chunks} chunks, {r.embedded} encoded; collected {list(r.collected) or 'nothing'}")
+    return 0
+
+
+def _cmd_refresh(args: argparse.Namespace) -> int:
+    from grounding.refresh import refresh, repositories
+
+    failed = 0
+    for name in args.repos or repositories():
+        try:
+            outcome = refresh(name)
+            print(f"{name}: {outcome.action} ({outcome.reason})")
+        except GroundingError as err:
+            failed += 1
+            print(f"{name}: failed ({err})", file=sys.stderr)
+    return EXIT_ERROR if failed else 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from grounding.serve import serve
+
+    def ready(api_url: str) -> None:
+        print(f"grounding is serving. In another shell:\n  export PREFECT_API_URL={api_url}\n"
+              "  prefect deployment run ingest-repo/default -p source=PATH_OR_URL\nCtrl-C stops it.", flush=True)
+
+    return serve(port=args.port, ready=ready)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grounding", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -103,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("repos", help="list ingested repositories with their snapshot, counts and index version")
     p.set_defaults(func=_cmd_repos)
+
+    p = sub.add_parser("reindex", help="re-embed a repository into a new index version and swap it in")
+    p.add_argument("repo")
+    p.add_argument("--encoder", help="a local Hugging Face encoder directory (default: GROUNDING_ENCODER)")
+    p.add_argument("--grace-seconds", type=float, default=600.0, help="keep the old version's vectors this long")
+    p.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the repository")
+    p.set_defaults(func=_cmd_reindex)
+
+    p = sub.add_parser("refresh", help="re-ingest repositories whose commit moved")
+    p.add_argument("repos", nargs="*", help="default: every registered repository")
+    p.set_defaults(func=_cmd_refresh)
+
+    p = sub.add_parser("serve", help="run a Prefect server, the work pools, the deployments and their workers")
+    p.add_argument("--port", type=int, default=4200, help="port of the Prefect server it starts (default 4200)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
