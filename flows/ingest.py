@@ -40,23 +40,36 @@ def publish_report(report: IngestReport) -> None:
     """A Prefect artifact: files seen and skipped (with reasons), chunks added/removed/unchanged, time per stage."""
     reasons = report.skipped_by_reason()
     lines = [
-        f"# Ingest of `{report.repo}`, snapshot {report.snapshot_id}" + (f" at `{report.commit[:12]}`" if report.commit else ""),
+        f"# Ingest of `{report.repo}`, snapshot {report.snapshot_id}"
+        + (f" at `{report.commit[:12]}`" if report.commit else ""),
         "",
-        "| files | count |", "|---|---|",
-        f"| seen | {report.files_seen} |", f"| changed | {report.files_changed} |",
-        f"| unchanged | {report.files_unchanged} |", f"| deleted | {report.files_deleted} |",
+        "| files | count |",
+        "|---|---|",
+        f"| seen | {report.files_seen} |",
+        f"| changed | {report.files_changed} |",
+        f"| unchanged | {report.files_unchanged} |",
+        f"| deleted | {report.files_deleted} |",
         f"| skipped | {len(report.skipped)} |",
         "",
-        "| chunks | count |", "|---|---|",
-        f"| added | {report.chunks_added} |", f"| removed | {report.chunks_removed} |",
-        f"| unchanged | {report.chunks_unchanged} |", f"| embedded | {report.embeddings_computed} |",
+        "| chunks | count |",
+        "|---|---|",
+        f"| added | {report.chunks_added} |",
+        f"| removed | {report.chunks_removed} |",
+        f"| unchanged | {report.chunks_unchanged} |",
+        f"| embedded | {report.embeddings_computed} |",
         f"| vectors reused | {report.embeddings_reused} |",
         "",
-        "| stage | seconds |", "|---|---|",
+        "| stage | seconds |",
+        "|---|---|",
         *(f"| {stage} | {secs:.2f} |" for stage, secs in report.seconds.items()),
     ]
     if reasons:
-        lines += ["", "| skipped because | files |", "|---|---|", *(f"| {r} | {n} |" for r, n in sorted(reasons.items()))]
+        lines += [
+            "",
+            "| skipped because | files |",
+            "|---|---|",
+            *(f"| {r} | {n} |" for r, n in sorted(reasons.items())),
+        ]
         lines += ["", "First skipped files:", *(f"- `{s.path}`: {s.reason}" for s in report.skipped[:50])]
     if report.non_utf8:
         lines += ["", "Not UTF-8 (decoded with replacement): " + ", ".join(f"`{p}`" for p in report.non_utf8[:50])]

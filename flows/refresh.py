@@ -29,8 +29,12 @@ def refresh_repos(repos: list[str] | None = None) -> list[dict]:
     for name, future in zip(names, futures):
         try:
             outcome = future.result()
-            row = {"repo": name, "action": outcome.action, "commit": (outcome.commit_after or "")[:12],
-                   "reason": outcome.reason}
+            row = {
+                "repo": name,
+                "action": outcome.action,
+                "commit": (outcome.commit_after or "")[:12],
+                "reason": outcome.reason,
+            }
         except Exception as err:  # each repository's failure is reported, the others go on
             row = {"repo": name, "action": "failed", "commit": "", "reason": f"{type(err).__name__}: {err}"[:300]}
         logger.info("%(repo)s: %(action)s (%(reason)s)", row)
@@ -38,6 +42,7 @@ def refresh_repos(repos: list[str] | None = None) -> list[dict]:
     if rows:
         create_table_artifact(rows, key="refresh-repos", description="what refresh-repos did per repository")
     if any(r["action"] == "failed" for r in rows):
-        raise RuntimeError(f"{sum(r['action'] == 'failed' for r in rows)} of {len(rows)} repositories failed to refresh")
+        raise RuntimeError(
+            f"{sum(r['action'] == 'failed' for r in rows)} of {len(rows)} repositories failed to refresh"
+        )
     return rows
-

@@ -108,9 +108,7 @@ class _Source:
         return self.data[s:e].decode("utf-8", errors="replace")
 
 
-def chunk_file(
-    path: str, data: bytes, language: str, *, max_tokens: int, counter: TokenCounter
-) -> list[Chunk]:
+def chunk_file(path: str, data: bytes, language: str, *, max_tokens: int, counter: TokenCounter) -> list[Chunk]:
     """Cut one file into chunks of at most `max_tokens` tokens (a single over-long line may exceed it)."""
     if not data.strip():
         return []
@@ -262,9 +260,7 @@ def _merge(source: _Source, atoms: list[_Atom], max_tokens: int) -> Iterator[_At
             yield from flush()
             yield _Atom(start, atom.end, atom.owner, atom.definition)
             continue
-        if group and (
-            group[0].owner != atom.owner or source.line_tokens(group[0].start, atom.end) > max_tokens
-        ):
+        if group and (group[0].owner != atom.owner or source.line_tokens(group[0].start, atom.end) > max_tokens):
             yield from flush()
         group.append(atom)
     yield from flush()

@@ -40,8 +40,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         reasons = report.skipped_by_reason()
         print("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
     if report.non_utf8:
-        print(f"not UTF-8 (decoded with replacement): {', '.join(report.non_utf8[:10])}"
-              + (" ..." if len(report.non_utf8) > 10 else ""))
+        print(
+            f"not UTF-8 (decoded with replacement): {', '.join(report.non_utf8[:10])}"
+            + (" ..." if len(report.non_utf8) > 10 else "")
+        )
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
     print(f"time: {stages}")
     return 0
@@ -85,8 +87,10 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     from grounding.reindex import reindex
 
     r = reindex(args.repo, encoder=args.encoder, grace_seconds=args.grace_seconds, wait=not args.no_wait)
-    print(f"{r.repo}: index version {r.previous_version or '-'} -> {r.version} ({r.encoder}), "
-          f"{r.chunks} chunks, {r.embedded} encoded; collected {list(r.collected) or 'nothing'}")
+    print(
+        f"{r.repo}: index version {r.previous_version or '-'} -> {r.version} ({r.encoder}), "
+        f"{r.chunks} chunks, {r.embedded} encoded; collected {list(r.collected) or 'nothing'}"
+    )
     return 0
 
 
@@ -108,8 +112,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from grounding.serve import serve
 
     def ready(api_url: str) -> None:
-        print(f"grounding is serving. In another shell:\n  export PREFECT_API_URL={api_url}\n"
-              "  prefect deployment run ingest-repo/default -p source=PATH_OR_URL\nCtrl-C stops it.", flush=True)
+        print(
+            f"grounding is serving. In another shell:\n  export PREFECT_API_URL={api_url}\n"
+            "  prefect deployment run ingest-repo/default -p source=PATH_OR_URL\nCtrl-C stops it.",
+            flush=True,
+        )
 
     return serve(port=args.port, ready=ready)
 
@@ -158,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except GroundingError as err:

@@ -53,7 +53,8 @@ class HFEncoder(Embedder):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise EncoderNotFound(
-                f"no Hugging Face model at {path} (config.json missing); set GROUNDING_ENCODER to a local model directory"
+                f"no Hugging Face model at {path} (config.json missing); "
+                "set GROUNDING_ENCODER to a local model directory"
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.name = str(path)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 STAGES = ("list_read", "chunk", "embed", "write")
+ANALYZE_AFTER_CHUNKS = 500  # refresh planner statistics after an ingest that changed this many chunks
 
 
 def default_name(source: str) -> str:
@@ -179,6 +180,9 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
         chunks_unchanged = store.count_chunks(conn, unchanged_ids)
         stats["chunks_unchanged"] = chunks_unchanged
         removed = store.finish_snapshot(conn, repo, snapshot, keep_file_ids=keep, stats=stats, skipped=listing.skipped)
+    if chunks_added + removed >= ANALYZE_AFTER_CHUNKS:
+        with engine.begin() as conn:
+            store.analyze_chunks(conn)
     seconds["write"] += time.perf_counter() - t
     return IngestReport(
         repo=name,

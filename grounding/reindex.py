@@ -76,7 +76,9 @@ def reindex(
                 store.drop_index_version(conn, version.id, status="failed", note=f"{type(err).__name__}: {err}"[:1000])
             if isinstance(err, (GroundingError, KeyboardInterrupt, SystemExit)):
                 raise
-            raise IngestError(f"reindex of {repo!r} failed ({err}); version {previous and previous.id} stays active") from err
+            raise IngestError(
+                f"reindex of {repo!r} failed ({err}); version {previous and previous.id} stays active"
+            ) from err
     log.info("reindexed %s into version %d (%d chunks)", repo, version.id, chunks)
     return ReindexReport(
         repo=repo,
@@ -109,7 +111,9 @@ def _embed_all(engine, repo_id, version, embedder, seconds, after_page) -> tuple
         t = time.perf_counter()
         with engine.begin() as conn:
             store.copy_embeddings(
-                conn, version, chunk_ids=[cid for cid, _, _ in page],
+                conn,
+                version,
+                chunk_ids=[cid for cid, _, _ in page],
                 vectors=np.stack([vectors_by_hash[h] for _, h, _ in page]),
             )
         seconds["write"] += time.perf_counter() - t

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import PurePosixPath
 
 from grounding import db, store
 from grounding.config import get_settings
@@ -45,7 +46,8 @@ def identifier_terms(text: str) -> str:
 
 def lexical_terms(chunk: Chunk) -> tuple[str, str, str]:
     """(symbol, path, body) terms of a chunk: weighted A, B and D in its tsvector."""
-    path_terms = identifier_terms(chunk.path.replace("/", " ").replace(".", " "))
+    # Without the extension: "py" in every chunk's terms would make "SymPy" match everything.
+    path_terms = identifier_terms(str(PurePosixPath(chunk.path).with_suffix("")).replace("/", " "))
     return identifier_terms(chunk.symbol or ""), path_terms, identifier_terms(chunk.text)
 
 
@@ -63,7 +65,7 @@ def to_tsquery_text(terms: list[str]) -> str:
     return " | ".join(terms)
 
 
-_CODE_WORD = re.compile(r"`([^`]+)`|([A-Za-z_][\w.]*[A-Za-z0-9])")
+_CODE_WORD = re.compile(r"`+([^`\s]+)`+|([A-Za-z_][\w.]*[A-Za-z0-9])")  # `name`, ``name`` (RST), or a word
 
 
 def looks_like_identifier(word: str) -> bool:
@@ -79,7 +81,7 @@ def identifier_fragments(question: str) -> list[str]:
     """
     frags: dict[str, None] = {}
     for quoted, word in _CODE_WORD.findall(question):
-        for part in ([quoted] if quoted else [word] if looks_like_identifier(word) else []):
+        for part in [quoted] if quoted else [word] if looks_like_identifier(word) else []:
             for piece in part.split("."):
                 if len(piece) >= 3:
                     frags.setdefault(piece.lower(), None)
@@ -123,8 +125,6 @@ def search(
         )
     used = version.id if version is not None and mode != "lexical" else None
     return [
-        dataclasses.replace(
-            h, citation=dataclasses.replace(h.citation, repo=repo, commit=commit), index_version=used
-        )
+        dataclasses.replace(h, citation=dataclasses.replace(h.citation, repo=repo, commit=commit), index_version=used)
         for h in hits
     ]

@@ -71,7 +71,9 @@ def serve(*, port: int = 4200, pools: tuple[str, ...] = POOLS, ready=None) -> in
             env["PREFECT_API_URL"] = api_url
             server = subprocess.Popen(
                 _prefect("server", "start", "--host", "127.0.0.1", "--port", str(port)),
-                env=env, cwd=PROJECT_DIR, start_new_session=True,
+                env=env,
+                cwd=PROJECT_DIR,
+                start_new_session=True,
             )
             children.append(("server", server))
             _wait_healthy(api_url, server)
@@ -84,8 +86,12 @@ def serve(*, port: int = 4200, pools: tuple[str, ...] = POOLS, ready=None) -> in
         _run(_prefect("--no-prompt", "deploy", "--all"), env, "prefect deploy --all")
         for pool in pools:
             worker = subprocess.Popen(
-                _prefect("worker", "start", "--pool", pool, "--type", "process", "--name", f"grounding-{pool}-{os.getpid()}"),
-                env=env, cwd=PROJECT_DIR, start_new_session=True,
+                _prefect(
+                    "worker", "start", "--pool", pool, "--type", "process", "--name", f"grounding-{pool}-{os.getpid()}"
+                ),
+                env=env,
+                cwd=PROJECT_DIR,
+                start_new_session=True,
             )
             children.append((f"worker {pool}", worker))
         log.info("serving: PREFECT_API_URL=%s, pools %s", api_url, ", ".join(pools))

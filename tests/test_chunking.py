@@ -116,9 +116,9 @@ def test_invariants_on_real_code(module, encoder_counter):
     for node in ast.parse(data).body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             holders = [c for c in chunks if c.start_line <= node.lineno <= c.end_line]
-            assert any(
-                c.symbol == node.name or (c.symbol or "").startswith(node.name + ".") for c in holders
-            ), f"{node.name} (line {node.lineno}) is in no chunk of its own"
+            assert any(c.symbol == node.name or (c.symbol or "").startswith(node.name + ".") for c in holders), (
+                f"{node.name} (line {node.lineno}) is in no chunk of its own"
+            )
 
 
 # --- edge cases ---------------------------------------------------------------------------------------
@@ -188,7 +188,8 @@ def test_single_huge_line_is_a_chunk_by_itself():
 def test_long_function_splits_into_fragments_that_carry_it():
     body = "".join(f"        total += weigh(item_{n}, 'label {n}')\n" for n in range(3000))
     opened = "    def opened(self):\n        return True\n\n"
-    data = f"class Ledger:\n{opened}    def reconcile(self, items):\n        total = 0\n{body}        return total\n".encode()
+    head = f"class Ledger:\n{opened}    def reconcile(self, items):\n        total = 0\n"
+    data = f"{head}{body}        return total\n".encode()
     chunks = chunk(data, max_tokens=200)
     assert_exact_ordered_and_complete(data, chunks)
     assert len(chunks) > 100

@@ -36,7 +36,9 @@ def test_empty_repository_is_refused_and_writes_nothing(engine, repo_name, tmp_p
     with pytest.raises(EmptyRepository, match=r"no file to index \(2 skipped: 1 binary, 1 empty\)"):
         ingest(str(root), name=repo_name)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM repositories WHERE name = :n"), {"n": repo_name}).scalar() == 0
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM repositories WHERE name = :n"), {"n": repo_name}).scalar() == 0
+        )
 
 
 def test_files_with_syntax_errors_are_still_indexed(engine, repo_name, hashing, tmp_path):
@@ -72,8 +74,12 @@ def test_killed_ingest_leaves_last_snapshot_and_rerun_finishes(engine, database_
     later.mkdir()
     for p in sorted(src.glob("*.py"))[3:]:
         p.rename(later / p.name)
-    env = {**os.environ, "GROUNDING_DATABASE_URL": database_url, "GROUNDING_WRITE_BATCH_FILES": "1",
-           "GROUNDING_ENCODER": "hashing-64"}
+    env = {
+        **os.environ,
+        "GROUNDING_DATABASE_URL": database_url,
+        "GROUNDING_WRITE_BATCH_FILES": "1",
+        "GROUNDING_ENCODER": "hashing-64",
+    }
     args = ["ingest", str(src), "--name", repo_name, "-q"]
     cmd = [sys.executable, "-m", "grounding.cli", *args]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -92,9 +98,13 @@ def test_killed_ingest_leaves_last_snapshot_and_rerun_finishes(engine, database_
     while time.monotonic() < deadline and written < 2:
         time.sleep(0.05)
         with engine.connect() as conn:
-            written = conn.execute(sa.text(
-                "SELECT count(*) FROM files f JOIN repositories r ON r.id = f.repo_id "
-                "WHERE r.name = :n AND f.snapshot_id > r.current_snapshot_id"), {"n": repo_name}).scalar()
+            written = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM files f JOIN repositories r ON r.id = f.repo_id "
+                    "WHERE r.name = :n AND f.snapshot_id > r.current_snapshot_id"
+                ),
+                {"n": repo_name},
+            ).scalar()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert written >= 2, "the kill must land after some batches were written"
@@ -104,8 +114,12 @@ def test_killed_ingest_leaves_last_snapshot_and_rerun_finishes(engine, database_
     counts = table_counts(engine, repo_name)
     assert counts["files"] == counts["distinct_paths"] == len(list(src.glob("*.py")))
     with engine.connect() as conn:
-        statuses = conn.execute(sa.text(
-            "SELECT s.status, s.error FROM snapshots s JOIN repositories r ON r.id = s.repo_id "
-            "WHERE r.name = :n ORDER BY s.id"), {"n": repo_name}).all()
+        statuses = conn.execute(
+            sa.text(
+                "SELECT s.status, s.error FROM snapshots s JOIN repositories r ON r.id = s.repo_id "
+                "WHERE r.name = :n ORDER BY s.id"
+            ),
+            {"n": repo_name},
+        ).all()
     assert [s.status for s in statuses] == ["complete", "failed", "complete"]
     assert "interrupted" in statuses[1].error

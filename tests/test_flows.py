@@ -16,7 +16,9 @@ def prefect_server():
         yield
 
 
-def test_ingest_repo_flow_writes_chunks_and_publishes_an_artifact(prefect_server, engine, repo_name, tmp_path, monkeypatch):
+def test_ingest_repo_flow_writes_chunks_and_publishes_an_artifact(
+    prefect_server, engine, repo_name, tmp_path, monkeypatch
+):
     from prefect.client.orchestration import get_client
 
     from flows.ingest import ingest_repo

@@ -66,7 +66,12 @@ def test_unchanged_reingest_changes_nothing(engine, repo_name, hashing, tmp_path
     ingest(str(src), name=repo_name, embedder=hashing)
     before = visible_chunks(engine, repo_name)
     report = ingest(str(src), name=repo_name)
-    assert (report.files_changed, report.chunks_added, report.chunks_removed, report.embeddings_computed) == (0, 0, 0, 0)
+    assert (report.files_changed, report.chunks_added, report.chunks_removed, report.embeddings_computed) == (
+        0,
+        0,
+        0,
+        0,
+    )
     assert report.chunks_unchanged == len(before)
     assert visible_chunks(engine, repo_name) == before
 
@@ -126,8 +131,11 @@ def test_crash_between_batches_keeps_previous_snapshot_and_rerun_completes(
     assert all(h.citation.symbol != "added_after_crash_marker" for h in hits)
     with engine.connect() as conn:
         last = conn.execute(
-            sa.text("SELECT status, error FROM snapshots s JOIN repositories r ON r.id = s.repo_id "
-                    "WHERE r.name = :n ORDER BY s.id DESC LIMIT 1"), {"n": repo_name}
+            sa.text(
+                "SELECT status, error FROM snapshots s JOIN repositories r ON r.id = s.repo_id "
+                "WHERE r.name = :n ORDER BY s.id DESC LIMIT 1"
+            ),
+            {"n": repo_name},
         ).one()
     assert last.status == "failed" and "injected crash" in last.error
 
@@ -160,8 +168,11 @@ def test_concurrent_ingests_of_one_repo_do_not_interleave(engine, repo_name, has
     assert not errors
     with engine.connect() as conn:
         snaps = conn.execute(
-            sa.text("SELECT s.started_at, s.finished_at, s.status, s.stats FROM snapshots s "
-                    "JOIN repositories r ON r.id = s.repo_id WHERE r.name = :n ORDER BY s.id"), {"n": repo_name}
+            sa.text(
+                "SELECT s.started_at, s.finished_at, s.status, s.stats FROM snapshots s "
+                "JOIN repositories r ON r.id = s.repo_id WHERE r.name = :n ORDER BY s.id"
+            ),
+            {"n": repo_name},
         ).all()
     assert [s.status for s in snaps] == ["complete", "complete"]
     assert snaps[0].finished_at <= snaps[1].started_at, "the second ingest ran only after the first finished"

@@ -67,9 +67,17 @@ def test_reindex_builds_beside_and_swaps_atomically_under_load(engine, repo_name
     assert after[old["id"]]["status"] == "retired" and after[old["id"]]["vectors"] > 0, "kept for the grace period"
     hits = search(repo_name, question, k=3, mode="vector")
     with engine.connect() as conn:
-        used = conn.execute(sa.text(
-            "SELECT DISTINCT index_version_id FROM embeddings WHERE chunk_id = ANY(:i) AND index_version_id = :v"),
-            {"i": [h.chunk_id for h in hits], "v": report.version}).scalars().all()
+        used = (
+            conn.execute(
+                sa.text(
+                    "SELECT DISTINCT index_version_id FROM embeddings "
+                    "WHERE chunk_id = ANY(:i) AND index_version_id = :v"
+                ),
+                {"i": [h.chunk_id for h in hits], "v": report.version},
+            )
+            .scalars()
+            .all()
+        )
     assert used == [report.version]
 
     # The next reindex with no grace period collects the retired version's vectors.

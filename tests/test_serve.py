@@ -36,8 +36,12 @@ def served(database_url, tmp_path):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "grounding.cli", "serve", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grounding.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 240
     while "grounding is serving" not in (tmp_path / "serve.log").read_text():
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
@@ -52,8 +56,9 @@ def served(database_url, tmp_path):
 
 
 def prefect(env, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "prefect", *args], env=env, check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", *args], env=env, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def wait_for_run(env, run_id: str, timeout: float = 240) -> dict:
@@ -77,25 +82,41 @@ def test_deployment_run_from_the_cli_ingests_through_a_worker(served, engine, re
     run = wait_for_run(env, run_id)
     assert run["state"]["type"] == "COMPLETED", run["state"]
     with engine.connect() as conn:
-        chunks = conn.execute(sa.text(
-            "SELECT count(*) FROM chunks c JOIN repositories r ON r.id = c.repo_id WHERE r.name = :n"),
-            {"n": repo_name}).scalar()
+        chunks = conn.execute(
+            sa.text("SELECT count(*) FROM chunks c JOIN repositories r ON r.id = c.repo_id WHERE r.name = :n"),
+            {"n": repo_name},
+        ).scalar()
     assert chunks > 100
 
     # The reindex deployment goes to the gpu pool; on this machine its worker runs it on the CPU.
-    out = prefect(env, "deployment", "run", "reindex/default", "-p", f"repo={repo_name}",
-                  "-p", "encoder=hashing-32", "-p", "grace_seconds=0")
+    out = prefect(
+        env,
+        "deployment",
+        "run",
+        "reindex/default",
+        "-p",
+        f"repo={repo_name}",
+        "-p",
+        "encoder=hashing-32",
+        "-p",
+        "grace_seconds=0",
+    )
     run = wait_for_run(env, re.search(r"UUID: ([0-9a-f-]{36})", out).group(1))
     assert run["state"]["type"] == "COMPLETED", run["state"]
     with engine.connect() as conn:
-        dim = conn.execute(sa.text(
-            "SELECT v.dim FROM index_versions v JOIN repositories r ON r.id = v.repo_id "
-            "WHERE r.name = :n AND v.status = 'active'"), {"n": repo_name}).scalar()
+        dim = conn.execute(
+            sa.text(
+                "SELECT v.dim FROM index_versions v JOIN repositories r ON r.id = v.repo_id "
+                "WHERE r.name = :n AND v.status = 'active'"
+            ),
+            {"n": repo_name},
+        ).scalar()
     assert dim == 32
 
     # A failing run is visible in Prefect, and leaves the repository as it was.
-    out = prefect(env, "deployment", "run", "ingest-repo/default", "-p", f"source={tmp_path / 'gone'}",
-                  "-p", f"name={repo_name}")
+    out = prefect(
+        env, "deployment", "run", "ingest-repo/default", "-p", f"source={tmp_path / 'gone'}", "-p", f"name={repo_name}"
+    )
     run = wait_for_run(env, re.search(r"UUID: ([0-9a-f-]{36})", out).group(1))
     assert run["state"]["type"] == "FAILED"
     assert proc.poll() is None, "serve keeps running"

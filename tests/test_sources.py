@@ -116,3 +116,16 @@ def test_a_file_is_not_a_repository(tmp_path):
     f.write_text("x = 1\n")
     with pytest.raises(SourceNotFound, match="not a directory"):
         open_source(str(f), checkouts=tmp_path / "co", name="x")
+
+
+def test_an_untracked_directory_inside_a_work_tree_is_walked(tmp_path):
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / ".gitignore").write_text("vendor/\n")
+    (outer / "main.py").write_text("x = 1\n")
+    git_repo(outer)
+    vendored = copy_tree("requests", outer / "vendor" / "requests")
+    checkout = open_source(str(vendored), checkouts=tmp_path / "co", name="x")
+    assert not checkout.is_git and checkout.commit is None
+    files, _, _ = listing(vendored)
+    assert "sessions.py" in files

@@ -1,0 +1,192 @@
+"""Repositories, snapshots and the per-repository lock."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from grounding.errors import IngestBusy, RepoNotFound
+from grounding.records import RepoInfo, SkippedFile
+
+_LOCK_CLASS = 0x6772  # first key of the per-repository advisory lock
+
+
+__all__ = ["analyze_chunks", 
+    "repo_lock",
+    "repo_id",
+    "repo_source",
+    "repo_names",
+    "upsert_repo",
+    "begin_snapshot",
+    "fail_snapshot",
+    "finish_snapshot",
+    "list_repos",
+    "current_snapshot",
+    "snapshot",
+]
+
+
+# --- locking -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def repo_lock(engine: Engine, name: str, *, wait: bool = True) -> Iterator[None]:
+    """Hold the repository's advisory lock on a dedicated connection: ingests and reindexes never interleave."""
+    with engine.connect() as conn:
+        args = {"c": _LOCK_CLASS, "n": name}
+        if wait:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:c, hashtext(:n))"), args)
+        elif not conn.execute(sa.text("SELECT pg_try_advisory_lock(:c, hashtext(:n))"), args).scalar():
+            raise IngestBusy(
+                f"repository {name!r} is being ingested or reindexed by another run; try again when it ends"
+            )
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:c, hashtext(:n))"), args)
+            conn.commit()
+
+
+# --- repositories and snapshots ----------------------------------------------------------------
+
+
+def repo_id(conn: Connection, name: str) -> int:
+    """The id of an ingested repository; RepoNotFound names the known ones otherwise."""
+    found = conn.execute(sa.text("SELECT id FROM repositories WHERE name = :n"), {"n": name}).scalar()
+    if found is None:
+        known = list(conn.execute(sa.text("SELECT name FROM repositories ORDER BY name")).scalars())
+        raise RepoNotFound(name, known)
+    return found
+
+
+def repo_source(conn: Connection, name: str) -> tuple[str, str | None, str | None]:
+    """(source, ref, commit of the current snapshot) of an ingested repository."""
+    rid = repo_id(conn, name)
+    row = conn.execute(
+        sa.text(
+            "SELECT r.source, r.ref, s.commit FROM repositories r "
+            "LEFT JOIN snapshots s ON s.id = r.current_snapshot_id WHERE r.id = :r"
+        ),
+        {"r": rid},
+    ).one()
+    return row[0], row[1], row[2]
+
+
+def repo_names(conn: Connection) -> list[str]:
+    return list(conn.execute(sa.text("SELECT name FROM repositories ORDER BY name")).scalars())
+
+
+def upsert_repo(conn: Connection, name: str, *, source: str, ref: str | None) -> int:
+    return conn.execute(
+        sa.text(
+            "INSERT INTO repositories (name, source, ref) VALUES (:n, :s, :r) "
+            "ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, ref = EXCLUDED.ref RETURNING id"
+        ),
+        {"n": name, "s": source, "r": ref},
+    ).scalar_one()
+
+
+def begin_snapshot(conn: Connection, repo: int, *, commit: str | None, ref: str | None) -> int:
+    """Open a running snapshot. Called under the repository lock, so a run still marked running has died."""
+    conn.execute(
+        sa.text(
+            "UPDATE snapshots SET status = 'failed', finished_at = now(), "
+            "error = 'interrupted: the run ended without finishing' WHERE repo_id = :r AND status = 'running'"
+        ),
+        {"r": repo},
+    )
+    return conn.execute(
+        sa.text("INSERT INTO snapshots (repo_id, commit, ref, status) VALUES (:r, :c, :f, 'running') RETURNING id"),
+        {"r": repo, "c": commit, "f": ref},
+    ).scalar_one()
+
+
+def fail_snapshot(conn: Connection, snapshot: int, *, error: str) -> None:
+    conn.execute(
+        sa.text("UPDATE snapshots SET status = 'failed', finished_at = now(), error = :e WHERE id = :s"),
+        {"s": snapshot, "e": error[:4000]},
+    )
+
+
+def finish_snapshot(
+    conn: Connection,
+    repo: int,
+    snapshot: int,
+    *,
+    keep_file_ids: Sequence[int],
+    stats: dict,
+    skipped: Sequence[SkippedFile],
+) -> int:
+    """Make the snapshot current: drop every file row it does not keep, move the pointer. Returns chunks removed."""
+    removed = conn.execute(
+        sa.text(
+            "SELECT count(*) FROM chunks c JOIN files f ON f.id = c.file_id "
+            "WHERE f.repo_id = :r AND NOT (f.id = ANY(:keep))"
+        ),
+        {"r": repo, "keep": list(keep_file_ids)},
+    ).scalar_one()
+    conn.execute(
+        sa.text("DELETE FROM files WHERE repo_id = :r AND NOT (id = ANY(:keep))"),
+        {"r": repo, "keep": list(keep_file_ids)},
+    )
+    stats = {**stats, "chunks_removed": removed}
+    if skipped:
+        raw = conn.connection.driver_connection
+        with raw.cursor().copy("COPY skipped_files (snapshot_id, path, reason) FROM STDIN") as copy:
+            for s in skipped:
+                copy.write_row((snapshot, s.path, s.reason))
+    conn.execute(
+        sa.text(
+            "UPDATE snapshots SET status = 'complete', finished_at = now(), stats = CAST(:st AS jsonb) WHERE id = :s"
+        ),
+        {"s": snapshot, "st": json.dumps(stats)},
+    )
+    conn.execute(sa.text("UPDATE repositories SET current_snapshot_id = :s WHERE id = :r"), {"s": snapshot, "r": repo})
+    return removed
+
+
+def list_repos(conn: Connection) -> list[RepoInfo]:
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT r.id, r.name, r.source, r.current_snapshot_id, s.commit, s.finished_at,
+                   (SELECT count(*) FROM files f WHERE f.repo_id = r.id AND f.snapshot_id <= r.current_snapshot_id),
+                   (SELECT count(*) FROM chunks c JOIN files f ON f.id = c.file_id
+                     WHERE f.repo_id = r.id AND f.snapshot_id <= r.current_snapshot_id),
+                   v.id, v.encoder, last.status, last.error
+            FROM repositories r
+            LEFT JOIN snapshots s ON s.id = r.current_snapshot_id
+            LEFT JOIN index_versions v ON v.repo_id = r.id AND v.status = 'active'
+            LEFT JOIN LATERAL (SELECT status, error FROM snapshots WHERE repo_id = r.id ORDER BY id DESC LIMIT 1) last
+                   ON true
+            ORDER BY r.name
+            """
+        )
+    ).all()
+    return [RepoInfo(*row) for row in rows]
+
+
+def current_snapshot(conn: Connection, repo: int) -> tuple[int | None, str | None]:
+    row = conn.execute(
+        sa.text(
+            "SELECT r.current_snapshot_id, s.commit FROM repositories r "
+            "LEFT JOIN snapshots s ON s.id = r.current_snapshot_id WHERE r.id = :r"
+        ),
+        {"r": repo},
+    ).one()
+    return row[0], row[1]
+
+
+def snapshot(conn: Connection, snapshot_id: int) -> dict:
+    row = conn.execute(sa.text("SELECT * FROM snapshots WHERE id = :s"), {"s": snapshot_id}).mappings().one()
+    return dict(row)
+
+
+def analyze_chunks(conn: Connection) -> None:
+    """Refresh the planner's statistics of chunks: lexical search reads lexeme frequencies from them."""
+    conn.execute(sa.text("ANALYZE chunks"))

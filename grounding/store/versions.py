@@ -1,0 +1,195 @@
+"""Index versions: create, build their HNSW index, verify, activate, retire and collect them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from grounding.records import IndexVersion
+from grounding.store.writes import vector_literal
+
+__all__ = [
+    "active_index_version",
+    "building_index_version",
+    "create_index_version",
+    "build_vector_index",
+    "activate_index_version",
+    "visible_chunks_page",
+    "count_visible_chunks",
+    "count_version_embeddings",
+    "copy_embeddings",
+    "nearest_in_version",
+    "drop_index_version",
+    "collect_index_versions",
+    "index_versions",
+]
+
+
+# --- index versions ----------------------------------------------------------------------------
+
+
+def active_index_version(conn: Connection, repo: int) -> IndexVersion | None:
+    row = conn.execute(
+        sa.text(
+            "SELECT id, repo_id, encoder, dim, status FROM index_versions WHERE repo_id = :r AND status = 'active'"
+        ),
+        {"r": repo},
+    ).one_or_none()
+    return IndexVersion(*row) if row else None
+
+
+def building_index_version(conn: Connection, repo: int, *, encoder: str) -> IndexVersion | None:
+    """A version left building by a failed first ingest with the same encoder: reused so its vectors are kept."""
+    row = conn.execute(
+        sa.text(
+            "SELECT id, repo_id, encoder, dim, status FROM index_versions "
+            "WHERE repo_id = :r AND status = 'building' AND encoder = :e ORDER BY id DESC LIMIT 1"
+        ),
+        {"r": repo, "e": encoder},
+    ).one_or_none()
+    return IndexVersion(*row) if row else None
+
+
+def create_index_version(conn: Connection, repo: int, *, encoder: str, dim: int) -> IndexVersion:
+    vid = conn.execute(
+        sa.text(
+            "INSERT INTO index_versions (repo_id, encoder, dim, status) VALUES (:r, :e, :d, 'building') RETURNING id"
+        ),
+        {"r": repo, "e": encoder, "d": dim},
+    ).scalar_one()
+    return IndexVersion(vid, repo, encoder, dim, "building")
+
+
+def build_vector_index(conn: Connection, version: IndexVersion) -> None:
+    """The version's own HNSW index (inner product), partial on its rows, with the dimension it needs."""
+    vid, dim = int(version.id), int(version.dim)
+    conn.execute(
+        sa.text(
+            f"CREATE INDEX IF NOT EXISTS embeddings_hnsw_v{vid} ON embeddings "
+            f"USING hnsw ((embedding::vector({dim})) vector_ip_ops) WHERE index_version_id = {vid}"
+        )
+    )
+
+
+def activate_index_version(conn: Connection, version: IndexVersion) -> None:
+    """Swap the version in atomically: the previous active one is retired in the same transaction."""
+    conn.execute(
+        sa.text(
+            "UPDATE index_versions SET status = 'retired', retired_at = now() "
+            "WHERE repo_id = :r AND status = 'active' AND id <> :v"
+        ),
+        {"r": version.repo_id, "v": version.id},
+    )
+    conn.execute(
+        sa.text("UPDATE index_versions SET status = 'active', activated_at = now() WHERE id = :v"),
+        {"v": version.id},
+    )
+
+
+# --- reindexing ----------------------------------------------------------------------------------
+
+
+def visible_chunks_page(conn: Connection, repo: int, *, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+    """(id, content hash, embed text) of the visible chunks with id > after_id, in id order (keyset pages)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT c.id, c.content_hash, CASE WHEN c.context = '' THEN c.text ELSE c.context || E'\\n' || c.text END "
+            "FROM chunks c JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id AND c.id > :a ORDER BY c.id LIMIT :n"
+        ),
+        {"r": repo, "a": after_id, "n": limit},
+    )
+    return [tuple(row) for row in rows]
+
+
+def count_visible_chunks(conn: Connection, repo: int) -> int:
+    return conn.execute(
+        sa.text(
+            "SELECT count(*) FROM chunks c JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id"
+        ),
+        {"r": repo},
+    ).scalar_one()
+
+
+def count_version_embeddings(conn: Connection, version: int) -> int:
+    return conn.execute(
+        sa.text("SELECT count(*) FROM embeddings WHERE index_version_id = :v"), {"v": version}
+    ).scalar_one()
+
+
+def copy_embeddings(conn: Connection, version: IndexVersion, *, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
+    raw = conn.connection.driver_connection
+    with raw.cursor().copy("COPY embeddings (index_version_id, chunk_id, embedding) FROM STDIN") as copy:
+        for cid, vec in zip(chunk_ids, vectors):
+            copy.write_row((version.id, cid, vector_literal(vec)))
+
+
+def nearest_in_version(
+    conn: Connection, version: IndexVersion, vector: np.ndarray, *, k: int
+) -> list[tuple[int, float]]:
+    """(chunk id, inner product) nearest to `vector` through the version's own HNSW index, before activation."""
+    vid, dim = int(version.id), int(version.dim)
+    conn.execute(sa.text("SET LOCAL hnsw.ef_search = 100"))
+    rows = conn.execute(
+        sa.text(
+            f"SELECT chunk_id, -(embedding::vector({dim}) <#> CAST(:q AS vector({dim}))) AS ip "
+            f"FROM embeddings WHERE index_version_id = {vid} "
+            f"ORDER BY embedding::vector({dim}) <#> CAST(:q AS vector({dim})) LIMIT :k"
+        ),
+        {"q": vector_literal(vector), "k": k},
+    )
+    return [(cid, float(ip)) for cid, ip in rows]
+
+
+def drop_index_version(conn: Connection, version_id: int, *, status: str, note: str | None = None) -> None:
+    """Give up a version: its vectors and HNSW index go, its row stays with the reason."""
+    vid = int(version_id)
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS embeddings_hnsw_v{vid}"))
+    conn.execute(sa.text("DELETE FROM embeddings WHERE index_version_id = :v"), {"v": vid})
+    conn.execute(
+        sa.text(
+            "UPDATE index_versions SET status = :s, note = coalesce(:n, note), "
+            "retired_at = coalesce(retired_at, now()) WHERE id = :v"
+        ),
+        {"v": vid, "s": status, "n": note},
+    )
+
+
+def collect_index_versions(conn: Connection, repo: int, *, grace_seconds: float) -> list[int]:
+    """Remove the vectors of versions retired longer ago than the grace period, and of abandoned builds.
+
+    Called under the repository lock, so a version still 'building' while an active one exists was
+    left by a run that died.
+    """
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, status FROM index_versions v WHERE repo_id = :r AND ("
+            " (status = 'retired' AND retired_at < now() - make_interval(secs => :g))"
+            " OR (status = 'building' AND EXISTS (SELECT 1 FROM index_versions a WHERE a.repo_id = :r"
+            "     AND a.status = 'active'))"
+            " OR (status = 'failed' AND EXISTS (SELECT 1 FROM embeddings e WHERE e.index_version_id = v.id)))"
+        ),
+        {"r": repo, "g": grace_seconds},
+    ).all()
+    for vid, status in rows:
+        if status == "retired":
+            drop_index_version(conn, vid, status="retired", note="vectors removed after the grace period")
+        else:
+            drop_index_version(conn, vid, status="failed", note="abandoned: the run building it ended")
+    return [vid for vid, _ in rows]
+
+
+def index_versions(conn: Connection, repo: int) -> list[dict]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT v.id, v.encoder, v.dim, v.status, v.created_at, v.activated_at, v.retired_at, v.note, "
+            "(SELECT count(*) FROM embeddings e WHERE e.index_version_id = v.id) AS vectors "
+            "FROM index_versions v WHERE repo_id = :r ORDER BY v.id"
+        ),
+        {"r": repo},
+    ).mappings()
+    return [dict(row) for row in rows]

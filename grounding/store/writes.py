@@ -1,0 +1,127 @@
+"""Bulk writes of files, chunks and their vectors with COPY, and the look-ups incremental ingest needs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from grounding.records import Chunk, IndexVersion, SourceFile
+
+__all__ = ["existing_files", "count_chunks", "embeddings_by_hash", "write_files", "vector_literal"]
+
+
+# --- files, chunks, embeddings -----------------------------------------------------------------
+
+
+def existing_files(conn: Connection, repo: int) -> dict[tuple[str, str], tuple[int, int]]:
+    """Every stored (path, content hash) of the repository, visible or left by a failed run: (file id, snapshot)."""
+    rows = conn.execute(
+        sa.text("SELECT path, content_hash, id, snapshot_id FROM files WHERE repo_id = :r"), {"r": repo}
+    )
+    return {(path, h): (fid, snap) for path, h, fid, snap in rows}
+
+
+def count_chunks(conn: Connection, file_ids: Sequence[int]) -> int:
+    return conn.execute(
+        sa.text("SELECT count(*) FROM chunks WHERE file_id = ANY(:ids)"), {"ids": list(file_ids)}
+    ).scalar_one()
+
+
+def embeddings_by_hash(conn: Connection, repo: int, version: int, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Vectors already computed in this version for chunks of equal content: they need no encoder pass."""
+    if not hashes:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT ON (c.content_hash) c.content_hash, e.embedding::text FROM chunks c "
+            "JOIN embeddings e ON e.chunk_id = c.id AND e.index_version_id = :v "
+            "WHERE c.repo_id = :r AND c.content_hash = ANY(:h)"
+        ),
+        {"r": repo, "v": version, "h": list(hashes)},
+    )
+    return {h: np.array(json.loads(v), dtype=np.float32) for h, v in rows}
+
+
+def _next_ids(conn: Connection, table: str, n: int) -> list[int]:
+    return list(
+        conn.execute(
+            sa.text(f"SELECT nextval(pg_get_serial_sequence('{table}', 'id')) FROM generate_series(1, :n)"),
+            {"n": n},
+        ).scalars()
+    )
+
+
+def write_files(
+    conn: Connection,
+    repo: int,
+    snapshot: int,
+    version: IndexVersion,
+    *,
+    files: Sequence[tuple[SourceFile, Sequence[Chunk]]],
+    vectors: np.ndarray,
+    lexical_terms,
+) -> list[int]:
+    """Bulk-write files, their chunks and one vector per chunk (in order) with COPY. Returns the file ids."""
+    file_ids = _next_ids(conn, "files", len(files))
+    n_chunks = sum(len(chunks) for _, chunks in files)
+    chunk_ids = _next_ids(conn, "chunks", n_chunks)
+    raw = conn.connection.driver_connection
+    cur = raw.cursor()
+    with cur.copy(
+        "COPY files (id, repo_id, snapshot_id, path, language, content_hash, size, decode_errors) FROM STDIN"
+    ) as copy:
+        for fid, (f, _) in zip(file_ids, files):
+            copy.write_row((fid, repo, snapshot, f.path, f.language, f.content_hash, f.size, f.decode_errors))
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS chunk_stage (id bigint, file_id bigint, ordinal int, start_byte int, "
+        "end_byte int, start_line int, end_line int, kind text, symbol text, context text, text text, "
+        "token_count int, content_hash text, symbol_terms text, path_terms text, body_terms text) "
+        "ON COMMIT DELETE ROWS"
+    )
+    ids = iter(chunk_ids)
+    with cur.copy("COPY chunk_stage FROM STDIN") as copy:
+        for fid, (f, chunks) in zip(file_ids, files):
+            for ordinal, c in enumerate(chunks):
+                symbol_terms, path_terms, body_terms = lexical_terms(c)
+                copy.write_row(
+                    (
+                        next(ids),
+                        fid,
+                        ordinal,
+                        c.start_byte,
+                        c.end_byte,
+                        c.start_line,
+                        c.end_line,
+                        c.kind,
+                        c.symbol,
+                        c.context,
+                        c.text,
+                        c.token_count,
+                        c.content_hash,
+                        symbol_terms,
+                        path_terms,
+                        body_terms,
+                    )
+                )
+    cur.execute(
+        "INSERT INTO chunks (id, file_id, repo_id, ordinal, start_byte, end_byte, start_line, end_line, kind, "
+        "symbol, context, text, token_count, content_hash, search) "
+        "SELECT id, file_id, %s, ordinal, start_byte, end_byte, start_line, end_line, kind, symbol, context, "
+        "text, token_count, content_hash, "
+        "setweight(to_tsvector('english', symbol_terms), 'A') || "
+        "setweight(to_tsvector('english', path_terms), 'B') || "
+        "setweight(to_tsvector('english', body_terms), 'D') FROM chunk_stage",
+        (repo,),
+    )
+    with cur.copy("COPY embeddings (index_version_id, chunk_id, embedding) FROM STDIN") as copy:
+        for cid, vec in zip(chunk_ids, vectors):
+            copy.write_row((version.id, cid, vector_literal(vec)))
+    return file_ids
+
+
+def vector_literal(vec: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.7g}" for x in vec.tolist()) + "]"
