@@ -55,7 +55,8 @@ def main() -> None:
     # The baseline: the same chunk texts through the bare encoder, same batch size and length sorting.
     listing = list_files(
         open_source(str(src), checkouts=work / "co", name="x"),
-        max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length,
+        max_bytes=settings.max_file_bytes,
+        max_line_length=settings.max_line_length,
     )
     counter = encoder.token_counter()
     texts = [
@@ -96,17 +97,23 @@ def main() -> None:
         "onefile_reingest_s": round(onefile_s, 3),
         "onefile_embeddings_computed": one.embeddings_computed,
     }
-    print(f"\n{args.package}: {files} files indexed ({len(report.skipped)} skipped), {chunks} chunks, "
-          f"{report.embeddings_computed} embedded ({report.embeddings_reused} reused: identical chunks)")
+    print(
+        f"\n{args.package}: {files} files indexed ({len(report.skipped)} skipped), {chunks} chunks, "
+        f"{report.embeddings_computed} embedded ({report.embeddings_reused} reused: identical chunks)"
+    )
     print(f"{'stage':12} {'seconds':>9} {'files/s':>10} {'chunks/s':>10}")
     for stage, secs in report.seconds.items():
-        print(f"{stage:12} {secs:9.2f} {files / secs if secs else float('inf'):10.1f} "
-              f"{chunks / secs if secs else float('inf'):10.1f}")
+        print(
+            f"{stage:12} {secs:9.2f} {files / secs if secs else float('inf'):10.1f} "
+            f"{chunks / secs if secs else float('inf'):10.1f}"
+        )
     print(f"{'ingest total':12} {ingest_s:9.2f} {files / ingest_s:10.1f} {chunks / ingest_s:10.1f}")
     print(f"{'raw encoder':12} {raw_s:9.2f} {'':10} {len(unique) / raw_s:10.1f}   (baseline, same texts)")
     print(f"ingest / raw encoder = {ingest_s / raw_s:.3f}   (target <= 1.3)")
-    print(f"no-change re-ingest of {files} files: {nochange_s:.2f} s (target < 3 s); "
-          f"one changed file: {onefile_s:.2f} s, {one.embeddings_computed} chunk(s) embedded")
+    print(
+        f"no-change re-ingest of {files} files: {nochange_s:.2f} s (target < 3 s); "
+        f"one changed file: {onefile_s:.2f} s, {one.embeddings_computed} chunk(s) embedded"
+    )
     print(f"encoder load (excluded above): {load_s:.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import sqlalchemy as sa
 
@@ -63,3 +65,33 @@ def test_flow_fails_without_retry_on_a_missing_path(prefect_server, engine, tmp_
     assert state.is_failed()
     with pytest.raises(Exception, match="does not exist"):
         state.result()
+
+
+def test_refresh_repos_flow_ingests_moved_repos_and_reports_each(
+    prefect_server, engine, repo_name, hashing, tmp_path
+):
+    from flows.refresh import refresh_repos
+    from grounding.ingest import ingest
+    from tests.conftest import git, git_repo
+
+    moving = git_repo(copy_tree("requests", tmp_path / "moving"))
+    still = git_repo(copy_tree("click", tmp_path / "still"))
+    gone = copy_tree("requests", tmp_path / "gone")
+    for name, src in ((f"{repo_name}-a", moving), (f"{repo_name}-b", still), (f"{repo_name}-c", gone)):
+        ingest(f"file://{src}" if src != gone else str(src), name=name, embedder=hashing)
+    (moving / "help.py").write_text((moving / "help.py").read_text() + "\ndef refreshed_marker():\n    pass\n")
+    git(moving, "commit", "-qam", "move")
+    shutil.rmtree(gone)
+
+    state = refresh_repos([f"{repo_name}-a", f"{repo_name}-b", f"{repo_name}-c"], return_state=True)
+    assert state.is_failed(), "one repository failed, so the run says so"
+    with pytest.raises(RuntimeError, match="1 of 3 repositories failed"):
+        state.result()
+    with engine.connect() as conn:
+        rows = dict(conn.execute(sa.text(
+            "SELECT r.name, count(s.id) FROM repositories r JOIN snapshots s ON s.repo_id = r.id "
+            "WHERE r.name LIKE :n GROUP BY r.name"), {"n": repo_name + "-%"}).all())
+    assert rows == {f"{repo_name}-a": 2, f"{repo_name}-b": 1, f"{repo_name}-c": 1}
+
+    again = refresh_repos([f"{repo_name}-a", f"{repo_name}-b"])
+    assert [r["action"] for r in again] == ["unchanged", "unchanged"]

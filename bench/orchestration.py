@@ -1,0 +1,121 @@
+"""The cost of orchestration: an ingest through `prefect deployment run` versus calling `ingest` directly.
+
+    .venv/bin/python bench/orchestration.py [--package requests] [--runs 3] [--encoder hashing-64|default]
+
+Starts `grounding serve` (Prefect server + workers, separate processes) on a fresh embedded Postgres,
+then ingests the same copied package as new repositories three ways, each `--runs` times:
+direct (`ingest()` in this warm process), CLI (`grounding ingest` in a fresh process: imports and
+encoder load included) and deployment (`prefect deployment run ingest-repo/default`, from request
+to the flow run's COMPLETED state, as a worker runs it in a fresh process). Prints medians and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import site
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prefect(env: dict, *args: str) -> str:
+    cmd = [sys.executable, "-m", "prefect", *args]
+    return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def _deployment_run(env: dict, source: Path, name: str) -> float:
+    t = time.perf_counter()
+    out = _prefect(env, "deployment", "run", "ingest-repo/default", "-p", f"source={source}", "-p", f"name={name}")
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    while True:
+        state = json.loads(_prefect(env, "flow-run", "inspect", run_id, "--output", "json"))["state"]["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        time.sleep(0.25)
+    if state != "COMPLETED":
+        raise SystemExit(f"flow run {run_id} ended {state}")
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package", default="requests")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--encoder", default="hashing-64", help="'default' for the real encoder")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="grounding-bench-orch-"))
+    os.environ.update({"GROUNDING_HOME": str(work / "home"), "HF_HUB_OFFLINE": "1"})
+    if args.encoder != "default":
+        os.environ["GROUNDING_ENCODER"] = args.encoder
+    from grounding import db
+    from grounding.ingest import ingest
+
+    os.environ["GROUNDING_DATABASE_URL"] = db.embedded_url(work / "pgdata")
+    from grounding.config import reset_settings
+
+    reset_settings()
+    db.get_engine()
+    site_packages = next(Path(p) for p in site.getsitepackages() if p.endswith("site-packages"))
+    src = work / args.package
+    shutil.copytree(site_packages / args.package, src, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": str(work / "prefect"), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+    log = open(work / "serve.log", "w")
+    serve = subprocess.Popen([sys.executable, "-m", "grounding.cli", "serve", "--port", str(port)], env=env,
+                             stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while "grounding is serving" not in (work / "serve.log").read_text():
+            if serve.poll() is not None:
+                raise SystemExit((work / "serve.log").read_text()[-2000:])
+            time.sleep(0.5)
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+        ingest(str(src), name="warmup")  # loads the encoder in this process: "direct" is the warm path
+        times: dict[str, list[float]] = {"direct": [], "cli": [], "deployment": []}
+        for i in range(args.runs):
+            t = time.perf_counter()
+            ingest(str(src), name=f"direct-{i}")
+            times["direct"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "grounding.cli", "ingest", str(src), "--name", f"cli-{i}", "-q"],
+                           env=env, check=True, capture_output=True)
+            times["cli"].append(time.perf_counter() - t)
+            times["deployment"].append(_deployment_run(env, src, f"deployment-{i}"))
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(timeout=60)
+        log.close()
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{args.package}, encoder {args.encoder}, {args.runs} runs each (median seconds):")
+    for k, v in medians.items():
+        print(f"{k:11} {v:8.2f} s   x{v / medians['direct']:.2f} of direct   runs: "
+              + ", ".join(f"{t:.2f}" for t in times[k]))
+    print(f"deployment overhead over direct: {medians['deployment'] - medians['direct']:.2f} s; "
+          f"over a fresh CLI process: {medians['deployment'] - medians['cli']:.2f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"times": times, "medians": medians}, indent=2))
+    db.reset()
+    db.stop_embedded()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
