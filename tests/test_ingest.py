@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import store
+from grounding.cli import main
 from grounding.config import reset_settings
 from grounding.errors import IngestBusy, IngestError
 from grounding.ingest import ingest
@@ -108,7 +109,7 @@ def test_deleted_file_disappears(engine, repo_name, hashing, tmp_path):
 
 
 def test_crash_between_batches_keeps_previous_snapshot_and_rerun_completes(
-    engine, repo_name, hashing, tmp_path, monkeypatch
+    engine, repo_name, hashing, tmp_path, monkeypatch, capsys
 ):
     src = copy_tree("click", tmp_path / "click")
     ingest(str(src), name=repo_name, embedder=hashing)
@@ -138,6 +139,9 @@ def test_crash_between_batches_keeps_previous_snapshot_and_rerun_completes(
             {"n": repo_name},
         ).one()
     assert last.status == "failed" and "injected crash" in last.error
+    assert main(["repos"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(repo_name))
+    assert "failed: RuntimeError: injected crash between batches" in row
 
     report = ingest(str(src), name=repo_name)
     assert report.files_changed == len(changed) - 6, "the rerun reuses the 6 files the crashed run wrote"
