@@ -12,126 +12,61 @@ function's; the strict variant also wants the hit's symbol to end in the functio
 from __future__ import annotations
 
 import argparse
-import ast
 import atexit
-import inspect
 import json
 import os
 import random
-import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+from grounding import evaluation
+from grounding.evaluation import Question
+from grounding.harvest import DocumentedFunction, documented_functions, strip_docstrings
 
 SITE_PACKAGES = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 MODES = ("lexical", "vector", "hybrid")
 K = 10
-MIN_QUESTION_WORDS = 4
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
-@dataclass(frozen=True)
-class Question:
-    text: str
-    path: str  # relative to the copied package root, as the ingest stores it
-    name: str  # the function's own name, compared with the last part of a hit's symbol
-    start_line: int  # of the function after its docstring was removed, decorators included
-    end_line: int
+def read_sources(root: Path) -> dict[str, bytes]:
+    """Every .py file under root by its path relative to root, in the order the sample draws from."""
+    return {file.relative_to(root).as_posix(): file.read_bytes() for file in sorted(root.rglob("*.py"))}
 
 
-def functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
-    """Every function and method of a module, nested ones too, in source order."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield node
-        yield from functions(node)
-
-
-def first_sentence(docstring: str) -> str:
-    paragraph = " ".join(inspect.cleandoc(docstring).split("\n\n")[0].split())
-    return _SENTENCE_END.split(paragraph, maxsplit=1)[0]
-
-
-def removable_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[bytes]) -> ast.Expr | None:
-    """The function's docstring statement, if it stands on lines of its own (so it can be cut whole)."""
-    doc = node.body[0]
-    if not (isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
-        return None
-    alone_before = not lines[doc.lineno - 1][: doc.col_offset].strip()
-    alone_after = not lines[doc.end_lineno - 1][doc.end_col_offset :].strip()
-    next_line = node.body[1].lineno if len(node.body) > 1 else None
-    return doc if alone_before and alone_after and next_line != doc.end_lineno else None
-
-
-def candidates(root: Path) -> list[tuple[str, int, str]]:
-    """(path, index of the function in its file, question) for every function a question can be asked of."""
-    found = []
-    for file in sorted(root.rglob("*.py")):
-        data = file.read_bytes()
-        lines = data.splitlines(keepends=True)
-        for index, node in enumerate(functions(ast.parse(data))):
-            doc = removable_docstring(node, lines)
-            if doc is not None:
-                question = first_sentence(doc.value.value)
-                if len(question.split()) >= MIN_QUESTION_WORDS:
-                    found.append((file.relative_to(root).as_posix(), index, question))
-    return found
-
-
-def strip_docstrings(root: Path, picked: list[tuple[str, int, str]]) -> list[Question]:
-    """Cut the picked functions' docstrings out of their files (bottom up), then read the gold spans back."""
-    by_path: dict[str, dict[int, str]] = {}
-    for path, index, question in picked:
-        by_path.setdefault(path, {})[index] = question
-    questions = []
-    for path, wanted in by_path.items():
-        file = root / path
-        lines = file.read_bytes().splitlines(keepends=True)
-        nodes = list(functions(ast.parse(b"".join(lines))))
-        for index in sorted(wanted, key=lambda i: -nodes[i].body[0].lineno):
-            node, doc = nodes[index], nodes[index].body[0]
-            indent = lines[doc.lineno - 1][: doc.col_offset]
-            body = [] if len(node.body) > 1 else [indent + b"pass\n"]
-            lines[doc.lineno - 1 : doc.end_lineno] = body
-        data = b"".join(lines)
-        file.write_bytes(data)
-        rewritten = list(functions(ast.parse(data)))
-        for index, question in wanted.items():
-            node = rewritten[index]
-            start = min([node.lineno] + [d.lineno for d in node.decorator_list])
-            questions.append(Question(question, path, node.name, start, node.end_lineno))
-    return sorted(questions, key=lambda q: (q.path, q.start_line))
+def strip_sampled(root: Path, files: dict[str, bytes], picked: list[DocumentedFunction]) -> list[Question]:
+    """Cut the picked functions' docstrings out of the copied files; the questions carry the new gold spans."""
+    questions, rewritten = strip_docstrings(files, picked)
+    for path, data in rewritten.items():
+        if data != files[path]:
+            (root / path).write_bytes(data)
+    return questions
 
 
 def first_correct(hits, question: Question, *, strict: bool) -> int | None:
-    """The 1-based rank of the first hit on the gold function, or None."""
+    """The 1-based rank of the first hit on the gold function (strict: whose symbol ends in its name), or None."""
+    name = question.symbol.split(".")[-1]
     for rank, hit in enumerate(hits, 1):
         c = hit.citation
-        overlaps = c.path == question.path and c.start_line <= question.end_line and c.end_line >= question.start_line
-        if overlaps and (not strict or (c.symbol or "").split(".")[-1] == question.name):
+        if evaluation.answers(c, question) and (not strict or (c.symbol or "").split(".")[-1] == name):
             return rank
     return None
 
 
 def scores(ranks: list[int | None]) -> dict[str, float]:
-    n = len(ranks)
-    out = {f"recall@{c}": sum(r is not None and r <= c for r in ranks) / n for c in (1, 5, K)}
-    out[f"mrr@{K}"] = sum(1 / r for r in ranks if r is not None) / n
-    return out
+    return evaluation.retrieval_metrics(ranks, k=K)
 
 
 def evaluate(repo: str, questions: list[Question], mode: str) -> dict[str, float]:
     from grounding.retrieve import search
 
-    search(repo, questions[0].text, k=K, mode=mode)  # load the encoder and warm the caches outside the timing
+    search(repo, questions[0].question, k=K, mode=mode)  # load the encoder and warm the caches outside the timing
     ranks, strict_ranks, seconds = [], [], 0.0
     for q in questions:
         t = time.perf_counter()
-        hits = search(repo, q.text, k=K, mode=mode)
+        hits = search(repo, q.question, k=K, mode=mode)
         seconds += time.perf_counter() - t
         ranks.append(first_correct(hits, q, strict=False))
         strict_ranks.append(first_correct(hits, q, strict=True))
@@ -165,9 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     db.reset()
     root = tmp / args.package
     shutil.copytree(SITE_PACKAGES / args.package, root)
-    pool = candidates(root)
+    files = read_sources(root)
+    pool = documented_functions(files)
     picked = random.Random(args.seed).sample(pool, min(args.questions, len(pool)))
-    questions = strip_docstrings(root, picked)
+    questions = strip_sampled(root, files, picked)
     print(f"{args.package}: {len(questions)} questions sampled from {len(pool)} documented functions")
 
     t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The `grounding` command: ingest, ask, repos. Errors become one line on stderr and a non-zero exit."""
+"""The `grounding` command: ingest, ask, repos, eval. Errors become one line on stderr and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -108,6 +108,32 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from grounding.eval_index import run_eval
+    from grounding.evaluation import MODES
+
+    modes = MODES if args.mode == "all" else (args.mode,)
+    report = run_eval(
+        args.repo, dataset=args.dataset, harvester=args.harvest, split=args.split, modes=modes, k=args.k, save=args.save
+    )
+    if report.eval_index is not None:
+        r = report.eval_index.ingest
+        print(
+            f"{report.repo}: {report.total} questions harvested ({report.dataset}), saved to {report.saved}; "
+            f"eval index {report.searched}: {r.files_changed} files changed, {r.embeddings_computed} embedded"
+        )
+    first = report.results[0]
+    print(
+        f"{report.repo}: {first.questions} questions ({report.split} split of {report.total}) asked of "
+        f"{report.searched}, index version {first.index_version or '-'} ({first.encoder or 'no encoder'})"
+    )
+    metrics = list(first.metrics)
+    print(f"{'mode':8}" + "".join(f"{m:>11}" for m in metrics) + f"{'run':>7}")
+    for result, run_id in zip(report.results, report.run_ids):
+        print(f"{result.mode:8}" + "".join(f"{result.metrics[m]:>11.3f}" for m in metrics) + f"{run_id:>7}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from grounding.serve import serve
 
@@ -154,6 +180,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refresh", help="re-ingest repositories whose commit moved")
     p.add_argument("repos", nargs="*", help="default: every registered repository")
     p.set_defaults(func=_cmd_refresh)
+
+    p = sub.add_parser("eval", help="measure retrieval: recall@1/5/10 and MRR on harvested or given questions")
+    p.add_argument("repo")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--dataset", help="a JSONL question file (question, path, start_line, end_line[, split])")
+    source.add_argument(
+        "--harvest",
+        choices=["docstrings"],
+        default="docstrings",
+        help="harvest questions from the repository itself (default: docstrings)",
+    )
+    p.add_argument("--split", choices=["heldout", "train", "all"], help="default: heldout if harvested, else all")
+    p.add_argument("--mode", choices=["hybrid", "vector", "lexical", "all"], default="hybrid")
+    p.add_argument("-k", type=int, default=10, help="hits per question (default 10)")
+    p.add_argument("--save", help="where to write harvested questions (default: GROUNDING_HOME/eval/REPO/)")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("serve", help="run a Prefect server, the work pools, the deployments and their workers")
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server it starts (default 4200)")

@@ -48,3 +48,7 @@ class IngestError(GroundingError):
 
 class EncoderNotFound(GroundingError):
     """The encoder path does not hold a Hugging Face model."""
+
+
+class DatasetError(GroundingError):
+    """A question file cannot be read, or holds no question to ask."""

@@ -23,6 +23,8 @@ def refresh(repo: str) -> RefreshOutcome:
     """Re-ingest `repo` (incrementally) if its source's commit moved; a directory outside git is always re-read."""
     with db.get_engine().connect() as conn:
         source, ref, before = store.repo_source(conn, repo)
+    if not sources.is_git_url(source):
+        ref = None  # a local checkout is read as it is; the stored ref only records its branch
     now = sources.current_commit(source, ref)
     if now is not None and now == before:
         return RefreshOutcome(repo, "unchanged", before, now, f"still at {now[:12]}")

@@ -5,6 +5,7 @@ visible once the repository's `current_snapshot_id` has reached it. Finishing an
 superseded rows and moves the pointer in one transaction, so readers see either the old snapshot or
 the new one, never a mix. Embeddings carry their index version; each version gets its own partial
 HNSW index (built by `store.build_vector_index`), so a new encoder can be built beside the active one.
+Evaluation runs record how well a question set was answered, by which index version and encoder.
 """
 
 from __future__ import annotations
@@ -134,4 +135,20 @@ embeddings = Table(
     Column("chunk_id", BigInteger, ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True),
     Column("embedding", Vector(), nullable=False),  # dimension fixed per version by its HNSW index
     Index("embeddings_chunk", "chunk_id"),
+)
+
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),  # measured
+    Column("dataset", Text, nullable=False),  # a harvester's name (docstrings) or the question file's path
+    Column("split", Text, nullable=False),  # train, heldout or all
+    Column("mode", Text, nullable=False),  # hybrid, vector or lexical
+    Column("index_version_id", Integer),  # of the repository searched; not a key: versions are collected
+    Column("encoder", Text),  # compares runs across repositories derived for evaluation
+    Column("questions", Integer, nullable=False),
+    Column("metrics", JSONB, nullable=False),  # recall@1, recall@5, recall@10, mrr@10
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("eval_runs_repo", "repo_id", "id"),
 )

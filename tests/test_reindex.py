@@ -118,3 +118,14 @@ def test_refresh_ingests_only_when_the_commit_moves(engine, repo_name, hashing, 
     assert moved.action == "ingested" and moved.commit_after == git(origin, "rev-parse", "HEAD")
     assert moved.report.files_changed == 1 and moved.report.embeddings_computed <= 2
     assert refresh(repo_name).action == "unchanged"
+
+
+def test_refresh_follows_a_local_checkout(engine, repo_name, hashing, tmp_path):
+    local = git_repo(copy_tree("requests", tmp_path / "local"))
+    ingest(str(local), name=repo_name, embedder=hashing)
+    assert refresh(repo_name).action == "unchanged"
+    (local / "hooks.py").write_text((local / "hooks.py").read_text() + "\n# touched\n")
+    git(local, "commit", "-qam", "local change")
+    moved = refresh(repo_name)
+    assert moved.action == "ingested" and moved.report.files_changed == 1
+    assert moved.commit_after == git(local, "rev-parse", "HEAD")

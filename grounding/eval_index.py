@@ -1,0 +1,186 @@
+"""Evaluation runs end to end: harvest questions, build the eval index they need, ask, score and store.
+
+A docstring's first sentence is a trivial question about a function that still holds the
+docstring, so harvested questions are asked of an eval index: a copy of the repository with the
+harvested docstrings cut out, ingested as the derived repository `REPO~eval-<harvester>` with
+REPO's active encoder. It is re-ingested incrementally, so a rerun embeds only what changed in REPO.
+A user's own question file is asked of REPO as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from grounding import db, sources, store
+from grounding.config import get_settings
+from grounding.embed import load_embedder
+from grounding.errors import NotIndexed, RepoNotFound, SourceNotFound
+from grounding.evaluation import (
+    MODES,
+    DatasetError,
+    EvalResult,
+    Question,
+    evaluate,
+    load_questions,
+    record_run,
+    save_questions,
+    select_split,
+)
+from grounding.harvest import harvest_docstrings
+from grounding.ingest import ingest
+from grounding.records import IngestReport
+from grounding.reindex import reindex
+
+log = logging.getLogger(__name__)
+
+Harvester = Callable[[Mapping[str, bytes]], tuple[list[Question], dict[str, bytes]]]
+HARVESTERS: dict[str, Harvester] = {"docstrings": harvest_docstrings}
+DERIVED_MARK = "~eval-"
+
+
+@dataclass(frozen=True)
+class EvalIndex:
+    """A derived repository built for harvested questions, and those questions."""
+
+    repo: str  # the repository measured
+    name: str  # the derived repository searched: REPO~eval-<harvester>
+    harvester: str
+    questions: tuple[Question, ...]
+    ingest: IngestReport
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """What `run_eval` did: which questions, asked of which repository, with what results."""
+
+    repo: str
+    searched: str
+    dataset: str  # the harvester's name or the question file's path, as stored
+    split: str
+    total: int  # questions in the dataset, every split
+    results: tuple[EvalResult, ...]  # one per mode
+    run_ids: tuple[int, ...]
+    saved: Path | None = None  # where harvested questions were written
+    eval_index: EvalIndex | None = None
+
+
+def eval_index_name(repo: str, harvester: str) -> str:
+    return f"{repo}{DERIVED_MARK}{harvester}"
+
+
+def eval_dir(repo: str) -> Path:
+    """Where a repository's eval datasets and eval trees live: GROUNDING_HOME/eval/REPO."""
+    return get_settings().home / "eval" / (re.sub(r"[^\w.-]", "_", repo).lstrip(".") or "_")
+
+
+def _read_source(repo: str) -> tuple[dict[str, bytes], str]:
+    """The indexable files of an ingested repository as they are now, read under its lock; and its encoder."""
+    settings = get_settings()
+    engine = db.get_engine()
+    with store.repo_lock(engine, repo):
+        with engine.connect() as conn:
+            source, ref, commit = store.repo_source(conn, repo)
+            version = store.active_index_version(conn, store.repo_id(conn, repo))
+        if version is None:
+            raise NotIndexed(f"repository {repo!r} has no active index version; ingest it first")
+        if sources.is_git_url(source):
+            # The checkout the last ingest left, at the commit it indexed: evaluating must not fetch.
+            root = settings.checkouts_dir / repo
+            if not (root / ".git").is_dir():
+                raise SourceNotFound(f"the checkout of {repo!r} is gone from {root}; run `grounding refresh {repo}`")
+            checkout = sources.Checkout(root.resolve(), source, commit, ref, True)
+        else:
+            checkout = sources.open_source(source, checkouts=settings.checkouts_dir, name=repo)
+        listing = sources.list_files(
+            checkout, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
+        )
+    return {f.path: f.data for f in listing.files}, version.encoder
+
+
+def _write_tree(root: Path, files: Mapping[str, bytes]) -> None:
+    """Replace the directory `root` with exactly `files`, written beside it first."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        for path, data in files.items():
+            target = staging / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        shutil.rmtree(root, ignore_errors=True)
+        staging.rename(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
+    """Harvest `repo`'s questions and (re-)ingest the rewritten copy as `REPO~eval-<harvester>`."""
+    if harvester not in HARVESTERS:
+        raise ValueError(f"harvester must be one of {', '.join(HARVESTERS)}, not {harvester!r}")
+    files, encoder = _read_source(repo)
+    questions, rewritten = HARVESTERS[harvester](files)
+    if not questions:
+        raise DatasetError(
+            f"repository {repo!r} has no question to harvest with {harvester!r} "
+            "(no documented Python function); bring a question file with --dataset"
+        )
+    name = eval_index_name(repo, harvester)
+    tree = eval_dir(repo) / f"{harvester}-tree"
+    _write_tree(tree, rewritten)
+    with db.get_engine().connect() as conn:
+        try:
+            derived = store.active_index_version(conn, store.repo_id(conn, name))
+        except RepoNotFound:
+            derived = None
+    if derived is not None and derived.encoder != encoder:
+        log.info("%s was embedded with %s; reindexing with %s", name, derived.encoder, encoder)
+        reindex(name, encoder=encoder, grace_seconds=0)
+    report = ingest(str(tree), name=name, embedder=load_embedder(encoder))
+    return EvalIndex(repo, name, harvester, tuple(questions), report)
+
+
+def run_eval(
+    repo: str,
+    *,
+    dataset: str | Path | None = None,
+    harvester: str = "docstrings",
+    split: str | None = None,
+    modes: Sequence[str] = ("hybrid",),
+    k: int = 10,
+    save: str | Path | None = None,
+) -> EvalReport:
+    """Evaluate `repo`'s retrieval on a question file, or on harvested questions; store one run per mode.
+
+    A question file is asked of `repo` itself, every split by default. Harvested questions are asked
+    of the eval index, held-out split by default, and saved as JSONL (GROUNDING_HOME/eval/REPO/).
+    """
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    with db.get_engine().connect() as conn:
+        store.repo_id(conn, repo)  # RepoNotFound before any harvesting or reading of files
+    index = saved = None
+    if dataset is not None:
+        questions = load_questions(dataset)
+        searched, name, split = repo, str(Path(dataset).resolve()), split or "all"
+    else:
+        index = build_eval_index(repo, harvester=harvester)
+        questions = list(index.questions)
+        saved = save_questions(save or eval_dir(repo) / f"{harvester}.jsonl", questions)
+        searched, name, split = index.name, harvester, split or "heldout"
+    chosen = select_split(questions, split)
+    if not chosen:
+        raise DatasetError(
+            f"the {split} split of {name} holds no question ({len(questions)} in all); choose another with --split"
+        )
+    results = tuple(evaluate(searched, chosen, k=k, mode=mode) for mode in modes)
+    run_ids = tuple(record_run(repo, r, dataset=name, split=split) for r in results)
+    return EvalReport(repo, searched, name, split, len(questions), results, run_ids, saved, index)
