@@ -9,4 +9,6 @@ if [ ! -x .venv/bin/python ]; then
   "${PYTHON:-python3}" -m venv .venv
 fi
 # torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU wheel from local disk.
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+# (This machine's pip config names a local index that may be absent: its warnings are noise.)
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 \
+  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
