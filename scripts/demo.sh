@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 REPO_PATH=${1:-.}
-QUESTION=${2:-"how does chunking keep a chunk within the token budget?"}
+QUESTION=${2:-"how is the embedded Postgres started?"}
 NAME=${NAME:-$(basename "$(cd "$REPO_PATH" && pwd)")}
 .venv/bin/grounding ingest "$REPO_PATH" --name "$NAME"
 .venv/bin/grounding repos
