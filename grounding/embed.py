@@ -105,7 +105,12 @@ class HashingEmbedder(Embedder):
 
 @functools.cache
 def load_embedder(name: str) -> Embedder:
-    """The embedder an index version names: `hashing-N`, or a local Hugging Face encoder path. Cached per process."""
+    """The embedder an index version names: `hashing-N`, `realm:<checkpoint>#query|document` (a trained
+    tower), or a local Hugging Face encoder path. Cached per process."""
     if name.startswith("hashing-"):
         return HashingEmbedder(int(name.split("-", 1)[1]))
+    if name.startswith("realm:"):
+        from grounding.training.checkpoint import RealmEncoder
+
+        return RealmEncoder(name)
     return HFEncoder(name)

@@ -186,13 +186,26 @@ def retrieval_metrics(ranks: Sequence[int | None], *, k: int = 10) -> dict[str, 
 # --- evaluation against a repository ------------------------------------------------------------
 
 
-def evaluate(repo: str, questions: Sequence[Question], *, k: int = 10, mode: str = "hybrid") -> EvalResult:
-    """Ask every question of `repo` through `retrieve.search` and score the ranked hits."""
+def evaluate(
+    repo: str, questions: Sequence[Question], *, k: int = 10, mode: str = "hybrid", index_version: int | None = None
+) -> EvalResult:
+    """Ask every question of `repo` through `retrieve.search` and score the ranked hits.
+
+    The active index version answers, or `index_version` (a candidate before the promotion gate).
+    """
     if not questions:
         raise DatasetError("no questions to evaluate")
     with db.get_engine().connect() as conn:
-        version = store.active_index_version(conn, store.repo_id(conn, repo))
-    ranks = tuple(first_correct([h.citation for h in search(repo, q.question, k=k, mode=mode)], q) for q in questions)
+        repo_id = store.repo_id(conn, repo)
+        version = (
+            store.active_index_version(conn, repo_id)
+            if index_version is None
+            else store.index_version(conn, index_version)
+        )
+    ranks = tuple(
+        first_correct([h.citation for h in search(repo, q.question, k=k, mode=mode, index_version=index_version)], q)
+        for q in questions
+    )
     return EvalResult(
         repo=repo,
         mode=mode,
@@ -200,7 +213,7 @@ def evaluate(repo: str, questions: Sequence[Question], *, k: int = 10, mode: str
         ranks=ranks,
         metrics=retrieval_metrics(ranks, k=k),
         index_version=version.id if version else None,
-        encoder=version.encoder if version else None,
+        encoder=version.question_encoder if version else None,
     )
 
 

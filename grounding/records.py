@@ -114,7 +114,13 @@ class IndexVersion:
     repo_id: int
     encoder: str
     dim: int
-    status: str  # building, active, retired, failed
+    status: str  # building, active, candidate, shadow, retired, failed
+    query_encoder: str | None = None  # a trained query tower; None: questions use `encoder` too
+
+    @property
+    def question_encoder(self) -> str:
+        """The encoder that turns a question into a vector for this version."""
+        return self.query_encoder or self.encoder
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,20 @@ def reindex(
     *,
     encoder: str | None = None,
     embedder: Embedder | None = None,
+    query_encoder: str | None = None,
+    activate: bool = True,
+    copy_from: int | None = None,
     grace_seconds: float = 600.0,
     wait: bool = True,
     after_page: Callable[[int], None] | None = None,
 ) -> ReindexReport:
-    """Build a new index version of `repo` with `encoder` (default: the configured one) and activate it."""
+    """Build a new index version of `repo` with `encoder` (default: the configured one) and activate it.
+
+    `query_encoder` names a different encoder for questions (a trained query tower). With
+    `activate=False` the version is left as a `candidate` for the promotion gate. `copy_from` (a version
+    made by the same document encoder) copies its vectors instead of re-embedding: a new query tower
+    over an unchanged document tower needs no pass over the corpus.
+    """
     engine = db.get_engine()
     embedder = embedder or load_embedder(encoder or get_settings().encoder)
     seconds = {"embed": 0.0, "write": 0.0, "index": 0.0, "verify": 0.0}
@@ -59,9 +68,24 @@ def reindex(
             if store.current_snapshot(conn, repo_id)[0] is None:
                 raise NotIndexed(f"repository {repo!r} has no complete snapshot yet; ingest it first")
             collected = store.collect_index_versions(conn, repo_id, grace_seconds=grace_seconds)
-            version = store.create_index_version(conn, repo_id, encoder=embedder.name, dim=embedder.dim)
+            source = None
+            if copy_from is not None:
+                source = store.index_version(conn, copy_from)
+                if source is None or source.repo_id != repo_id or source.encoder != embedder.name:
+                    raise ValueError(
+                        f"version {copy_from} is not a {embedder.name} version of {repo!r}: cannot copy it"
+                    )
+            version = store.create_index_version(
+                conn, repo_id, encoder=embedder.name, dim=embedder.dim, query_encoder=query_encoder
+            )
         try:
-            chunks, embedded = _embed_all(engine, repo_id, version, embedder, seconds, after_page)
+            if source is not None:
+                t = time.perf_counter()
+                with engine.begin() as conn:
+                    chunks, embedded = store.copy_version_embeddings(conn, source, version), 0
+                seconds["write"] = time.perf_counter() - t
+            else:
+                chunks, embedded = _embed_all(engine, repo_id, version, embedder, seconds, after_page)
             with engine.begin() as conn:
                 t = time.perf_counter()
                 store.build_vector_index(conn, version)
@@ -69,7 +93,10 @@ def reindex(
             t = time.perf_counter()
             with engine.begin() as conn:
                 _verify(conn, repo_id, version, embedder, chunks)
-                store.activate_index_version(conn, version)
+                if activate:
+                    store.activate_index_version(conn, version)
+                else:
+                    store.set_index_version_status(conn, version.id, "candidate")
             seconds["verify"] = time.perf_counter() - t
         except BaseException as err:
             with engine.begin() as conn:
@@ -79,7 +106,9 @@ def reindex(
             raise IngestError(
                 f"reindex of {repo!r} failed ({err}); version {previous and previous.id} stays active"
             ) from err
-    log.info("reindexed %s into version %d (%d chunks)", repo, version.id, chunks)
+    log.info(
+        "reindexed %s into %s version %d (%d chunks)", repo, "active" if activate else "candidate", version.id, chunks
+    )
     return ReindexReport(
         repo=repo,
         version=version.id,

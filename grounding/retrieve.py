@@ -94,19 +94,29 @@ def search(
     *,
     k: int = 8,
     mode: str = "hybrid",
+    index_version: int | None = None,
 ) -> list[Hit]:
-    """The k best chunks of `repo` for `question`; mode is hybrid, vector or lexical."""
+    """The k best chunks of `repo` for `question`; mode is hybrid, vector or lexical.
+
+    Vectors come from the active index version, or from `index_version` (a candidate the promotion
+    gate measures); questions are encoded by that version's query encoder.
+    """
     if mode not in ("hybrid", "vector", "lexical"):
         raise ValueError(f"mode must be hybrid, vector or lexical, not {mode!r}")
     settings = get_settings()
     engine = db.get_engine()
     with engine.begin() as conn:
         repo_id = store.repo_id(conn, repo)
-        version = store.active_index_version(conn, repo_id)
+        if index_version is None:
+            version = store.active_index_version(conn, repo_id)
+        else:
+            version = store.index_version(conn, index_version)
+            if version is None or version.repo_id != repo_id:
+                raise ValueError(f"index version {index_version} does not belong to repository {repo!r}")
         _, commit = store.current_snapshot(conn, repo_id)
     query_vector = None
     if mode != "lexical" and version is not None:
-        query_vector = load_embedder(version.encoder).embed_batch([question])[0]
+        query_vector = load_embedder(version.question_encoder).embed_batch([question])[0]
     terms = query_terms(question)
     with engine.begin() as conn:
         hits = store.hybrid_search(

@@ -5,7 +5,8 @@ visible once the repository's `current_snapshot_id` has reached it. Finishing an
 superseded rows and moves the pointer in one transaction, so readers see either the old snapshot or
 the new one, never a mix. Embeddings carry their index version; each version gets its own partial
 HNSW index (built by `store.build_vector_index`), so a new encoder can be built beside the active one.
-Evaluation runs record how well a question set was answered, by which index version and encoder.
+Evaluation runs record how well a question set was answered, by which index version and encoder;
+training runs record how a retriever was trained, step by step, and what the promotion gate decided.
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ index_versions = Table(
     Column("id", Integer, primary_key=True),
     Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
     Column("encoder", Text, nullable=False),  # local path (or name) of the encoder that made the vectors
+    Column("query_encoder", Text),  # encodes questions when it differs from `encoder` (a trained query tower)
     Column("dim", Integer, nullable=False),
-    Column("status", Text, nullable=False),  # building, active, retired, failed
+    Column("status", Text, nullable=False),  # building, active, candidate, shadow, retired, failed
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("activated_at", DateTime(timezone=True)),
     Column("retired_at", DateTime(timezone=True)),
@@ -151,4 +153,34 @@ eval_runs = Table(
     Column("metrics", JSONB, nullable=False),  # recall@1, recall@5, recall@10, mrr@10
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("eval_runs_repo", "repo_id", "id"),
+)
+
+training_runs = Table(
+    "training_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", Text, nullable=False),  # realm (pre-train, fine-tune, gate), retro
+    Column("status", Text, nullable=False),  # running, complete, failed
+    Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("device", Text),
+    Column("checkpoint", Text),  # directory of the checkpoint the run wrote
+    Column("candidate_version_id", Integer),  # the index version the run built for the gate
+    Column("decision", Text),  # promoted or retired
+    Column("reason", Text),
+    Column("metrics", JSONB, nullable=False, server_default=text("'{}'::jsonb")),  # held-out figures
+    Column("error", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    Index("training_runs_repo", "repo_id", "id"),
+)
+
+training_metrics = Table(
+    "training_metrics",
+    metadata,
+    Column("run_id", Integer, ForeignKey("training_runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("stage", Text, primary_key=True),  # ict, pretrain, finetune
+    Column("step", Integer, primary_key=True),
+    Column("metrics", JSONB, nullable=False),  # loss, staleness, index_version, mrr, ...
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

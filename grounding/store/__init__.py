@@ -3,5 +3,6 @@
 from grounding.store.catalog import *  # noqa: F403
 from grounding.store.evals import *  # noqa: F403
 from grounding.store.search import *  # noqa: F403
+from grounding.store.training import *  # noqa: F403
 from grounding.store.versions import *  # noqa: F403
 from grounding.store.writes import *  # noqa: F403

@@ -15,7 +15,8 @@ from grounding.records import RepoInfo, SkippedFile
 _LOCK_CLASS = 0x6772  # first key of the per-repository advisory lock
 
 
-__all__ = ["analyze_chunks", 
+__all__ = [
+    "analyze_chunks",
     "repo_lock",
     "repo_id",
     "repo_source",

@@ -135,8 +135,16 @@ def hybrid_search(
         Hit(
             chunk_id=cid,
             citation=Citation(
-                repo="", path=path, start_line=sl, end_line=el, commit=None, score=float(score), snippet=text,
-                symbol=symbol, kind=kind, language=language,
+                repo="",
+                path=path,
+                start_line=sl,
+                end_line=el,
+                commit=None,
+                score=float(score),
+                snippet=text,
+                symbol=symbol,
+                kind=kind,
+                language=language,
             ),
             score=float(score),
             vector_rank=vr,

@@ -13,6 +13,7 @@ from grounding.store.writes import vector_literal
 
 __all__ = [
     "active_index_version",
+    "index_version",
     "building_index_version",
     "create_index_version",
     "build_vector_index",
@@ -21,6 +22,9 @@ __all__ = [
     "count_visible_chunks",
     "count_version_embeddings",
     "copy_embeddings",
+    "copy_version_embeddings",
+    "version_vectors",
+    "set_index_version_status",
     "nearest_in_version",
     "drop_index_version",
     "collect_index_versions",
@@ -31,13 +35,20 @@ __all__ = [
 # --- index versions ----------------------------------------------------------------------------
 
 
+_COLUMNS = "id, repo_id, encoder, dim, status, query_encoder"
+
+
 def active_index_version(conn: Connection, repo: int) -> IndexVersion | None:
     row = conn.execute(
-        sa.text(
-            "SELECT id, repo_id, encoder, dim, status FROM index_versions WHERE repo_id = :r AND status = 'active'"
-        ),
+        sa.text(f"SELECT {_COLUMNS} FROM index_versions WHERE repo_id = :r AND status = 'active'"),
         {"r": repo},
     ).one_or_none()
+    return IndexVersion(*row) if row else None
+
+
+def index_version(conn: Connection, version_id: int) -> IndexVersion | None:
+    """Any index version by id, whatever its status."""
+    row = conn.execute(sa.text(f"SELECT {_COLUMNS} FROM index_versions WHERE id = :v"), {"v": version_id}).one_or_none()
     return IndexVersion(*row) if row else None
 
 
@@ -45,22 +56,34 @@ def building_index_version(conn: Connection, repo: int, *, encoder: str) -> Inde
     """A version left building by a failed first ingest with the same encoder: reused so its vectors are kept."""
     row = conn.execute(
         sa.text(
-            "SELECT id, repo_id, encoder, dim, status FROM index_versions "
-            "WHERE repo_id = :r AND status = 'building' AND encoder = :e ORDER BY id DESC LIMIT 1"
+            f"SELECT {_COLUMNS} FROM index_versions "
+            "WHERE repo_id = :r AND status = 'building' AND encoder = :e AND query_encoder IS NULL "
+            "ORDER BY id DESC LIMIT 1"
         ),
         {"r": repo, "e": encoder},
     ).one_or_none()
     return IndexVersion(*row) if row else None
 
 
-def create_index_version(conn: Connection, repo: int, *, encoder: str, dim: int) -> IndexVersion:
+def create_index_version(
+    conn: Connection, repo: int, *, encoder: str, dim: int, query_encoder: str | None = None, note: str | None = None
+) -> IndexVersion:
     vid = conn.execute(
         sa.text(
-            "INSERT INTO index_versions (repo_id, encoder, dim, status) VALUES (:r, :e, :d, 'building') RETURNING id"
+            "INSERT INTO index_versions (repo_id, encoder, dim, status, query_encoder, note) "
+            "VALUES (:r, :e, :d, 'building', :q, :n) RETURNING id"
         ),
-        {"r": repo, "e": encoder, "d": dim},
+        {"r": repo, "e": encoder, "d": dim, "q": query_encoder, "n": note},
     ).scalar_one()
-    return IndexVersion(vid, repo, encoder, dim, "building")
+    return IndexVersion(vid, repo, encoder, dim, "building", query_encoder)
+
+
+def set_index_version_status(conn: Connection, version_id: int, status: str, *, note: str | None = None) -> None:
+    """Mark a built version `candidate` (awaiting the promotion gate) or `shadow` (a training-time index)."""
+    conn.execute(
+        sa.text("UPDATE index_versions SET status = :s, note = coalesce(:n, note) WHERE id = :v"),
+        {"v": version_id, "s": status, "n": note},
+    )
 
 
 def build_vector_index(conn: Connection, version: IndexVersion) -> None:
@@ -128,6 +151,35 @@ def copy_embeddings(conn: Connection, version: IndexVersion, *, chunk_ids: Seque
             copy.write_row((version.id, cid, vector_literal(vec)))
 
 
+def copy_version_embeddings(conn: Connection, source: IndexVersion, target: IndexVersion) -> int:
+    """Copy another version's vectors of the visible chunks: a new query tower over an unchanged document tower."""
+    return conn.execute(
+        sa.text(
+            "INSERT INTO embeddings (index_version_id, chunk_id, embedding) "
+            "SELECT :t, e.chunk_id, e.embedding FROM embeddings e JOIN chunks c ON c.id = e.chunk_id "
+            "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+            "WHERE e.index_version_id = :s AND f.snapshot_id <= r.current_snapshot_id"
+        ),
+        {"s": source.id, "t": target.id},
+    ).rowcount
+
+
+def version_vectors(conn: Connection, version_id: int, chunk_ids: Sequence[int]) -> dict[int, np.ndarray]:
+    """The stored vectors of some chunks in one version."""
+    rows = conn.execute(
+        sa.text("SELECT chunk_id, embedding FROM embeddings WHERE index_version_id = :v AND chunk_id = ANY(:ids)"),
+        {"v": version_id, "ids": list(chunk_ids)},
+    )
+    return {cid: parse_vector(vec) for cid, vec in rows}
+
+
+def parse_vector(value) -> np.ndarray:
+    """A pgvector value as read without the type registered ('[0.1,0.2]'), or already a sequence."""
+    if isinstance(value, str):
+        return np.array(value.strip("[]").split(","), dtype=np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
 def nearest_in_version(
     conn: Connection, version: IndexVersion, vector: np.ndarray, *, k: int
 ) -> list[tuple[int, float]]:
@@ -163,7 +215,8 @@ def collect_index_versions(conn: Connection, repo: int, *, grace_seconds: float)
     """Remove the vectors of versions retired longer ago than the grace period, and of abandoned builds.
 
     Called under the repository lock, so a version still 'building' while an active one exists was
-    left by a run that died.
+    left by a run that died. Candidates and training shadows are resolved by the run that made them
+    within minutes or hours; one a day old was left by a run that died.
     """
     rows = conn.execute(
         sa.text(
@@ -171,6 +224,7 @@ def collect_index_versions(conn: Connection, repo: int, *, grace_seconds: float)
             " (status = 'retired' AND retired_at < now() - make_interval(secs => :g))"
             " OR (status = 'building' AND EXISTS (SELECT 1 FROM index_versions a WHERE a.repo_id = :r"
             "     AND a.status = 'active'))"
+            " OR (status IN ('candidate', 'shadow') AND created_at < now() - interval '1 day')"
             " OR (status = 'failed' AND EXISTS (SELECT 1 FROM embeddings e WHERE e.index_version_id = v.id)))"
         ),
         {"r": repo, "g": grace_seconds},
@@ -186,7 +240,8 @@ def collect_index_versions(conn: Connection, repo: int, *, grace_seconds: float)
 def index_versions(conn: Connection, repo: int) -> list[dict]:
     rows = conn.execute(
         sa.text(
-            "SELECT v.id, v.encoder, v.dim, v.status, v.created_at, v.activated_at, v.retired_at, v.note, "
+            "SELECT v.id, v.encoder, v.query_encoder, v.dim, v.status, v.created_at, v.activated_at, v.retired_at, "
+            "v.note, "
             "(SELECT count(*) FROM embeddings e WHERE e.index_version_id = v.id) AS vectors "
             "FROM index_versions v WHERE repo_id = :r ORDER BY v.id"
         ),

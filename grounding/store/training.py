@@ -1,0 +1,103 @@
+"""Training runs, their per-step metrics, and the corpus a training loop reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+__all__ = [
+    "insert_training_run",
+    "update_training_run",
+    "insert_training_metrics",
+    "training_runs",
+    "training_metrics",
+    "corpus_chunks",
+]
+
+
+def insert_training_run(conn: Connection, repo: int, *, kind: str, config: dict, device: str | None) -> int:
+    return conn.execute(
+        sa.text(
+            "INSERT INTO training_runs (repo_id, kind, status, config, device) "
+            "VALUES (:r, :k, 'running', CAST(:c AS jsonb), :d) RETURNING id"
+        ),
+        {"r": repo, "k": kind, "c": json.dumps(config, default=str), "d": device},
+    ).scalar_one()
+
+
+_UPDATABLE = {"status", "checkpoint", "candidate_version_id", "decision", "reason", "metrics", "error", "finished"}
+
+
+def update_training_run(conn: Connection, run_id: int, **fields) -> None:
+    """Set some of status, checkpoint, candidate_version_id, decision, reason, metrics (merged), error, finished."""
+    unknown = set(fields) - _UPDATABLE
+    if unknown:
+        raise ValueError(f"unknown training run fields: {sorted(unknown)}")
+    sets, params = [], {"id": run_id}
+    for name, value in fields.items():
+        if name == "metrics":
+            sets.append("metrics = metrics || CAST(:metrics AS jsonb)")
+            params["metrics"] = json.dumps(value)
+        elif name == "finished":
+            if value:
+                sets.append("finished_at = now()")
+        else:
+            sets.append(f"{name} = :{name}")
+            params[name] = value
+    if sets:
+        conn.execute(sa.text(f"UPDATE training_runs SET {', '.join(sets)} WHERE id = :id"), params)
+
+
+def insert_training_metrics(conn: Connection, run_id: int, *, stage: str, rows: Iterable[tuple[int, dict]]) -> None:
+    """Per-step metrics; a step written twice (a resumed logger) keeps the last values."""
+    params = [{"r": run_id, "s": stage, "n": step, "m": json.dumps(m)} for step, m in rows]
+    if params:
+        conn.execute(
+            sa.text(
+                "INSERT INTO training_metrics (run_id, stage, step, metrics) VALUES (:r, :s, :n, CAST(:m AS jsonb)) "
+                "ON CONFLICT (run_id, stage, step) DO UPDATE SET metrics = EXCLUDED.metrics"
+            ),
+            params,
+        )
+
+
+def training_runs(conn: Connection, repo: int | None = None, *, kind: str | None = None, limit: int | None = None):
+    rows = conn.execute(
+        sa.text(
+            "SELECT t.id, r.name AS repo, t.kind, t.status, t.config, t.device, t.checkpoint, t.candidate_version_id, "
+            "t.decision, t.reason, t.metrics, t.error, t.started_at, t.finished_at "
+            "FROM training_runs t JOIN repositories r ON r.id = t.repo_id "
+            "WHERE (CAST(:r AS integer) IS NULL OR t.repo_id = :r) AND (CAST(:k AS text) IS NULL OR t.kind = :k) "
+            "ORDER BY t.id DESC LIMIT :n"
+        ),
+        {"r": repo, "k": kind, "n": limit},
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+def training_metrics(conn: Connection, run_id: int, *, stage: str | None = None) -> list[dict]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT stage, step, metrics FROM training_metrics WHERE run_id = :r "
+            "AND (CAST(:s AS text) IS NULL OR stage = :s) ORDER BY stage, step"
+        ),
+        {"r": run_id, "s": stage},
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+def corpus_chunks(conn: Connection, repo: int) -> list[tuple]:
+    """(id, path, language, start_line, end_line, symbol, content_hash, embed text) of every visible chunk."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT c.id, f.path, f.language, c.start_line, c.end_line, c.symbol, c.content_hash, "
+            "CASE WHEN c.context = '' THEN c.text ELSE c.context || E'\\n' || c.text END "
+            "FROM chunks c JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id ORDER BY c.id"
+        ),
+        {"r": repo},
+    )
+    return [tuple(row) for row in rows]
