@@ -4,7 +4,13 @@ A docstring's first sentence is a trivial question about a function that still h
 docstring, so harvested questions are asked of an eval index: a copy of the repository with the
 harvested docstrings cut out, ingested as the derived repository `REPO~eval-<harvester>` with
 REPO's active encoder. It is re-ingested incrementally, so a rerun embeds only what changed in REPO.
-A user's own question file is asked of REPO as it is.
+A commit subject asks for files as they were before the commit, so commit questions
+(grounding.harvest_git) are asked of `REPO~eval-commits`: the repository's tracked files at the parent
+of the oldest harvested commit, read from git. A user's own question file is asked of REPO as it is.
+
+A harvester takes the repository's checkout, opened under its lock, and returns the questions and
+the files of the tree they are asked of: the docstring harvester reads the files as they are, the
+commit harvester reads history.
 """
 
 from __future__ import annotations
@@ -33,14 +39,13 @@ from grounding.evaluation import (
     select_split,
 )
 from grounding.harvest import harvest_docstrings
+from grounding.harvest_git import harvest_commits
 from grounding.ingest import ingest
-from grounding.records import IngestReport
+from grounding.records import IndexVersion, IngestReport
 from grounding.reindex import reindex
 
 log = logging.getLogger(__name__)
 
-Harvester = Callable[[Mapping[str, bytes]], tuple[list[Question], dict[str, bytes]]]
-HARVESTERS: dict[str, Harvester] = {"docstrings": harvest_docstrings}
 DERIVED_MARK = "~eval-"
 
 
@@ -79,8 +84,41 @@ def eval_dir(repo: str) -> Path:
     return get_settings().home / "eval" / (re.sub(r"[^\w.-]", "_", repo).lstrip(".") or "_")
 
 
-def _read_source(repo: str) -> tuple[dict[str, bytes], str]:
-    """The indexable files of an ingested repository as they are now, read under its lock; and its encoder."""
+def _harvest_docstrings(checkout: sources.Checkout) -> tuple[list[Question], dict[str, bytes]]:
+    settings = get_settings()
+    listing = sources.list_files(checkout, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length)
+    return harvest_docstrings({f.path: f.data for f in listing.files})
+
+
+def _harvest_commits(checkout: sources.Checkout) -> tuple[list[Question], dict[str, bytes]]:
+    if not checkout.is_git or checkout.commit is None:
+        raise DatasetError(
+            f"{checkout.source} is not a git checkout with commits: the commits harvester needs its history; "
+            "use --harvest docstrings or bring a question file with --dataset"
+        )
+    settings = get_settings()
+    harvest = harvest_commits(
+        checkout.root,
+        commit=checkout.commit,
+        max_bytes=settings.max_file_bytes,
+        max_line_length=settings.max_line_length,
+    )
+    log.info(
+        "%d questions from %d of the last %d commits, asked at %s",
+        len(harvest.questions),
+        len(harvest.commits),
+        harvest.walked,
+        harvest.base,
+    )
+    return list(harvest.questions), harvest.files
+
+
+Harvester = Callable[[sources.Checkout], tuple[list[Question], dict[str, bytes]]]
+HARVESTERS: dict[str, Harvester] = {"docstrings": _harvest_docstrings, "commits": _harvest_commits}
+
+
+def _harvest(repo: str, harvester: Harvester) -> tuple[list[Question], dict[str, bytes], IndexVersion]:
+    """Harvest an ingested repository as it is now, under its lock: questions, the eval tree, its active version."""
     settings = get_settings()
     engine = db.get_engine()
     with store.repo_lock(engine, repo):
@@ -97,10 +135,8 @@ def _read_source(repo: str) -> tuple[dict[str, bytes], str]:
             checkout = sources.Checkout(root.resolve(), source, commit, ref, True)
         else:
             checkout = sources.open_source(source, checkouts=settings.checkouts_dir, name=repo)
-        listing = sources.list_files(
-            checkout, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
-        )
-    return {f.path: f.data for f in listing.files}, version.encoder
+        questions, tree = harvester(checkout)
+    return questions, tree, version
 
 
 def _write_tree(root: Path, files: Mapping[str, bytes]) -> None:
@@ -120,11 +156,11 @@ def _write_tree(root: Path, files: Mapping[str, bytes]) -> None:
 
 
 def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
-    """Harvest `repo`'s questions and (re-)ingest the rewritten copy as `REPO~eval-<harvester>`."""
+    """Harvest `repo`'s questions and (re-)ingest the tree they are asked of as `REPO~eval-<harvester>`."""
     if harvester not in HARVESTERS:
         raise ValueError(f"harvester must be one of {', '.join(HARVESTERS)}, not {harvester!r}")
-    files, encoder = _read_source(repo)
-    questions, rewritten = HARVESTERS[harvester](files)
+    questions, files, version = _harvest(repo, HARVESTERS[harvester])
+    encoder = version.encoder
     if not questions:
         raise DatasetError(
             f"repository {repo!r} has no question to harvest with {harvester!r} "
@@ -132,7 +168,7 @@ def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
         )
     name = eval_index_name(repo, harvester)
     tree = eval_dir(repo) / f"{harvester}-tree"
-    _write_tree(tree, rewritten)
+    _write_tree(tree, files)
     with db.get_engine().connect() as conn:
         try:
             derived = store.active_index_version(conn, store.repo_id(conn, name))
@@ -140,8 +176,13 @@ def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
             derived = None
     if derived is not None and derived.encoder != encoder:
         log.info("%s was embedded with %s; reindexing with %s", name, derived.encoder, encoder)
-        reindex(name, encoder=encoder, grace_seconds=0)
+        reindex(name, encoder=encoder, query_encoder=version.query_encoder, grace_seconds=0)
     report = ingest(str(tree), name=name, embedder=load_embedder(encoder))
+    with db.get_engine().connect() as conn:
+        derived = store.active_index_version(conn, store.repo_id(conn, name))
+    if derived.query_encoder != version.query_encoder:
+        # REPO serves a trained query tower over the same documents: the eval index must ask with it too.
+        reindex(name, encoder=encoder, query_encoder=version.query_encoder, copy_from=derived.id, grace_seconds=0)
     return EvalIndex(repo, name, harvester, tuple(questions), report)
 
 
