@@ -134,6 +134,57 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from grounding.config import get_settings
+    from grounding.models.realm import RealmConfig
+    from grounding.training.finetune import FinetuneConfig
+    from grounding.training.pipeline import train_retriever
+    from grounding.training.pretrain import PretrainConfig
+
+    pretrain = None
+    if args.pretrain_steps:
+        pretrain = PretrainConfig(
+            steps=args.pretrain_steps,
+            batch_size=args.pretrain_batch_size,
+            refresh_every=args.refresh_every,
+            masking=args.masking,
+            ict_steps=args.ict_steps,
+        )
+    report = train_retriever(
+        args.repo,
+        harvester=args.harvest,
+        realm=RealmConfig(encoder=args.encoder or get_settings().encoder, top_k=args.top_k),
+        pretrain_config=pretrain,
+        finetune_config=FinetuneConfig(steps=args.finetune_steps, towers=args.towers, batch_size=args.batch_size),
+        margin=args.margin,
+        device=args.device,
+    )
+    verdict = "promoted" if report.decision.promoted else "retired"
+    print(f"{report.repo}: training run {report.run_id}, checkpoint {report.checkpoint}")
+    for name, metrics in report.metrics.get("heldout", {}).items():
+        print(f"  {name:18}" + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    print(f"candidate version {report.candidate_version} {verdict}: {report.decision.reason}")
+    if report.promoted_version:
+        print(f"{report.repo} now serves index version {report.promoted_version}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from grounding.training.runs import training_runs
+
+    for run in training_runs(args.repo, limit=args.limit):
+        held = run.metrics.get("heldout", {})
+        mrr = {k: v.get("mrr@10") for k, v in held.items()}
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in mrr.items() if v is not None)
+        print(
+            f"{run.id:>4}  {run.repo}  {run.kind}  {run.status}  {run.decision or '-'}  "
+            f"{run.started_at:%Y-%m-%d %H:%M}  {figures or run.error or ''}"
+        )
+        if run.reason:
+            print(f"      {run.reason}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from grounding.serve import serve
 
@@ -187,15 +238,38 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", help="a JSONL question file (question, path, start_line, end_line[, split])")
     source.add_argument(
         "--harvest",
-        choices=["docstrings"],
+        choices=["docstrings", "commits"],
         default="docstrings",
-        help="harvest questions from the repository itself (default: docstrings)",
+        help="harvest questions from the repository itself: docstrings (the default), or commits "
+        "(commit subjects ask for the files they changed; needs git history)",
     )
     p.add_argument("--split", choices=["heldout", "train", "all"], help="default: heldout if harvested, else all")
     p.add_argument("--mode", choices=["hybrid", "vector", "lexical", "all"], default="hybrid")
     p.add_argument("-k", type=int, default=10, help="hits per question (default 10)")
     p.add_argument("--save", help="where to write harvested questions (default: GROUNDING_HOME/eval/REPO/)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("train", help="train a REALM retriever; promote it only if held-out MRR improves")
+    p.add_argument("repo")
+    p.add_argument("--harvest", choices=["docstrings", "commits"], default="docstrings", help="training questions")
+    p.add_argument("--encoder", help="local encoder the towers start from (default: GROUNDING_ENCODER)")
+    p.add_argument("--pretrain-steps", type=int, default=0, help="REALM pre-training steps (default 0: none)")
+    p.add_argument("--pretrain-batch-size", type=int, default=8)
+    p.add_argument("--refresh-every", type=int, default=500, help="MIPS index refresh interval (steps)")
+    p.add_argument("--masking", choices=["salient", "random"], default="salient")
+    p.add_argument("--ict-steps", type=int, default=0, help="Inverse Cloze Task warm-up steps")
+    p.add_argument("--top-k", type=int, default=8, help="documents marginalised over in pre-training")
+    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16, help="fine-tuning questions per step")
+    p.add_argument("--towers", choices=["query", "both"], default="query", help="query: fixed index (REALM)")
+    p.add_argument("--margin", type=float, default=0.02, help="relative held-out MRR gain needed to promote")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("runs", help="list training runs: status, gate decision, held-out MRR")
+    p.add_argument("repo", nargs="?")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=_cmd_runs)
 
     p = sub.add_parser("serve", help="run a Prefect server, the work pools, the deployments and their workers")
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server it starts (default 4200)")

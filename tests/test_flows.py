@@ -67,9 +67,7 @@ def test_flow_fails_without_retry_on_a_missing_path(prefect_server, engine, tmp_
         state.result()
 
 
-def test_refresh_repos_flow_ingests_moved_repos_and_reports_each(
-    prefect_server, engine, repo_name, hashing, tmp_path
-):
+def test_refresh_repos_flow_ingests_moved_repos_and_reports_each(prefect_server, engine, repo_name, hashing, tmp_path):
     from flows.refresh import refresh_repos
     from grounding.ingest import ingest
     from tests.conftest import git, git_repo
@@ -88,10 +86,44 @@ def test_refresh_repos_flow_ingests_moved_repos_and_reports_each(
     with pytest.raises(RuntimeError, match="1 of 3 repositories failed"):
         state.result()
     with engine.connect() as conn:
-        rows = dict(conn.execute(sa.text(
-            "SELECT r.name, count(s.id) FROM repositories r JOIN snapshots s ON s.repo_id = r.id "
-            "WHERE r.name LIKE :n GROUP BY r.name"), {"n": repo_name + "-%"}).all())
+        rows = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT r.name, count(s.id) FROM repositories r JOIN snapshots s ON s.repo_id = r.id "
+                    "WHERE r.name LIKE :n GROUP BY r.name"
+                ),
+                {"n": repo_name + "-%"},
+            ).all()
+        )
     assert rows == {f"{repo_name}-a": 2, f"{repo_name}-b": 1, f"{repo_name}-c": 1}
 
     again = refresh_repos([f"{repo_name}-a", f"{repo_name}-b"])
     assert [r["action"] for r in again] == ["unchanged", "unchanged"]
+
+
+def test_finetune_retriever_flow_trains_gates_and_publishes(prefect_server, engine, repo_name, tiny_encoder, tmp_path):
+    from flows.finetune import finetune_retriever
+    from grounding.embed import HFEncoder
+    from grounding.ingest import ingest
+    from grounding.training.runs import training_runs
+
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=HFEncoder(tiny_encoder))
+    state = finetune_retriever(
+        repo=repo_name,
+        encoder=str(tiny_encoder),
+        pretrain_steps=0,
+        finetune_steps=4,
+        batch_size=4,
+        margin=10.0,
+        device="cpu",
+        return_state=True,
+    )
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["promoted"] is False and "does not beat" in result["reason"]
+    assert set(result["heldout"]) >= {"active_hybrid", "candidate_hybrid"}
+    run = training_runs(repo_name)[0]
+    assert run.id == result["run_id"] and run.decision == "retired" and run.device == "cpu"
+
+    bad = finetune_retriever(repo="no-such-repo", encoder=str(tiny_encoder), pretrain_steps=0, return_state=True)
+    assert bad.is_failed()

@@ -1,0 +1,197 @@
+"""Train a retriever on a repository and promote it only if it measures better: the `finetune-retriever` job.
+
+1. Harvest questions (train/held-out split by file) and build the eval index, the repository with
+   the harvested docstrings cut out, so no training text gives a held-out answer away.
+2. REALM pre-training on the eval index's chunks (optional), with MIPS refreshes into shadow versions.
+3. Contrastive fine-tuning on the train split, query tower only or both towers.
+4. Checkpoint, then a candidate index version of the eval index: vectors copied when the document
+   tower is the active encoder unchanged, re-embedded by the new document tower otherwise.
+5. Held-out MRR of the candidate against the active version, same questions, same retrieval mode.
+6. The gate: promote (the candidate becomes active on the eval index, and the repository is
+   reindexed with the same towers and activated) only if candidate MRR > active MRR x (1 + margin);
+   otherwise the candidate is retired with the reason. Everything is recorded in training_runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from grounding import db, store
+from grounding.config import get_settings
+from grounding.errors import DatasetError, NotIndexed
+from grounding.eval_index import build_eval_index
+from grounding.evaluation import evaluate, record_run, select_split
+from grounding.models.realm import RealmConfig, build_realm
+from grounding.reindex import reindex
+from grounding.training.checkpoint import default_device, encoder_name, load_tokenizer, save_checkpoint
+from grounding.training.corpus import load_corpus
+from grounding.training.finetune import FinetuneConfig, finetune
+from grounding.training.mips import MipsIndex
+from grounding.training.pretrain import PretrainConfig, pretrain
+from grounding.training.runs import recorded_run, update_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promoted: bool
+    candidate_mrr: float
+    active_mrr: float
+    margin: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    run_id: int
+    repo: str
+    checkpoint: str
+    candidate_version: int  # on the eval index
+    decision: GateDecision
+    promoted_version: int | None  # the repository's new active version, when promoted
+    metrics: dict
+
+
+def gate(candidate_mrr: float, active_mrr: float, *, margin: float) -> GateDecision:
+    """Promote only a candidate whose held-out MRR beats the active one's by the relative `margin`."""
+    needed = active_mrr * (1 + margin)
+    if candidate_mrr > needed:
+        reason = f"held-out MRR {candidate_mrr:.4f} > {needed:.4f} (active {active_mrr:.4f} x {1 + margin:.2f})"
+        return GateDecision(True, candidate_mrr, active_mrr, margin, reason)
+    reason = f"held-out MRR {candidate_mrr:.4f} does not beat {needed:.4f} (active {active_mrr:.4f} x {1 + margin:.2f})"
+    return GateDecision(False, candidate_mrr, active_mrr, margin, reason)
+
+
+def train_retriever(
+    repo: str,
+    *,
+    harvester: str = "docstrings",
+    realm: RealmConfig | None = None,
+    pretrain_config: PretrainConfig | None = None,
+    finetune_config: FinetuneConfig | None = None,
+    margin: float = 0.02,
+    gate_mode: str = "hybrid",
+    k: int = 10,
+    device: str | None = None,
+) -> TrainingReport:
+    """Train, build a candidate index version, evaluate it on held-out questions, and promote or retire it."""
+    device = device or default_device()
+    finetune_config = finetune_config or FinetuneConfig()
+    with db.get_engine().connect() as conn:
+        repo_id = store.repo_id(conn, repo)
+        active_repo = store.active_index_version(conn, repo_id)
+    if active_repo is None:
+        raise NotIndexed(f"repository {repo!r} has no active index version; ingest it first")
+    realm = realm or RealmConfig(encoder=get_settings().encoder)
+    config = {
+        "realm": realm.to_dict(),
+        "pretrain": pretrain_config.to_dict() if pretrain_config else None,
+        "finetune": finetune_config.to_dict(),
+        "harvester": harvester,
+        "margin": margin,
+        "gate_mode": gate_mode,
+    }
+    with recorded_run(repo, kind="realm", config=config, device=device) as run_id:
+        t0 = time.perf_counter()
+        index = build_eval_index(repo, harvester=harvester)
+        train_q = select_split(index.questions, "train")
+        heldout = select_split(index.questions, "heldout")
+        if not train_q or not heldout:
+            raise DatasetError(
+                f"{repo!r} gives {len(train_q)} train and {len(heldout)} held-out questions with {harvester!r}; "
+                "both splits are needed to train and to gate"
+            )
+        with db.get_engine().connect() as conn:
+            active_eval = store.active_index_version(conn, store.repo_id(conn, index.name))
+        corpus = load_corpus(index.name)
+        model, realm = build_realm(realm, with_reader=bool(pretrain_config and pretrain_config.steps), pretrained=True)
+        model.to(device)
+        tokenizer = load_tokenizer(realm.encoder)
+        metrics: dict = {"eval_questions_train": len(train_q), "eval_questions_heldout": len(heldout)}
+        if pretrain_config and pretrain_config.steps:
+            summary = pretrain(model, tokenizer, corpus, pretrain_config, run_id=run_id, device=device)
+            update_run(run_id, metrics={"shadow_versions": summary.pop("shadow_versions")})
+            metrics.update(summary)
+        # The document tower is the active encoder untouched: search the active index as it is.
+        document_unchanged = (
+            not (pretrain_config and pretrain_config.steps)
+            and finetune_config.towers == "query"
+            and not realm.share_towers
+            and realm.proj_dim in (None, realm.encoder_config.get("hidden_size"))
+            and active_eval.encoder == realm.encoder
+        )
+        fixed = MipsIndex(
+            corpus, tokenizer, max_tokens=realm.max_doc_tokens, label=f"run{run_id}-finetune", asynchronous=False
+        )
+        try:
+            if document_unchanged:
+                fixed.adopt(active_eval)
+            else:
+                fixed.refresh(model.document_tower, step=0)
+            metrics.update(
+                finetune(model, tokenizer, corpus, train_q, finetune_config, index=fixed, run_id=run_id, device=device)
+            )
+        finally:
+            fixed.close()
+        model.eval()
+        directory = get_settings().home / "runs" / str(run_id)
+        save_checkpoint(
+            directory,
+            model,
+            tokenizer,
+            step=finetune_config.steps,
+            extra={"pretrain": config["pretrain"], "finetune": config["finetune"]},
+        )
+        update_run(run_id, checkpoint=str(directory))
+        query_name = encoder_name(directory, "query")
+        doc_name = realm.encoder if document_unchanged else encoder_name(directory, "document")
+        torch.cuda.empty_cache() if device.startswith("cuda") else None
+        candidate = reindex(
+            index.name,
+            encoder=doc_name,
+            query_encoder=query_name,
+            activate=False,
+            copy_from=active_eval.id if document_unchanged else None,
+            grace_seconds=0,
+        ).version
+        update_run(run_id, candidate_version_id=candidate)
+        try:
+            scores = {}
+            for mode in dict.fromkeys((gate_mode, "vector")):
+                for name, version in (("active", None), ("candidate", candidate)):
+                    result = evaluate(index.name, heldout, k=k, mode=mode, index_version=version)
+                    record_run(repo, result, dataset=harvester, split="heldout")
+                    scores[f"{name}_{mode}"] = result.metrics
+            decision = gate(
+                scores[f"candidate_{gate_mode}"][f"mrr@{k}"], scores[f"active_{gate_mode}"][f"mrr@{k}"], margin=margin
+            )
+            metrics["heldout"] = scores
+            promoted_version = None
+            if decision.promoted:
+                with db.get_engine().begin() as conn:
+                    store.activate_index_version(conn, store.index_version(conn, candidate))
+                promoted_version = reindex(
+                    repo,
+                    encoder=doc_name,
+                    query_encoder=query_name,
+                    copy_from=active_repo.id if document_unchanged and active_repo.encoder == doc_name else None,
+                ).version
+            else:
+                with db.get_engine().begin() as conn:
+                    store.drop_index_version(conn, candidate, status="retired", note=f"not promoted: {decision.reason}")
+        except BaseException:
+            with db.get_engine().begin() as conn:
+                if store.index_version(conn, candidate).status == "candidate":
+                    store.drop_index_version(conn, candidate, status="failed", note="the run ended before the gate")
+            raise
+        metrics["seconds"] = time.perf_counter() - t0
+        update_run(
+            run_id, decision="promoted" if decision.promoted else "retired", reason=decision.reason, metrics=metrics
+        )
+        log.info("training run %d on %s: %s", run_id, repo, decision.reason)
+        return TrainingReport(run_id, repo, str(directory), candidate, decision, promoted_version, metrics)

@@ -1,0 +1,94 @@
+"""Training runs in Postgres: one row per run, per-step metrics beside it, read back by the UI and the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from grounding import db, store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A stored run as `grounding runs` and the UI show it."""
+
+    id: int
+    repo: str
+    kind: str
+    status: str
+    config: dict
+    device: str | None
+    checkpoint: str | None
+    candidate_version_id: int | None
+    decision: str | None
+    reason: str | None
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    started_at: object | None = None
+    finished_at: object | None = None
+
+
+class MetricsLog:
+    """Buffers per-step metrics and writes them every `flush_every` steps (and at the end)."""
+
+    def __init__(self, run_id: int, stage: str, *, flush_every: int = 50) -> None:
+        self.run_id, self.stage, self.flush_every = run_id, stage, flush_every
+        self.rows: list[tuple[int, dict]] = []
+        self.history: list[tuple[int, dict]] = []
+
+    def log(self, step: int, **metrics: float) -> None:
+        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items() if v is not None}
+        self.rows.append((step, clean))
+        self.history.append((step, clean))
+        if len(self.rows) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            with db.get_engine().begin() as conn:
+                store.insert_training_metrics(conn, self.run_id, stage=self.stage, rows=self.rows)
+            self.rows = []
+
+
+def start_run(repo: str, *, kind: str, config: dict, device: str | None) -> int:
+    with db.get_engine().begin() as conn:
+        return store.insert_training_run(conn, store.repo_id(conn, repo), kind=kind, config=config, device=device)
+
+
+def update_run(run_id: int, **fields) -> None:
+    with db.get_engine().begin() as conn:
+        store.update_training_run(conn, run_id, **fields)
+
+
+@contextlib.contextmanager
+def recorded_run(repo: str, *, kind: str, config: dict, device: str | None) -> Iterator[int]:
+    """A run row that ends `complete`, or `failed` with the error when the body raises."""
+    run_id = start_run(repo, kind=kind, config=config, device=device)
+    try:
+        yield run_id
+    except BaseException as err:
+        try:
+            update_run(run_id, status="failed", error=f"{type(err).__name__}: {err}"[:2000], finished=True)
+        except Exception:  # the database itself may be what failed: keep the original error
+            log.exception("could not record the failure of training run %d", run_id)
+        raise
+    update_run(run_id, status="complete", finished=True)
+
+
+def training_runs(repo: str | None = None, *, kind: str | None = None, limit: int | None = 20) -> list[TrainingRun]:
+    """Stored runs, newest first, of one repository or all."""
+    with db.get_engine().connect() as conn:
+        repo_id = store.repo_id(conn, repo) if repo is not None else None
+        rows = store.training_runs(conn, repo_id, kind=kind, limit=limit)
+    return [TrainingRun(**row) for row in rows]
+
+
+def training_metrics(run_id: int, *, stage: str | None = None) -> list[dict]:
+    """Per-step metrics of a run: dicts with stage, step and metrics."""
+    with db.get_engine().connect() as conn:
+        return store.training_metrics(conn, run_id, stage=stage)

