@@ -1,0 +1,189 @@
+"""RETRO: chunked cross-attention's causality, cached decoding, the chunk grid and leakage filter, checkpoints,
+and a tiny real training run over a real source tree with bits per byte, generation and citations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from grounding.models.retro import Retro, RetroCache, RetroConfig
+from grounding.training.retro_data import ChunkGrid, batch_tensors, low_overlap_rows, shares_run, target_mask
+from tests.conftest import copy_tree
+
+M = 4
+
+
+def _tiny(**overrides) -> RetroConfig:
+    base = dict(
+        vocab_size=50,
+        pad_id=0,
+        d_model=32,
+        n_layers=4,
+        n_heads=4,
+        max_seq_len=64,
+        chunk_len=M,
+        neighbours=2,
+        retrieval_len=2 * M,
+        cca_start=2,
+        cca_every=2,
+        enc_layers=2,
+    )
+    return RetroConfig(**{**base, **overrides})
+
+
+def _inputs(b: int = 2, n: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(1, 50, (b, n), generator=g)
+    neighbours = torch.randint(1, 50, (b, n // M, 2, 2 * M), generator=g)
+    return idx, neighbours
+
+
+def test_cca_layers_follow_the_paper_every_third_from_six():
+    assert RetroConfig(vocab_size=10, n_layers=12).cca_layers == (5, 8, 11)  # layers 6, 9, 12
+    assert _tiny().cca_layers == (1, 3)
+    assert _tiny(use_cca=False).cca_layers == ()
+
+
+@pytest.mark.parametrize("u", [0, 1, 2])
+def test_changing_the_neighbours_of_chunk_u_changes_no_logit_before_its_last_token(u):
+    torch.manual_seed(0)
+    model = Retro(_tiny()).eval()
+    idx, neighbours = _inputs()
+    changed = neighbours.clone()
+    changed[:, u] = torch.randint(1, 50, changed[:, u].shape)
+    with torch.no_grad():
+        diff = (model(idx, neighbours) - model(idx, changed)).abs().amax(-1)  # (B, n)
+    last = u * M + M - 1
+    assert diff[:, :last].max() == 0  # exactly: nothing before the last token of chunk u sees them
+    assert diff[:, last : last + M].min() > 0  # the last token of chunk u and chunk u+1 do
+
+
+def test_the_first_chunk_has_no_neighbours_and_retrieval_off_matches_there():
+    torch.manual_seed(0)
+    model = Retro(_tiny()).eval()
+    idx, neighbours = _inputs()
+    with torch.no_grad():
+        on, off = model(idx, neighbours), model(idx)
+    assert torch.equal(on[:, : M - 1], off[:, : M - 1])
+    assert not torch.allclose(on[:, M:], off[:, M:])
+
+
+def test_cached_decoding_reproduces_the_full_forward():
+    torch.manual_seed(0)
+    model = Retro(_tiny()).eval()
+    idx, neighbours = _inputs(n=18)  # a partial last chunk too
+    cache, outs = RetroCache(), []
+    with torch.no_grad():
+        full = model(idx, neighbours)
+        outs.append(model(idx[:, :6], cache=_with(cache, neighbours, upto=6)))  # a prompt, then one by one
+        for p in range(6, 18):
+            outs.append(model(idx[:, p : p + 1], cache=_with(cache, neighbours, upto=p + 1)))
+    assert torch.allclose(torch.cat(outs, 1), full, atol=1e-5)
+
+
+def _with(cache: RetroCache, neighbours: torch.Tensor, *, upto: int) -> RetroCache:
+    for u in range(upto // M):
+        cache.neighbours.setdefault(u, neighbours[:, u])
+    return cache
+
+
+def test_baseline_has_the_same_decoder_and_no_encoder():
+    retro, base = Retro(_tiny()), Retro(_tiny(use_cca=False))
+    assert base.encoder is None and all(b.cca is None for b in base.blocks)
+    assert {n for n, _ in base.named_parameters()} < {n for n, _ in retro.named_parameters()}
+
+
+def test_checkpoint_reloads_with_its_config(tmp_path):
+    from grounding.training.retro_train import load_retro, save_retro
+
+    torch.manual_seed(0)
+    model = Retro(_tiny(d_model=48)).eval()
+    save_retro(tmp_path / "r.pt", model, tokenizer="/tok", database=3, step=9)
+    again, state = load_retro(tmp_path / "r.pt")
+    assert again.config == model.config and state["tokenizer"] == "/tok" and state["step"] == 9
+    idx, neighbours = _inputs()
+    with torch.no_grad():
+        assert torch.equal(again(idx, neighbours), model(idx, neighbours))
+
+
+def test_grid_batches_mask_padding_and_the_leakage_filter_uses_the_previous_chunks_neighbours():
+    pad = 0
+    tokens = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 0, 0], [11, 12, 13, 14]])
+    neighbours = np.zeros((4, 1, 8), dtype=np.int64)
+    neighbours[0, 0, :6] = [7, 5, 6, 7, 8, 9]  # chunk 0's neighbour copies chunk 1 (which it predicts)
+    neighbours[1, 0, :3] = [9, 1, 1]
+    grid = ChunkGrid(np.arange(4), tokens, neighbours, ("a", "a", "a", "b"), pad)
+    idx, targets, nb = batch_tensors(grid, [np.array([0, 1]), np.array([2, 3])])
+    assert idx.tolist()[1] == [9, 10, 0, 0, 11, 12, 13, 14]
+    assert targets.tolist()[1] == [10, 0, 0, 0, 12, 13, 14, 0]  # no target from or to padding
+    assert nb.shape == (2, 2, 1, 8)
+    assert shares_run(np.array([5, 6, 7, 8]), np.array([7, 5, 6, 7, 8, 9]), 4)
+    assert not shares_run(np.array([5, 6, 7, 8]), np.array([5, 6, 1, 7, 8]), 3)
+    keep = low_overlap_rows(grid, 2, threshold=4)
+    assert keep.tolist() == [True, False, True, True]  # row 2 starts a sequence: no neighbours precede it
+    mask = target_mask([np.array([0, 1])], keep, 4)
+    assert mask.tolist()[0] == [True, True, True, False, False, False, False, False]
+
+
+# --- a tiny real run ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def retro_run(engine, repo_name, hashing, tmp_path):
+    from grounding.ingest import ingest
+    from grounding.retro_db import RetroDbConfig
+    from grounding.training.retro_train import RetroTrainConfig, tiny_model, train_retro
+
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
+    report = train_retro(
+        repo_name,
+        model=tiny_model(1, 0, d_model=64, n_layers=4, n_heads=4, max_seq_len=256),
+        train_config=RetroTrainConfig(
+            steps=40, batch_size=4, chunks_per_sequence=4, lr=3e-3, warmup=5, log_every=1, vocab_size=1024
+        ),
+        db_config=RetroDbConfig(chunk_tokens=32, neighbours=2, encoder="hashing-64"),
+        device="cpu",
+    )
+    return repo_name, report
+
+
+def test_tiny_retro_trains_and_reports_bits_per_byte_with_and_without_retrieval(retro_run):
+    from grounding.training.runs import training_metrics, training_runs
+
+    repo, report = retro_run
+    steps = training_metrics(report.run_id, stage="retro")
+    losses = [s["metrics"]["loss"] for s in steps]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5, losses
+    assert len(training_metrics(report.run_id, stage="baseline")) == 40
+    bpb = report.bits_per_byte
+    assert set(bpb) == {
+        "retro_retrieval",
+        "retro_no_retrieval",
+        "retro_retrieval_low_overlap",
+        "retro_no_retrieval_low_overlap",
+        "baseline",
+        "baseline_low_overlap",
+    }
+    assert all(0.5 < v < 9 for v in bpb.values()), bpb
+    assert bpb["retro_retrieval"] != bpb["retro_no_retrieval"]
+    run = training_runs(repo, kind="retro")[0]
+    assert run.status == "complete" and run.metrics["bits_per_byte"] == bpb
+    stored = training_metrics(report.run_id, stage="eval")[0]["metrics"]
+    assert stored["retro_retrieval"] == pytest.approx(bpb["retro_retrieval"])
+
+
+def test_complete_generates_with_a_kv_cache_and_cites_the_neighbours_it_read(retro_run, capsys):
+    import grounding
+    from grounding.cli import main
+
+    repo, report = retro_run
+    prefix = "def merge_setting(request_setting, session_setting, dict_class=OrderedDict):\n" * 3
+    result = grounding.complete(repo, prefix, max_new_tokens=40, path="sessions.py")
+    assert result.tokens > 0 and result.checkpoint == report.checkpoint
+    assert result.citations and all(c.path != "sessions.py" for c in result.citations)
+    assert all(c.start_line >= 1 and c.end_line >= c.start_line and c.snippet for c in result.citations)
+    assert main(["complete", repo, "sessions.py:40", "--max-new-tokens", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "[1] " in out
+    assert main(["complete", repo, "no/such.py:3"]) == 1
