@@ -26,7 +26,7 @@ from pathlib import Path
 from grounding import db, sources, store
 from grounding.config import get_settings
 from grounding.embed import load_embedder
-from grounding.errors import NotIndexed, RepoNotFound, SourceNotFound
+from grounding.errors import NotIndexed, RepoNotFound
 from grounding.evaluation import (
     MODES,
     DatasetError,
@@ -127,14 +127,8 @@ def _harvest(repo: str, harvester: Harvester) -> tuple[list[Question], dict[str,
             version = store.active_index_version(conn, store.repo_id(conn, repo))
         if version is None:
             raise NotIndexed(f"repository {repo!r} has no active index version; ingest it first")
-        if sources.is_git_url(source):
-            # The checkout the last ingest left, at the commit it indexed: evaluating must not fetch.
-            root = settings.checkouts_dir / repo
-            if not (root / ".git").is_dir():
-                raise SourceNotFound(f"the checkout of {repo!r} is gone from {root}; run `grounding refresh {repo}`")
-            checkout = sources.Checkout(root.resolve(), source, commit, ref, True)
-        else:
-            checkout = sources.open_source(source, checkouts=settings.checkouts_dir, name=repo)
+        # Evaluating must not fetch: a git URL is read from the checkout the last ingest left.
+        checkout = sources.reopen(source, checkouts=settings.checkouts_dir, name=repo, commit=commit, ref=ref)
         questions, tree = harvester(checkout)
     return questions, tree, version
 

@@ -7,6 +7,9 @@ the new one, never a mix. Embeddings carry their index version; each version get
 HNSW index (built by `store.build_vector_index`), so a new encoder can be built beside the active one.
 Evaluation runs record how well a question set was answered, by which index version and encoder;
 training runs record how a retriever was trained, step by step, and what the promotion gate decided.
+A RETRO retrieval database holds a repository's files cut into fixed-length chunks of LM tokens,
+each with its encoder vector; its train chunks get their own partial HNSW index (built by
+`store.build_retro_index`), and the neighbours found for each chunk are cached per configuration.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 
 metadata = MetaData()
 
@@ -183,4 +186,47 @@ training_metrics = Table(
     Column("step", Integer, primary_key=True),
     Column("metrics", JSONB, nullable=False),  # loss, staleness, index_version, mrr, ...
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+retro_databases = Table(
+    "retro_databases",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), nullable=False),
+    Column("snapshot_id", Integer),  # the repository's current snapshot when the files were read
+    Column("commit", Text),  # of the checkout read; None outside git
+    Column("tokenizer", Text, nullable=False),  # directory of the LM tokenizer that made the tokens
+    Column("chunk_tokens", Integer, nullable=False),  # m: tokens per chunk
+    Column("encoder", Text, nullable=False),  # the frozen encoder that made the vectors
+    Column("dim", Integer, nullable=False),
+    Column("status", Text, nullable=False),  # building, ready, retired, failed
+    Column("stats", JSONB, nullable=False, server_default=text("'{}'::jsonb")),  # counts, content fingerprint
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("note", Text),
+    Index("retro_databases_repo", "repo_id", "id"),
+)
+
+retro_chunks = Table(
+    "retro_chunks",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("database_id", Integer, ForeignKey("retro_databases.id", ondelete="CASCADE"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("split", Text, nullable=False),  # train or heldout, by evaluation.split_of(path)
+    Column("ordinal", Integer, nullable=False),  # position within the file
+    Column("tokens", ARRAY(Integer), nullable=False),  # chunk_tokens ids; a file's last chunk may be shorter
+    Column("text", Text, nullable=False),  # the file's text the tokens spell (a split character: the first)
+    Column("start_line", Integer, nullable=False),  # 1-based inclusive lines the text spans
+    Column("end_line", Integer, nullable=False),
+    Column("embedding", Vector(), nullable=False),  # dimension fixed per database by its HNSW index
+    UniqueConstraint("database_id", "path", "ordinal", name="retro_chunks_database_path_ordinal"),
+)
+
+retro_neighbours = Table(
+    "retro_neighbours",
+    metadata,
+    Column("database_id", Integer, ForeignKey("retro_databases.id", ondelete="CASCADE"), primary_key=True),
+    Column("config_key", Text, primary_key=True),  # RetroDbConfig.key(): k, chunk length and encoder
+    Column("chunk_id", BigInteger, primary_key=True),
+    Column("neighbours", ARRAY(BigInteger), nullable=False),  # train chunk ids of other files, nearest first
 )

@@ -88,6 +88,17 @@ def open_source(source: str, *, checkouts: Path, name: str, ref: str | None = No
     return Checkout(root, str(root), commit, branch, True)
 
 
+def reopen(source: str, *, checkouts: Path, name: str, commit: str | None, ref: str | None) -> Checkout:
+    """The checkout the last ingest of `source` read, without fetching: a git URL's clone under
+    `checkouts/name`, left at the commit it indexed, or a local path as it is now."""
+    if is_git_url(source):
+        root = checkouts / name
+        if not (root / ".git").is_dir():
+            raise SourceNotFound(f"the checkout of {name!r} is gone from {root}; run `grounding refresh {name}`")
+        return Checkout(root.resolve(), source, commit, ref, True)
+    return open_source(source, checkouts=checkouts, name=name)
+
+
 def _try_git(args: list[str], cwd: Path) -> str | None:
     try:
         return _git(args, cwd).strip() or None

@@ -2,6 +2,7 @@
 
 from grounding.store.catalog import *  # noqa: F403
 from grounding.store.evals import *  # noqa: F403
+from grounding.store.retro import *  # noqa: F403
 from grounding.store.search import *  # noqa: F403
 from grounding.store.training import *  # noqa: F403
 from grounding.store.versions import *  # noqa: F403

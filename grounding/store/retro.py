@@ -1,0 +1,297 @@
+"""RETRO retrieval databases: their rows, chunks (written with COPY), per-database HNSW index and neighbour cache.
+
+Each database's train chunks get a partial HNSW index over `embedding::vector(dim)`, like an index
+version's; the queries that should use it name the database id and split as literals, so the
+planner can match the index's predicate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from grounding.store.writes import vector_literal
+
+__all__ = [
+    "create_retro_database",
+    "retro_database",
+    "latest_retro_database",
+    "matching_retro_database",
+    "copy_retro_chunks",
+    "build_retro_index",
+    "finish_retro_database",
+    "fail_retro_database",
+    "retro_chunks",
+    "retro_chunk_ids",
+    "retro_chunks_with_continuation",
+    "nearest_retro_chunks",
+    "retro_neighbours_of",
+    "cached_retro_neighbours",
+    "write_retro_neighbours",
+]
+
+_DATABASE = (
+    "SELECT d.id, r.name AS repo, d.commit, d.tokenizer, d.chunk_tokens, d.encoder, d.dim, d.status, "
+    "d.snapshot_id, d.stats FROM retro_databases d JOIN repositories r ON r.id = d.repo_id "
+)
+_CHUNK = "id, path, split, ordinal, tokens, text, start_line, end_line"
+# Iterative scans keep walking the graph until enough rows pass the filters (pgvector 0.8), so a
+# query that excludes a path still gets k rows; ef_search sets how wide each step looks.
+_EF_SEARCH = 100
+
+
+# --- databases -----------------------------------------------------------------------------------
+
+
+def create_retro_database(
+    conn: Connection,
+    repo: int,
+    *,
+    snapshot: int | None,
+    commit: str | None,
+    tokenizer: str,
+    chunk_tokens: int,
+    encoder: str,
+    dim: int,
+    stats: Mapping,
+) -> int:
+    """A new database row, `building`."""
+    return conn.execute(
+        sa.text(
+            "INSERT INTO retro_databases (repo_id, snapshot_id, commit, tokenizer, chunk_tokens, encoder, dim, "
+            "status, stats) VALUES (:r, :s, :c, :t, :m, :e, :d, 'building', CAST(:st AS jsonb)) RETURNING id"
+        ),
+        {
+            "r": repo,
+            "s": snapshot,
+            "c": commit,
+            "t": tokenizer,
+            "m": chunk_tokens,
+            "e": encoder,
+            "d": dim,
+            "st": json.dumps(dict(stats)),
+        },
+    ).scalar_one()
+
+
+def retro_database(conn: Connection, database_id: int) -> dict | None:
+    """Any database by id, whatever its status."""
+    row = conn.execute(sa.text(_DATABASE + "WHERE d.id = :d"), {"d": database_id}).mappings().one_or_none()
+    return dict(row) if row else None
+
+
+def latest_retro_database(conn: Connection, repo: int, *, tokenizer: str | None = None) -> dict | None:
+    """The newest ready database of a repository, of one tokenizer if named."""
+    row = (
+        conn.execute(
+            sa.text(
+                _DATABASE + "WHERE d.repo_id = :r AND d.status = 'ready' "
+                "AND (CAST(:t AS text) IS NULL OR d.tokenizer = :t) ORDER BY d.id DESC LIMIT 1"
+            ),
+            {"r": repo, "t": tokenizer},
+        )
+        .mappings()
+        .one_or_none()
+    )
+    return dict(row) if row else None
+
+
+def matching_retro_database(
+    conn: Connection, repo: int, *, tokenizer: str, chunk_tokens: int, encoder: str, fingerprint: str
+) -> dict | None:
+    """A ready database built from the same files with the same tokenizer, chunk length and encoder."""
+    row = (
+        conn.execute(
+            sa.text(
+                _DATABASE + "WHERE d.repo_id = :r AND d.status = 'ready' AND d.tokenizer = :t "
+                "AND d.chunk_tokens = :m AND d.encoder = :e AND d.stats ->> 'fingerprint' = :f "
+                "ORDER BY d.id DESC LIMIT 1"
+            ),
+            {"r": repo, "t": tokenizer, "m": chunk_tokens, "e": encoder, "f": fingerprint},
+        )
+        .mappings()
+        .one_or_none()
+    )
+    return dict(row) if row else None
+
+
+def copy_retro_chunks(
+    conn: Connection,
+    database_id: int,
+    *,
+    chunks: Iterable[tuple[str, str, int, Sequence[int], str, int, int]],
+    vectors: np.ndarray,
+) -> int:
+    """COPY (path, split, ordinal, tokens, text, start_line, end_line) rows with one vector each, in order."""
+    raw = conn.connection.driver_connection
+    n = 0
+    with raw.cursor().copy(
+        "COPY retro_chunks (database_id, path, split, ordinal, tokens, text, start_line, end_line, embedding) "
+        "FROM STDIN"
+    ) as copy:
+        for (path, split, ordinal, tokens, text, start, end), vec in zip(chunks, vectors, strict=True):
+            ids = "{" + ",".join(map(str, tokens)) + "}"
+            copy.write_row((database_id, path, split, ordinal, ids, text, start, end, vector_literal(vec)))
+            n += 1
+    return n
+
+
+def build_retro_index(conn: Connection, database_id: int, *, dim: int) -> None:
+    """The database's own HNSW index (inner product) over its train chunks: only they can be retrieved."""
+    did, dim = int(database_id), int(dim)
+    conn.execute(
+        sa.text(
+            f"CREATE INDEX IF NOT EXISTS retro_chunks_hnsw_d{did} ON retro_chunks "
+            f"USING hnsw ((embedding::vector({dim})) vector_ip_ops) WHERE database_id = {did} AND split = 'train'"
+        )
+    )
+    conn.execute(sa.text("ANALYZE retro_chunks"))
+
+
+def finish_retro_database(conn: Connection, database_id: int, *, stats: Mapping) -> list[int]:
+    """Mark the database ready and retire the ready ones it replaces (same repository, tokenizer, m and
+    encoder) in the same transaction. Returns the retired ids."""
+    retired = list(
+        conn.execute(
+            sa.text(
+                "UPDATE retro_databases o SET status = 'retired', note = coalesce(o.note, 'replaced by ' || n.id) "
+                "FROM retro_databases n WHERE n.id = :d AND o.id <> n.id AND o.status = 'ready' "
+                "AND o.repo_id = n.repo_id AND o.tokenizer = n.tokenizer AND o.chunk_tokens = n.chunk_tokens "
+                "AND o.encoder = n.encoder RETURNING o.id"
+            ),
+            {"d": database_id},
+        ).scalars()
+    )
+    conn.execute(
+        sa.text("UPDATE retro_databases SET status = 'ready', stats = stats || CAST(:s AS jsonb) WHERE id = :d"),
+        {"d": database_id, "s": json.dumps(dict(stats))},
+    )
+    return retired
+
+
+def fail_retro_database(conn: Connection, database_id: int, *, error: str) -> None:
+    """Give up a build: its chunks and index go, its row stays with the reason."""
+    did = int(database_id)
+    conn.execute(sa.text(f"DROP INDEX IF EXISTS retro_chunks_hnsw_d{did}"))
+    conn.execute(sa.text("DELETE FROM retro_chunks WHERE database_id = :d"), {"d": did})
+    conn.execute(
+        sa.text("UPDATE retro_databases SET status = 'failed', note = :e WHERE id = :d"),
+        {"d": did, "e": error[:4000]},
+    )
+
+
+# --- chunks --------------------------------------------------------------------------------------
+
+
+def retro_chunks(conn: Connection, database_id: int, *, split: str | None = None) -> list[tuple]:
+    """(id, path, split, ordinal, tokens, text, start_line, end_line) of a database, in (path, ordinal) order."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {_CHUNK} FROM retro_chunks WHERE database_id = :d "
+            "AND (CAST(:s AS text) IS NULL OR split = :s) ORDER BY path, ordinal"
+        ),
+        {"d": database_id, "s": split},
+    )
+    return [tuple(row) for row in rows]
+
+
+def retro_chunk_ids(conn: Connection, database_id: int) -> list[int]:
+    """Every chunk id of a database, in (path, ordinal) order."""
+    return list(
+        conn.execute(
+            sa.text("SELECT id FROM retro_chunks WHERE database_id = :d ORDER BY path, ordinal"), {"d": database_id}
+        ).scalars()
+    )
+
+
+def retro_chunks_with_continuation(conn: Connection, database_id: int, chunk_ids: Sequence[int]) -> dict[int, tuple]:
+    """Per chunk id of the database: (path, start_line, end_line, tokens, text) of the chunk followed by the
+    next one of its file."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT c.id, c.path, c.start_line, coalesce(n.end_line, c.end_line), "
+            "c.tokens || coalesce(n.tokens, '{}'), c.text || coalesce(n.text, '') "
+            "FROM retro_chunks c LEFT JOIN retro_chunks n "
+            "ON n.database_id = c.database_id AND n.path = c.path AND n.ordinal = c.ordinal + 1 "
+            "WHERE c.database_id = :d AND c.id = ANY(:ids)"
+        ),
+        {"d": database_id, "ids": list(chunk_ids)},
+    )
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+# --- nearest neighbours --------------------------------------------------------------------------
+
+
+def _iterative_scan(conn: Connection, k: int) -> None:
+    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {max(_EF_SEARCH, 2 * int(k))}"))
+    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+
+
+def nearest_retro_chunks(
+    conn: Connection, database_id: int, *, dim: int, vector: np.ndarray, k: int, exclude_path: str | None = None
+) -> list[tuple[int, float]]:
+    """(chunk id, inner product) of the k train chunks nearest `vector`, outside `exclude_path`, nearest first.
+
+    Call inside a transaction: the scan settings are local to it.
+    """
+    did, dim = int(database_id), int(dim)
+    _iterative_scan(conn, k)
+    other_file = "" if exclude_path is None else "AND path <> :p "
+    # relaxed_order may hand rows back slightly out of order: the outer query sorts the k it got.
+    rows = conn.execute(
+        sa.text(
+            f"WITH nearest AS MATERIALIZED (SELECT id, embedding::vector({dim}) <#> CAST(:q AS vector({dim})) AS d "
+            f"FROM retro_chunks WHERE database_id = {did} AND split = 'train' {other_file}"
+            f"ORDER BY embedding::vector({dim}) <#> CAST(:q AS vector({dim})) LIMIT :k) "
+            "SELECT id, -d FROM nearest ORDER BY d, id"
+        ),
+        {"q": vector_literal(vector), "k": k, "p": exclude_path},
+    )
+    return [(cid, float(ip)) for cid, ip in rows]
+
+
+def retro_neighbours_of(
+    conn: Connection, database_id: int, *, dim: int, chunk_ids: Sequence[int], k: int
+) -> dict[int, list[int]]:
+    """For each chunk, the ids of the k nearest train chunks of other files, nearest first: one HNSW
+    search per chunk, all in one statement. Call inside a transaction."""
+    did, dim = int(database_id), int(dim)
+    _iterative_scan(conn, k)
+    rows = conn.execute(
+        sa.text(
+            "SELECT q.id, n.ids FROM retro_chunks q CROSS JOIN LATERAL ("
+            " SELECT array_agg(id ORDER BY d, id) AS ids FROM ("
+            f"  SELECT c.id, c.embedding::vector({dim}) <#> q.embedding::vector({dim}) AS d FROM retro_chunks c"
+            f"  WHERE c.database_id = {did} AND c.split = 'train' AND c.path <> q.path"
+            f"  ORDER BY c.embedding::vector({dim}) <#> q.embedding::vector({dim}) LIMIT :k) found) n "
+            f"WHERE q.database_id = {did} AND q.id = ANY(:ids)"
+        ),
+        {"ids": list(chunk_ids), "k": k},
+    )
+    return {cid: list(ids or []) for cid, ids in rows}
+
+
+# --- the neighbour cache -------------------------------------------------------------------------
+
+
+def cached_retro_neighbours(conn: Connection, database_id: int, *, config_key: str) -> dict[int, list[int]]:
+    rows = conn.execute(
+        sa.text("SELECT chunk_id, neighbours FROM retro_neighbours WHERE database_id = :d AND config_key = :k"),
+        {"d": database_id, "k": config_key},
+    )
+    return {cid: list(ids) for cid, ids in rows}
+
+
+def write_retro_neighbours(
+    conn: Connection, database_id: int, *, config_key: str, neighbours: Mapping[int, Sequence[int]]
+) -> None:
+    """COPY the neighbours of some chunks into the cache."""
+    raw = conn.connection.driver_connection
+    with raw.cursor().copy("COPY retro_neighbours (database_id, config_key, chunk_id, neighbours) FROM STDIN") as copy:
+        for cid, ids in neighbours.items():
+            copy.write_row((database_id, config_key, cid, "{" + ",".join(map(str, ids)) + "}"))
