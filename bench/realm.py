@@ -126,7 +126,8 @@ def main() -> int:
         if pretrain:
             print(
                 f"pre-training: {tr['pretrain_steps']} steps, {tr['refreshes']} index refreshes "
-                f"({tr['refresh_seconds']:.0f}s), loss {tr['pretrain_first_loss']:.3f} -> {tr['pretrain_last_loss']:.3f}"
+                f"({tr['refresh_seconds']:.0f}s), "
+                f"loss {tr['pretrain_first_loss']:.3f} -> {tr['pretrain_last_loss']:.3f}"
             )
         print(f"gate: {figures['decision']}")
         print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in figures["seconds"].items()))

@@ -185,6 +185,40 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_retro(args: argparse.Namespace) -> int:
+    from grounding.retro_db import RetroDbConfig
+    from grounding.training.retro_train import RetroTrainConfig, train_retro
+
+    report = train_retro(
+        args.repo,
+        train_config=RetroTrainConfig(
+            steps=args.steps, batch_size=args.batch_size, chunks_per_sequence=args.chunks_per_sequence
+        ),
+        db_config=RetroDbConfig(chunk_tokens=args.chunk_tokens, neighbours=args.neighbours),
+        tokenizer_path=args.tokenizer,
+        device=args.device,
+    )
+    print(f"{report.repo}: RETRO run {report.run_id}, checkpoint {report.checkpoint}, database {report.database}")
+    for name, value in report.bits_per_byte.items():
+        print(f"  {name:34} {value:.4f} bits/byte")
+    t = report.metrics["retro_train"]
+    print(f"  training: {t['tokens_per_s']:.0f} tokens/s, loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}")
+    return 0
+
+
+def _cmd_complete(args: argparse.Namespace) -> int:
+    from grounding.completion import complete, prefix_at
+
+    path, line = args.location.rsplit(":", 1) if ":" in args.location else (args.location, None)
+    prefix = prefix_at(args.repo, path, int(line) if line else None)
+    result = complete(args.repo, prefix, max_new_tokens=args.max_new_tokens, temperature=args.temperature, path=path)
+    print(result.text)
+    print(f"\n-- {result.tokens} tokens in {result.seconds:.2f}s ({result.tokens_per_s:.1f} tokens/s)")
+    for i, c in enumerate(result.citations, 1):
+        print(f"[{i}] {c.location}  (score {c.score:.3f})")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from grounding.serve import serve
 
@@ -270,6 +304,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo", nargs="?")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=_cmd_runs)
+
+    p = sub.add_parser("train-retro", help="train RETRO on a repository; held-out bits per byte with/without retrieval")
+    p.add_argument("repo")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--chunks-per-sequence", type=int, default=16, help="sequence length in chunks of m tokens")
+    p.add_argument("--chunk-tokens", type=int, default=64, help="m (default 64)")
+    p.add_argument("--neighbours", type=int, default=2, help="k (default 2)")
+    p.add_argument("--tokenizer", help="a local tokenizer directory (default: one trained on the repository)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available; the tiny model on cpu)")
+    p.set_defaults(func=_cmd_train_retro)
+
+    p = sub.add_parser("complete", help="complete code after FILE:LINE with the repository's RETRO model")
+    p.add_argument("repo")
+    p.add_argument("location", help="PATH:LINE in the repository: the prefix is the file up to that line")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.set_defaults(func=_cmd_complete)
 
     p = sub.add_parser("serve", help="run a Prefect server, the work pools, the deployments and their workers")
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server it starts (default 4200)")

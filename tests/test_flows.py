@@ -127,3 +127,24 @@ def test_finetune_retriever_flow_trains_gates_and_publishes(prefect_server, engi
 
     bad = finetune_retriever(repo="no-such-repo", encoder=str(tiny_encoder), pretrain_steps=0, return_state=True)
     assert bad.is_failed()
+
+
+def test_train_retro_flow_stores_bits_per_byte_and_publishes_them(
+    prefect_server, engine, repo_name, hashing, tmp_path, monkeypatch
+):
+    from flows.retro import train_retro_flow
+    from grounding.config import reset_settings
+    from grounding.ingest import ingest
+    from grounding.training.runs import training_runs
+
+    monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")  # the frozen retrieval encoder, fast
+    reset_settings()
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
+    state = train_retro_flow(
+        repo=repo_name, steps=3, batch_size=2, chunks_per_sequence=2, baseline=False, device="cpu", return_state=True
+    )
+    assert state.is_completed(), state
+    result = state.result()
+    assert {"retro_retrieval", "retro_no_retrieval"} <= set(result["bpb"])
+    run = training_runs(repo_name, kind="retro")[0]
+    assert run.id == result["run_id"] and run.status == "complete"

@@ -129,8 +129,10 @@ def test_grid_batches_mask_padding_and_the_leakage_filter_uses_the_previous_chun
 # --- a tiny real run ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def retro_run(engine, repo_name, hashing, tmp_path):
+def test_tiny_retro_trains_reports_bits_per_byte_and_completes_with_citations(
+    engine, repo_name, hashing, tmp_path, capsys
+):
+    """One tiny real run (it is the slow part): training, bits per byte, then generation from it."""
     from grounding.ingest import ingest
     from grounding.retro_db import RetroDbConfig
     from grounding.training.retro_train import RetroTrainConfig, tiny_model, train_retro
@@ -145,13 +147,14 @@ def retro_run(engine, repo_name, hashing, tmp_path):
         db_config=RetroDbConfig(chunk_tokens=32, neighbours=2, encoder="hashing-64"),
         device="cpu",
     )
-    return repo_name, report
+    repo = repo_name
+    _check_training(repo, report)
+    _check_completion(repo, report, capsys)
 
 
-def test_tiny_retro_trains_and_reports_bits_per_byte_with_and_without_retrieval(retro_run):
+def _check_training(repo, report):
     from grounding.training.runs import training_metrics, training_runs
 
-    repo, report = retro_run
     steps = training_metrics(report.run_id, stage="retro")
     losses = [s["metrics"]["loss"] for s in steps]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5, losses
@@ -173,11 +176,10 @@ def test_tiny_retro_trains_and_reports_bits_per_byte_with_and_without_retrieval(
     assert stored["retro_retrieval"] == pytest.approx(bpb["retro_retrieval"])
 
 
-def test_complete_generates_with_a_kv_cache_and_cites_the_neighbours_it_read(retro_run, capsys):
+def _check_completion(repo, report, capsys):
     import grounding
     from grounding.cli import main
 
-    repo, report = retro_run
     prefix = "def merge_setting(request_setting, session_setting, dict_class=OrderedDict):\n" * 3
     result = grounding.complete(repo, prefix, max_new_tokens=40, path="sessions.py")
     assert result.tokens > 0 and result.checkpoint == report.checkpoint

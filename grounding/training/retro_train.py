@@ -1,0 +1,383 @@
+"""Train RETRO on a repository and measure it in bits per byte, with retrieval, without, and against a baseline.
+
+The data: a byte-level BPE tokenizer of the repository (trained once, then reused), the retrieval
+database of m-token chunks with frozen-encoder embeddings, and each chunk's k neighbours from other
+train files (held-out files are never retrievable). RETRO and a baseline decoder of the same size
+without CCA train on the same sequences for the same steps; held-out bits per byte are then
+measured for RETRO with its neighbours, RETRO with retrieval off, the baseline, and the three
+restricted to chunks that share fewer than 8 contiguous tokens with their neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grounding import retro_db
+from grounding.config import get_settings
+from grounding.lm_tokenizer import LMTokenizer, load_tokenizer, train_tokenizer
+from grounding.models.retro import Retro, RetroConfig, bits_per_byte, lm_loss
+from grounding.training.checkpoint import default_device
+from grounding.training.retro_data import (
+    ChunkGrid,
+    batch_tensors,
+    build_grid,
+    low_overlap_rows,
+    sequences,
+    target_mask,
+)
+from grounding.training.runs import MetricsLog, recorded_run, update_run
+
+log = logging.getLogger(__name__)
+
+H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM, the denominator of model FLOP utilisation
+
+
+@dataclass(frozen=True)
+class RetroTrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    chunks_per_sequence: int = 16  # 1024 tokens at m = 64
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    log_every: int = 10
+    seed: int = 0
+    vocab_size: int = 8192  # of the tokenizer trained on the repository
+    amp: bool | None = None  # bf16 autocast; None: on CUDA
+    compile: bool | None = None  # torch.compile; None: on CUDA
+    baseline: bool = True  # also train the decoder without CCA on the same tokens
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tiny_model(vocab_size: int, pad_id: int, **overrides) -> RetroConfig:
+    """A configuration that trains on a CPU in minutes: 4 layers, CCA in layers 2 and 4."""
+    base = dict(d_model=128, n_layers=4, n_heads=4, max_seq_len=1024, cca_start=2, cca_every=2, enc_layers=2)
+    return RetroConfig(vocab_size=vocab_size, pad_id=pad_id, **{**base, **overrides})
+
+
+@dataclass(frozen=True)
+class RetroData:
+    tokenizer: LMTokenizer
+    database: retro_db.RetroDatabase
+    train: ChunkGrid
+    heldout: ChunkGrid
+    byte_lengths: np.ndarray  # (V,) UTF-8 bytes of each token
+
+
+@dataclass(frozen=True)
+class RetroReport:
+    run_id: int
+    repo: str
+    checkpoint: str
+    database: int
+    bits_per_byte: dict[str, float]
+    metrics: dict = field(default_factory=dict)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def repository_tokenizer(repo: str, *, vocab_size: int, path: str | None = None) -> LMTokenizer:
+    """A local tokenizer path, else the one this repository's last database used, else one trained on it."""
+    if path:
+        return load_tokenizer(path)
+    try:
+        return load_tokenizer(retro_db.latest_database(repo).tokenizer)
+    except Exception as err:  # no database yet, or its tokenizer directory is gone: train a new one
+        log.info("training a tokenizer for %s (%s)", repo, err)
+    texts = [text for _, text in retro_db.repository_texts(repo, split="train")]  # held-out files stay unseen
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tokenizer.save(get_settings().home / "retro" / _safe(repo) / f"tokenizer-{stamp}")
+    return tokenizer
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def token_byte_lengths(tokenizer: LMTokenizer) -> np.ndarray:
+    """UTF-8 bytes each token stands for (0 for special tokens), for bits per byte."""
+    out = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    for i in range(tokenizer.vocab_size):
+        out[i] = len(tokenizer.token_bytes(i))
+    return out
+
+
+def prepare(
+    repo: str,
+    *,
+    model: RetroConfig | None = None,
+    db_config: retro_db.RetroDbConfig | None = None,
+    tokenizer_path: str | None = None,
+    vocab_size: int = 8192,
+) -> RetroData:
+    """Tokenizer, database, neighbours and the train/held-out chunk grids of a repository."""
+    db_config = db_config or retro_db.RetroDbConfig()
+    tokenizer = repository_tokenizer(repo, vocab_size=vocab_size, path=tokenizer_path)
+    database = retro_db.build_database(repo, tokenizer, config=db_config)
+    neighbour_ids = retro_db.neighbours(database, config=db_config)
+    wanted = sorted({n for ids in neighbour_ids.values() for n in ids})
+    tokens = {nb.chunk_id: nb.tokens for nb in retro_db.neighbour_tokens(database, wanted)}
+    m, k = db_config.chunk_tokens, db_config.neighbours
+    grids = {}
+    for split in ("train", "heldout"):
+        chunks = retro_db.database_chunks(database, split=split)
+        grids[split] = build_grid(
+            chunks, neighbour_ids, tokens, chunk_len=m, neighbours=k, retrieval_len=2 * m, pad_id=tokenizer.pad_id
+        )
+    if not len(grids["train"]) or not len(grids["heldout"]):
+        from grounding.errors import DatasetError
+
+        raise DatasetError(
+            f"{repo!r} has {len(grids['train'])} train and {len(grids['heldout'])} held-out chunks: "
+            "RETRO needs files on both sides of the split"
+        )
+    return RetroData(tokenizer, database, grids["train"], grids["heldout"], token_byte_lengths(tokenizer))
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def _lr(step: int, config: RetroTrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def train_model(
+    model: Retro, grid: ChunkGrid, config: RetroTrainConfig, *, device: str, metrics: MetricsLog | None = None
+) -> dict[str, float]:
+    """Train on random sequences of the grid, with neighbours when the model has CCA; returns throughput."""
+    rng = random.Random(config.seed)  # the same order for RETRO and the baseline
+    torch.manual_seed(config.seed)
+    cuda = device.startswith("cuda")
+    amp = config.amp if config.amp is not None else cuda
+    model.to(device).train()
+    forward = torch.compile(model) if (config.compile if config.compile is not None else cuda) else model
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.95),
+        fused=cuda,
+    )
+    seqs = [s for s in sequences(grid, config.chunks_per_sequence) if len(s) == config.chunks_per_sequence]
+    if not seqs:
+        seqs = sequences(grid, config.chunks_per_sequence)
+    use_neighbours = bool(model.config.cca_layers)
+    tokens_seen, started, losses = 0, time.perf_counter(), []
+    for step in range(config.steps):
+        rows = [seqs[rng.randrange(len(seqs))] for _ in range(config.batch_size)]
+        idx, targets, nb = batch_tensors(grid, rows, with_neighbours=use_neighbours)
+        idx, targets = idx.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        nb = nb.to(device, non_blocking=True) if nb is not None else None
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, config)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+            logits = forward(idx, nb)
+        count = (targets != grid.pad_id).sum().clamp(min=1)
+        loss = lm_loss(logits, targets, ignore=grid.pad_id) / count
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        tokens_seen += int(idx.numel())
+        losses.append(loss.item())
+        if metrics is not None and (step % config.log_every == 0 or step == config.steps - 1):
+            elapsed = time.perf_counter() - started
+            metrics.log(step, loss=losses[-1], lr=_lr(step, config), tokens_per_s=tokens_seen / max(elapsed, 1e-9))
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    tokens_per_s = tokens_seen / max(elapsed, 1e-9)
+    # 6N FLOPs per token (forward and backward) plus attention, as in the PaLM appendix.
+    cfg = model.config
+    flops_per_token = (
+        6 * model.num_parameters() + 12 * cfg.n_layers * cfg.d_model * config.chunks_per_sequence * cfg.chunk_len
+    )
+    if metrics is not None:
+        metrics.flush()
+    return {
+        "first_loss": float(np.mean(losses[:5])),
+        "last_loss": float(np.mean(losses[-5:])),
+        "tokens_per_s": tokens_per_s,
+        "seconds": elapsed,
+        "model_flops_per_s": tokens_per_s * flops_per_token,
+        "mfu_h100": tokens_per_s * flops_per_token / H100_BF16_FLOPS if cuda else None,
+        "parameters": model.num_parameters(),
+    }
+
+
+@torch.no_grad()
+def evaluate_bpb(
+    model: Retro,
+    grid: ChunkGrid,
+    byte_lengths: np.ndarray,
+    *,
+    chunks_per_sequence: int,
+    retrieval: bool,
+    keep: np.ndarray | None = None,
+    device: str,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Held-out bits per byte over every target token (or those in `keep` chunks)."""
+    model.to(device).eval()
+    lengths = torch.from_numpy(byte_lengths).to(device)
+    nats, n_bytes, n_tokens = 0.0, 0, 0
+    seqs = sequences(grid, chunks_per_sequence)
+    for lo in range(0, len(seqs), batch_size):
+        rows = seqs[lo : lo + batch_size]
+        idx, targets, nb = batch_tensors(grid, rows, with_neighbours=retrieval and bool(model.config.cca_layers))
+        idx, targets = idx.to(device), targets.to(device)
+        logits = model(idx, nb.to(device) if nb is not None else None)
+        if keep is not None:
+            targets = targets.masked_fill(~target_mask(rows, keep, grid.chunk_len).to(device), grid.pad_id)
+        nats += lm_loss(logits, targets, ignore=grid.pad_id).item()
+        real = targets != grid.pad_id
+        n_bytes += int(lengths[targets[real]].sum())
+        n_tokens += int(real.sum())
+    return {"bits_per_byte": bits_per_byte(nats, n_bytes), "tokens": n_tokens, "bytes": n_bytes}
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_retro(path: str | Path, model: Retro, *, tokenizer: str, database: int, step: int, extra: dict | None = None):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "tokenizer": tokenizer,
+        "database": database,
+        "step": step,
+        "extra": extra or {},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_retro(path: str | Path, *, device: str = "cpu") -> tuple[Retro, dict]:
+    """A RETRO (or baseline) model rebuilt from the config saved in its checkpoint, and the checkpoint's fields."""
+    from grounding.errors import EncoderNotFound
+
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderNotFound(f"no RETRO checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model = Retro(RetroConfig(**state["config"]))
+    # torch.compile prefixes parameter names; a checkpoint saved from a compiled module still loads.
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state["model"].items()})
+    return model.to(device).eval(), {k: v for k, v in state.items() if k != "model"}
+
+
+# --- the job ---------------------------------------------------------------------------------------
+
+
+def train_retro(
+    repo: str,
+    *,
+    model: RetroConfig | None = None,
+    train_config: RetroTrainConfig | None = None,
+    db_config: retro_db.RetroDbConfig | None = None,
+    tokenizer_path: str | None = None,
+    device: str | None = None,
+) -> RetroReport:
+    """Build the data, train RETRO (and the baseline), measure held-out bits per byte, store everything."""
+    device = device or default_device()
+    train_config = train_config or RetroTrainConfig()
+    db_config = db_config or retro_db.RetroDbConfig()
+    config = {"train": train_config.to_dict(), "db": asdict(db_config), "model": model.to_dict() if model else None}
+    with recorded_run(repo, kind="retro", config=config, device=device) as run_id:
+        data = prepare(repo, db_config=db_config, tokenizer_path=tokenizer_path, vocab_size=train_config.vocab_size)
+        tok = data.tokenizer
+        if model is None:
+            model = (
+                tiny_model(tok.vocab_size, tok.pad_id) if device == "cpu" else RetroConfig(tok.vocab_size, tok.pad_id)
+            )
+        model = replace(
+            model,
+            vocab_size=tok.vocab_size,
+            pad_id=tok.pad_id,
+            chunk_len=db_config.chunk_tokens,
+            neighbours=db_config.neighbours,
+            retrieval_len=2 * db_config.chunk_tokens,
+            max_seq_len=max(model.max_seq_len, train_config.chunks_per_sequence * db_config.chunk_tokens),
+        )
+        update_run(run_id, metrics={"model": model.to_dict(), "database": data.database.id})
+        directory = get_settings().home / "runs" / str(run_id)
+        metrics: dict = {"train_chunks": len(data.train), "heldout_chunks": len(data.heldout)}
+
+        retro = Retro(model)
+        metrics["retro_train"] = train_model(
+            retro, data.train, train_config, device=device, metrics=MetricsLog(run_id, "retro")
+        )
+        checkpoint = save_retro(
+            directory / "retro.pt", retro, tokenizer=tok.name, database=data.database.id, step=train_config.steps
+        )
+        update_run(run_id, checkpoint=str(checkpoint))
+        baseline = None
+        if train_config.baseline:
+            baseline = Retro(replace(model, use_cca=False))
+            metrics["baseline_train"] = train_model(
+                baseline,
+                data.train,
+                train_config,
+                device=device,
+                metrics=MetricsLog(run_id, "baseline"),
+            )
+            save_retro(
+                directory / "baseline.pt",
+                baseline,
+                tokenizer=tok.name,
+                database=data.database.id,
+                step=train_config.steps,
+            )
+
+        cps = train_config.chunks_per_sequence
+        keep = low_overlap_rows(data.heldout, cps)
+        metrics["low_overlap_fraction"] = float(keep.mean())
+
+        def bpb(m: Retro, retrieval: bool, subset: np.ndarray | None = None) -> float:
+            return evaluate_bpb(
+                m,
+                data.heldout,
+                data.byte_lengths,
+                chunks_per_sequence=cps,
+                retrieval=retrieval,
+                keep=subset,
+                device=device,
+            )["bits_per_byte"]
+
+        figures = {
+            "retro_retrieval": bpb(retro, True),
+            "retro_no_retrieval": bpb(retro, False),
+            "retro_retrieval_low_overlap": bpb(retro, True, keep),
+            "retro_no_retrieval_low_overlap": bpb(retro, False, keep),
+        }
+        if baseline is not None:
+            figures["baseline"] = bpb(baseline, False)
+            figures["baseline_low_overlap"] = bpb(baseline, False, keep)
+        metrics["bits_per_byte"] = figures
+        log_eval = MetricsLog(run_id, "eval")
+        log_eval.log(train_config.steps, **figures)
+        log_eval.flush()
+        update_run(run_id, metrics=metrics)
+        return RetroReport(run_id, repo, str(checkpoint), data.database.id, figures, metrics)
