@@ -136,6 +136,9 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
             hashes = [c.content_hash for c in all_chunks]
             with engine.begin() as conn:
                 known = store.embeddings_by_hash(conn, repo, version.id, sorted(set(hashes)))
+                unknown = sorted(set(hashes) - known.keys())
+                if unknown:
+                    known.update(store.shared_embeddings(conn, encoder=version.encoder, hashes=unknown))
             missing = {h: c.embed_text for h, c in zip(hashes, all_chunks) if h not in known}
             if missing:
                 vectors = embedder.embed(list(missing.values()), batch_size=settings.embed_batch_size)

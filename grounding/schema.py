@@ -103,6 +103,7 @@ chunks = Table(
     Column("search", TSVECTOR, nullable=False),  # symbol (A), path (B), identifiers split (D)
     Index("chunks_file", "file_id"),
     Index("chunks_repo_hash", "repo_id", "content_hash"),
+    Index("chunks_content_hash", "content_hash"),  # equal chunks of other repositories share vectors
     Index("chunks_search", "search", postgresql_using="gin"),
     Index(
         "chunks_symbol_trgm",

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from grounding import store
 from grounding.cli import main
 from grounding.config import reset_settings
+from grounding.embed import HashingEmbedder
 from grounding.errors import IngestBusy, IngestError
 from grounding.ingest import ingest
 from grounding.retrieve import search
@@ -190,3 +191,15 @@ def test_ingest_without_waiting_reports_busy(engine, repo_name, hashing, tmp_pat
     with store.repo_lock(engine, repo_name):
         with pytest.raises(IngestBusy, match="being ingested"):
             ingest(str(src), name=repo_name, embedder=hashing, wait=False)
+
+
+def test_a_copy_in_another_repository_reuses_the_vectors_of_equal_chunks(engine, repo_name, hashing, tmp_path):
+    first = ingest(str(copy_tree("requests", tmp_path / "a")), name=repo_name + "-a", embedder=hashing)
+    copy = copy_tree("requests", tmp_path / "b")
+    (copy / "extra.py").write_text("def brand_new_function():\n    return 42\n")
+    second = ingest(str(copy), name=repo_name + "-b", embedder=hashing)
+    assert first.embeddings_computed > 100
+    assert second.embeddings_computed == 1  # only the new file's chunk met the encoder
+    # Another encoder's vectors are never borrowed.
+    third = ingest(str(copy_tree("requests", tmp_path / "c")), name=repo_name + "-c", embedder=HashingEmbedder(32))
+    assert third.embeddings_computed == first.embeddings_computed

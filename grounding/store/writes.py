@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 
 from grounding.records import Chunk, IndexVersion, SourceFile
 
-__all__ = ["existing_files", "count_chunks", "embeddings_by_hash", "write_files", "vector_literal"]
+__all__ = ["existing_files", "count_chunks", "embeddings_by_hash", "shared_embeddings", "write_files", "vector_literal"]
 
 
 # --- files, chunks, embeddings -----------------------------------------------------------------
@@ -42,6 +42,24 @@ def embeddings_by_hash(conn: Connection, repo: int, version: int, hashes: Sequen
             "WHERE c.repo_id = :r AND c.content_hash = ANY(:h)"
         ),
         {"r": repo, "v": version, "h": list(hashes)},
+    )
+    return {h: np.array(json.loads(v), dtype=np.float32) for h, v in rows}
+
+
+def shared_embeddings(conn: Connection, *, encoder: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Vectors of equal chunks in any repository, made by the same encoder: a fork, a vendored copy or a
+    derived eval index needs no encoder pass for the code it shares. The encoder name is a local path
+    or a checkpoint of one training run, so equal names mean equal weights."""
+    if not hashes:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT ON (c.content_hash) c.content_hash, e.embedding::text FROM chunks c "
+            "JOIN embeddings e ON e.chunk_id = c.id "
+            "JOIN index_versions v ON v.id = e.index_version_id AND v.encoder = :enc "
+            "WHERE c.content_hash = ANY(:h)"
+        ),
+        {"enc": encoder, "h": list(hashes)},
     )
     return {h: np.array(json.loads(v), dtype=np.float32) for h, v in rows}
 
