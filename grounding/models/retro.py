@@ -142,7 +142,7 @@ class NeighbourEncoder(nn.Module):
         m = chunk_hidden.shape[2]
         x = self.proj_in(token_embeddings) + self.pos.weight[:r]  # (B, L, k, r, d)
         x = x.reshape(b * n_chunks * k, r, -1)
-        mask = _never_empty(token_mask.reshape(b * n_chunks * k, r))
+        mask = never_empty(token_mask.reshape(b * n_chunks * k, r))
         # Each neighbour of chunk u reads chunk u's activations: repeat them over the k neighbours.
         hidden = chunk_hidden[:, :, None].expand(b, n_chunks, k, m, -1).reshape(b * n_chunks * k, m, -1)
         for layer in self.layers:
@@ -152,7 +152,7 @@ class NeighbourEncoder(nn.Module):
         return self.ln_f(x).view(b, n_chunks, k * r, -1)  # (B, L, k*r, d_enc)
 
 
-def _never_empty(mask: torch.Tensor) -> torch.Tensor:
+def never_empty(mask: torch.Tensor) -> torch.Tensor:
     """A key mask where a row with no real key may attend to its first key (its output is then unused)."""
     empty = ~mask.any(-1, keepdim=True)
     first = torch.zeros_like(mask)
@@ -201,7 +201,7 @@ class Retro(nn.Module):
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied, as in GPT-2
-        self.apply(_init)
+        self.apply(init_weights)
         for name, p in self.named_parameters():
             if name.endswith("out.weight") or name.endswith("down.weight"):  # GPT-2's scaled residual init
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * config.n_layers))
@@ -220,25 +220,9 @@ class Retro(nn.Module):
         return encoded, mask.reshape(b, n_chunks, -1)
 
     def chunked_cross_attention(self, block: DecoderBlock, h: torch.Tensor, encoded, mask) -> torch.Tensor:
-        """CCA over a whole sequence from position 0: (B, n, d) -> (B, n, d), zero on the first m-1 positions.
-
-        Shifting by m-1 makes group u the last token of chunk u and the first m-1 tokens of chunk u+1;
-        group u attends to the neighbours of chunk u.
-        """
-        b, n, d = h.shape
-        m = self.config.chunk_len
-        if n < m or encoded is None:
+        if encoded is None:
             return torch.zeros_like(h)
-        shifted = h[:, m - 1 :]  # (B, n-m+1, d)
-        groups = math.ceil(shifted.shape[1] / m)
-        shifted = F.pad(shifted, (0, 0, 0, groups * m - shifted.shape[1]))
-        queries = block.ln_cca(shifted.view(b, groups, m, d)).reshape(b * groups, m, d)
-        context = encoded[:, :groups].reshape(b * groups, encoded.shape[2], -1)
-        key_mask = _never_empty(mask[:, :groups].reshape(b * groups, -1))
-        out = block.cca(queries, context, key_mask=key_mask)[0]
-        out = out * mask[:, :groups].reshape(b * groups, -1).any(-1)[:, None, None]  # no neighbours: no change
-        out = out.view(b, groups * m, d)[:, : n - m + 1]
-        return torch.cat([h.new_zeros(b, m - 1, d), out], dim=1)
+        return chunked_cross_attention(block.ln_cca, block.cca, h, encoded, mask, chunk_len=self.config.chunk_len)
 
     # --- forward ------------------------------------------------------------------------------------
 
@@ -306,12 +290,42 @@ class Retro(nn.Module):
             u = (start + j - (m - 1)) // m if start + j >= m - 1 else -1
             if u in cache.encoded:
                 encoded, mask = cache.encoded[u]  # (B, k*r, d_enc), (B, k*r)
-                y = block.cca(block.ln_cca(x[:, j : j + 1]), encoded, key_mask=_never_empty(mask))[0]
+                y = block.cca(block.ln_cca(x[:, j : j + 1]), encoded, key_mask=never_empty(mask))[0]
                 out[:, j : j + 1] = y * mask.any(-1)[:, None, None]
         return out
 
 
-def _init(module: nn.Module) -> None:
+def chunked_cross_attention(
+    norm: nn.Module,
+    attention: Attention,
+    h: torch.Tensor,  # (B, n, d) a whole sequence from position 0
+    encoded: torch.Tensor,  # (B, L, k*r, d_enc) neighbours of the L >= n // m complete chunks
+    mask: torch.Tensor,  # (B, L, k*r) True on real neighbour tokens
+    *,
+    chunk_len: int,
+) -> torch.Tensor:
+    """CCA over a sequence: (B, n, d) -> the (B, n, d) to add, zero on the first m-1 positions.
+
+    Shifting by m-1 makes group u the last token of chunk u and the first m-1 tokens of chunk u+1;
+    group u attends to the neighbours of chunk u. Shared by RETRO and retro-fitted models.
+    """
+    b, n, d = h.shape
+    m = chunk_len
+    if n < m:
+        return torch.zeros_like(h)
+    shifted = h[:, m - 1 :]  # (B, n-m+1, d)
+    groups = math.ceil(shifted.shape[1] / m)
+    shifted = F.pad(shifted, (0, 0, 0, groups * m - shifted.shape[1]))
+    queries = norm(shifted.view(b, groups, m, d)).reshape(b * groups, m, d)
+    context = encoded[:, :groups].reshape(b * groups, encoded.shape[2], -1)
+    key_mask = mask[:, :groups].reshape(b * groups, -1)
+    out = attention(queries, context, key_mask=never_empty(key_mask))[0]
+    out = out * key_mask.any(-1)[:, None, None]  # no neighbours: no change
+    out = out.view(b, groups * m, d)[:, : n - m + 1]
+    return F.pad(out, (0, 0, m - 1, 0))
+
+
+def init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
