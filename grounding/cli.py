@@ -187,21 +187,24 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 def _cmd_train_retro(args: argparse.Namespace) -> int:
     from grounding.retro_db import RetroDbConfig
-    from grounding.training.retro_train import RetroTrainConfig, train_retro
+    from grounding.training.retro_train import RetroTrainConfig, train_retro, train_retrofit
 
-    report = train_retro(
-        args.repo,
-        train_config=RetroTrainConfig(
-            steps=args.steps, batch_size=args.batch_size, chunks_per_sequence=args.chunks_per_sequence
-        ),
-        db_config=RetroDbConfig(chunk_tokens=args.chunk_tokens, neighbours=args.neighbours),
-        tokenizer_path=args.tokenizer,
-        device=args.device,
+    train_config = RetroTrainConfig(
+        steps=args.steps, batch_size=args.batch_size, chunks_per_sequence=args.chunks_per_sequence
     )
+    db_config = RetroDbConfig(chunk_tokens=args.chunk_tokens, neighbours=args.neighbours)
+    if args.retrofit:
+        report = train_retrofit(
+            args.repo, args.retrofit, train_config=train_config, db_config=db_config, device=args.device
+        )
+    else:
+        report = train_retro(
+            args.repo, train_config=train_config, db_config=db_config, tokenizer_path=args.tokenizer, device=args.device
+        )
     print(f"{report.repo}: RETRO run {report.run_id}, checkpoint {report.checkpoint}, database {report.database}")
     for name, value in report.bits_per_byte.items():
         print(f"  {name:34} {value:.4f} bits/byte")
-    t = report.metrics["retro_train"]
+    t = report.metrics["retrofit_train" if args.retrofit else "retro_train"]
     print(f"  training: {t['tokens_per_s']:.0f} tokens/s, loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}")
     return 0
 
@@ -313,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-tokens", type=int, default=64, help="m (default 64)")
     p.add_argument("--neighbours", type=int, default=2, help="k (default 2)")
     p.add_argument("--tokenizer", help="a local tokenizer directory (default: one trained on the repository)")
+    p.add_argument("--retrofit", metavar="BASE", help="RETRO-fit this local GPT-2/LLaMA causal LM instead (frozen)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available; the tiny model on cpu)")
     p.set_defaults(func=_cmd_train_retro)
 

@@ -189,3 +189,47 @@ def _check_completion(repo, report, capsys):
     out = capsys.readouterr().out
     assert "tokens/s" in out and "[1] " in out
     assert main(["complete", repo, "no/such.py:3"]) == 1
+
+
+def test_retrofit_a_local_gpt2_on_a_real_tree_trains_only_what_it_inserted(engine, repo_name, hashing, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from grounding.ingest import ingest
+    from grounding.lm_tokenizer import train_tokenizer
+    from grounding.retro_db import RetroDbConfig
+    from grounding.training.retro_train import RetroTrainConfig, train_retrofit
+    from grounding.training.runs import training_metrics
+
+    src = copy_tree("requests", tmp_path / "requests")
+    ingest(str(src), name=repo_name, embedder=hashing)
+    # A "local Hugging Face causal LM": a small GPT-2 built from a config, saved with its tokenizer.
+    tokenizer = train_tokenizer([p.read_text() for p in sorted(src.rglob("*.py"))], vocab_size=512)
+    base = tmp_path / "gpt2-small-local"
+    tokenizer.save(base)
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_layer=2, n_embd=32, n_head=2, n_positions=256))
+    lm.save_pretrained(base)
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+
+    report = train_retrofit(
+        repo_name,
+        str(base),
+        train_config=RetroTrainConfig(steps=25, batch_size=4, chunks_per_sequence=4, lr=3e-3, warmup=2, log_every=1),
+        db_config=RetroDbConfig(chunk_tokens=32, neighbours=2, encoder="hashing-64"),
+        device="cpu",
+    )
+    losses = [s["metrics"]["loss"] for s in training_metrics(report.run_id, stage="retrofit")]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    assert set(report.bits_per_byte) == {
+        "retrofit_retrieval",
+        "base_no_retrieval",
+        "retrofit_retrieval_low_overlap",
+        "base_no_retrieval_low_overlap",
+    }
+    trained = report.metrics["retrofit_train"]
+    assert 0 < trained["trainable_parameters"] < trained["parameters"]
+    state = torch.load(report.checkpoint, weights_only=False)
+    assert state["config"]["base_path"] == str(base) and not any(k.startswith("base") for k in state["new_state"])
+    # The base on disk was only read.
+    again = GPT2LMHeadModel.from_pretrained(base)
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in before.items())

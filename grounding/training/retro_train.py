@@ -151,6 +151,12 @@ def prepare(
 # --- training ------------------------------------------------------------------------------------
 
 
+def _uses_retrieval(model: torch.nn.Module) -> bool:
+    """RETRO with CCA layers, or a retro-fitted model: both read neighbours."""
+    layers = getattr(model.config, "cca_layers", None)
+    return bool(layers) if layers is not None else bool(getattr(model.config, "layer_indices", ()))
+
+
 def _lr(step: int, config: RetroTrainConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -159,7 +165,7 @@ def _lr(step: int, config: RetroTrainConfig) -> float:
 
 
 def train_model(
-    model: Retro, grid: ChunkGrid, config: RetroTrainConfig, *, device: str, metrics: MetricsLog | None = None
+    model: torch.nn.Module, grid: ChunkGrid, config: RetroTrainConfig, *, device: str, metrics: MetricsLog | None = None
 ) -> dict[str, float]:
     """Train on random sequences of the grid, with neighbours when the model has CCA; returns throughput."""
     rng = random.Random(config.seed)  # the same order for RETRO and the baseline
@@ -168,8 +174,9 @@ def train_model(
     amp = config.amp if config.amp is not None else cuda
     model.to(device).train()
     forward = torch.compile(model) if (config.compile if config.compile is not None else cuda) else model
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a retro-fitted base stays frozen
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
@@ -179,7 +186,7 @@ def train_model(
     seqs = [s for s in sequences(grid, config.chunks_per_sequence) if len(s) == config.chunks_per_sequence]
     if not seqs:
         seqs = sequences(grid, config.chunks_per_sequence)
-    use_neighbours = bool(model.config.cca_layers)
+    use_neighbours = _uses_retrieval(model)
     tokens_seen, started, losses = 0, time.perf_counter(), []
     for step in range(config.steps):
         rows = [seqs[rng.randrange(len(seqs))] for _ in range(config.batch_size)]
@@ -194,7 +201,7 @@ def train_model(
         loss = lm_loss(logits, targets, ignore=grid.pad_id) / count
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         tokens_seen += int(idx.numel())
         losses.append(loss.item())
@@ -207,9 +214,10 @@ def train_model(
     tokens_per_s = tokens_seen / max(elapsed, 1e-9)
     # 6N FLOPs per token (forward and backward) plus attention, as in the PaLM appendix.
     cfg = model.config
-    flops_per_token = (
-        6 * model.num_parameters() + 12 * cfg.n_layers * cfg.d_model * config.chunks_per_sequence * cfg.chunk_len
-    )
+    parameters = sum(p.numel() for p in model.parameters())
+    context = config.chunks_per_sequence * grid.chunk_len
+    layers, width = getattr(cfg, "n_layers", 0), getattr(cfg, "d_model", 0)  # 0: attention not counted
+    flops_per_token = 6 * parameters + 12 * layers * width * context
     if metrics is not None:
         metrics.flush()
     return {
@@ -219,13 +227,14 @@ def train_model(
         "seconds": elapsed,
         "model_flops_per_s": tokens_per_s * flops_per_token,
         "mfu_h100": tokens_per_s * flops_per_token / H100_BF16_FLOPS if cuda else None,
-        "parameters": model.num_parameters(),
+        "parameters": parameters,
+        "trainable_parameters": sum(p.numel() for p in trainable),
     }
 
 
 @torch.no_grad()
 def evaluate_bpb(
-    model: Retro,
+    model: torch.nn.Module,
     grid: ChunkGrid,
     byte_lengths: np.ndarray,
     *,
@@ -242,7 +251,7 @@ def evaluate_bpb(
     seqs = sequences(grid, chunks_per_sequence)
     for lo in range(0, len(seqs), batch_size):
         rows = seqs[lo : lo + batch_size]
-        idx, targets, nb = batch_tensors(grid, rows, with_neighbours=retrieval and bool(model.config.cca_layers))
+        idx, targets, nb = batch_tensors(grid, rows, with_neighbours=retrieval and _uses_retrieval(model))
         idx, targets = idx.to(device), targets.to(device)
         logits = model(idx, nb.to(device) if nb is not None else None)
         if keep is not None:
@@ -375,6 +384,92 @@ def train_retro(
         if baseline is not None:
             figures["baseline"] = bpb(baseline, False)
             figures["baseline_low_overlap"] = bpb(baseline, False, keep)
+        metrics["bits_per_byte"] = figures
+        log_eval = MetricsLog(run_id, "eval")
+        log_eval.log(train_config.steps, **figures)
+        log_eval.flush()
+        update_run(run_id, metrics=metrics)
+        return RetroReport(run_id, repo, str(checkpoint), data.database.id, figures, metrics)
+
+
+# --- RETRO-fitting -------------------------------------------------------------------------------------
+
+
+def train_retrofit(
+    repo: str,
+    base: str,
+    *,
+    train_config: RetroTrainConfig | None = None,
+    db_config: retro_db.RetroDbConfig | None = None,
+    device: str | None = None,
+) -> RetroReport:
+    """RETRO-fit the local causal LM at `base` on `repo`: frozen base, trained CCA and neighbour encoder.
+
+    The database is cut with the base's own tokenizer. Retrieval off is the base model itself (the
+    inserted CCA adds nothing without neighbours), so the two figures compare base and retro-fitted.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from grounding.models.retrofit import RetrofitConfig, RetroFitted
+
+    device = device or default_device()
+    train_config = train_config or RetroTrainConfig(baseline=False)
+    db_config = db_config or retro_db.RetroDbConfig()
+    config = {"train": train_config.to_dict(), "db": asdict(db_config), "base": base}
+    with recorded_run(repo, kind="retrofit", config=config, device=device) as run_id:
+        data = prepare(repo, db_config=db_config, tokenizer_path=base)
+        lm = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+        m = db_config.chunk_tokens
+        model = RetroFitted(
+            lm,
+            RetrofitConfig.from_base(
+                lm,
+                base_path=base,
+                chunk_len=m,
+                neighbours=db_config.neighbours,
+                retrieval_len=2 * m,
+                pad_id=data.tokenizer.pad_id,
+            ),
+        )
+        metrics: dict = {"train_chunks": len(data.train), "heldout_chunks": len(data.heldout)}
+        metrics["retrofit_train"] = train_model(
+            model, data.train, train_config, device=device, metrics=MetricsLog(run_id, "retrofit")
+        )
+        directory = get_settings().home / "runs" / str(run_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        checkpoint = directory / "retrofit.pt"
+        torch.save(
+            {
+                "kind": "retrofit",
+                "config": model.config.to_dict(),
+                "new_state": model.new_state_dict(),
+                "tokenizer": data.tokenizer.name,
+                "database": data.database.id,
+                "step": train_config.steps,
+            },
+            checkpoint,
+        )
+        update_run(run_id, checkpoint=str(checkpoint))
+        cps = train_config.chunks_per_sequence
+        keep = low_overlap_rows(data.heldout, cps)
+
+        def bpb(retrieval: bool, subset: np.ndarray | None = None) -> float:
+            return evaluate_bpb(
+                model,
+                data.heldout,
+                data.byte_lengths,
+                chunks_per_sequence=cps,
+                retrieval=retrieval,
+                keep=subset,
+                device=device,
+            )["bits_per_byte"]
+
+        figures = {
+            "retrofit_retrieval": bpb(True),
+            "base_no_retrieval": bpb(False),
+            "retrofit_retrieval_low_overlap": bpb(True, keep),
+            "base_no_retrieval_low_overlap": bpb(False, keep),
+        }
         metrics["bits_per_byte"] = figures
         log_eval = MetricsLog(run_id, "eval")
         log_eval.log(train_config.steps, **figures)
