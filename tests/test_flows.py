@@ -145,6 +145,6 @@ def test_train_retro_flow_stores_bits_per_byte_and_publishes_them(
     )
     assert state.is_completed(), state
     result = state.result()
-    assert {"retro_retrieval", "retro_no_retrieval"} <= set(result["bpb"])
+    assert {"retro_retrieval", "retro_no_retrieval"} <= set(result["bits_per_byte"])
     run = training_runs(repo_name, kind="retro")[0]
     assert run.id == result["run_id"] and run.status == "complete"
