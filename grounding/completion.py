@@ -32,9 +32,12 @@ class Completion:
         return self.tokens / max(self.seconds, 1e-9)
 
 
-def prefix_at(repo: str, path: str, line: int | None) -> str:
+def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None) -> str:
     """The text of `path` in the repository's checkout up to and including `line` (the whole file if None)."""
+    from grounding.access import authorize
     from grounding.config import get_settings
+
+    authorize(user, [repo])
     from grounding.errors import SourceNotFound
 
     with db.get_engine().connect() as conn:
@@ -45,7 +48,10 @@ def prefix_at(repo: str, path: str, line: int | None) -> str:
     file = (root / path).resolve()
     if not file.is_relative_to(root.resolve()) or not file.is_file():
         raise SourceNotFound(f"{path!r} is not a file of repository {repo!r} (looked in {root})")
-    lines = file.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    from grounding.secrets import redact
+
+    # The prompt is the file as ingest saw it: a secret in it is neither sent to the model nor echoed back.
+    lines = redact(file.read_text(encoding="utf-8", errors="replace"))[0].splitlines(keepends=True)
     if line is not None and not 1 <= line <= len(lines):
         raise SourceNotFound(f"{path} has {len(lines)} lines; line {line} is outside it")
     return "".join(lines[: line if line is not None else len(lines)])
@@ -81,9 +87,17 @@ def complete(
     checkpoint: str | None = None,
     device: str | None = None,
     seed: int = 0,
+    user: str | None = None,
 ) -> Completion:
-    """Continue `prefix` with the repository's RETRO model; `path` (the prefix's own file) is never retrieved."""
+    """Continue `prefix` with the repository's RETRO model; `path` (the prefix's own file) is never retrieved.
+
+    `user`, when given, must be granted `repo`: the neighbours are the repository's code.
+    """
     import torch
+
+    from grounding.access import authorize
+
+    authorize(user, [repo])
 
     with torch.inference_mode():
         return _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, device, seed)

@@ -52,3 +52,21 @@ class EncoderNotFound(GroundingError):
 
 class DatasetError(GroundingError):
     """A question file cannot be read, or holds no question to ask."""
+
+
+class GeneratorUnavailable(GroundingError):
+    """The answer generator cannot be loaded or reached (no model path, server down, bad reply)."""
+
+
+class AccessDenied(GroundingError):
+    """The user may not read some of the repositories asked for (or they do not exist: the two look alike)."""
+
+    def __init__(self, user: str, repos: list[str]) -> None:
+        names = ", ".join(repr(r) for r in repos)
+        super().__init__(
+            f"user {user!r} may not read {'repository' if len(repos) == 1 else 'repositories'} {names}; "
+            f"an administrator can grant access with `grounding grant user:{user} REPO` "
+            "(or `grounding grant group:GROUP REPO` for a group the user belongs to)"
+        )
+        self.user = user
+        self.repos = tuple(repos)

@@ -4,6 +4,11 @@ Unchanged files (same path and content hash) keep their rows and vectors. New co
 batches, each in its own transaction, as rows of the new snapshot that queries do not see yet; the
 last transaction deletes what the snapshot no longer holds and moves the repository's pointer. A
 crash anywhere leaves the previous snapshot answering, and a rerun reuses what the crashed run wrote.
+
+Secrets are redacted from a file's text before it is chunked (grounding.secrets), so no chunk, lexical
+vector or embedding holds one, and files that are secrets as a whole are skipped by the listing. A
+file's hash is of its bytes as they are, so an unchanged file stays unchanged; a chunk's is of its
+redacted text.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grounding import db, sources, store
+from grounding import db, secrets, sources, store
 from grounding.chunking import chunk_file
 from grounding.config import get_settings
 from grounding.embed import Embedder, load_embedder
@@ -111,6 +116,7 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
     unchanged_ids = list(keep)
 
     embedded = reused = chunks_added = 0
+    redacted: dict[str, int] = {}  # path -> secrets redacted from it
     if todo:
         if version is not None:
             embedder = load_embedder(version.encoder)
@@ -125,10 +131,13 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
         for b, lo in enumerate(range(0, len(todo), batch_size)):
             batch = todo[lo : lo + batch_size]
             t = time.perf_counter()
-            chunked = [
-                (f, chunk_file(f.path, f.data, f.language, max_tokens=settings.chunk_tokens, counter=counter))
-                for f in batch
-            ]
+            chunked = []
+            for f in batch:
+                data, found = secrets.redact_bytes(f.data)
+                if found:
+                    redacted[f.path] = len(found)
+                chunks = chunk_file(f.path, data, f.language, max_tokens=settings.chunk_tokens, counter=counter)
+                chunked.append((f, chunks))
             seconds["chunk"] += time.perf_counter() - t
 
             t = time.perf_counter()
@@ -173,8 +182,18 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
         "chunks_added": chunks_added,
         "embeddings_computed": embedded,
         "embeddings_reused": reused,
+        "redacted": sum(redacted.values()),  # secrets replaced in the files this run chunked
+        "redacted_files": sorted(redacted),
         "seconds": seconds,
     }
+    if redacted:
+        log.warning(
+            "redacted %d secrets in %d files of %s before indexing (%s); rotate them if the repository is shared",
+            stats["redacted"],
+            len(redacted),
+            name,
+            ", ".join(stats["redacted_files"][:10]) + (" ..." if len(redacted) > 10 else ""),
+        )
     t = time.perf_counter()
     with engine.begin() as conn:
         if version is not None and version.status == "building":
@@ -203,4 +222,5 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
         skipped=tuple(listing.skipped),
         non_utf8=tuple(stats["non_utf8"]),
         seconds=seconds,
+        secrets_redacted=stats["redacted"],
     )

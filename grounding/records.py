@@ -99,11 +99,13 @@ class Hit:
 
 @dataclass(frozen=True)
 class Answer:
-    """What `ask` returns: the answer text and the citations it rests on."""
+    """What `ask` returns: the answer text and the citations it rests on ([n] in the text is citations[n - 1])."""
 
     question: str
     text: str
     citations: tuple[Citation, ...] = field(default_factory=tuple)
+    backend: str = "extractive"  # the generator that wrote the text
+    repos: tuple[str, ...] = ()  # the repositories asked
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class IngestReport:
     skipped: tuple[SkippedFile, ...]
     non_utf8: tuple[str, ...]
     seconds: dict[str, float] = field(default_factory=dict)
+    secrets_redacted: int = 0  # secrets replaced by [REDACTED:<kind>] in the files this run chunked
 
     def skipped_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}

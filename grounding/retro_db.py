@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grounding import sources, store
+from grounding import secrets, sources, store
 from grounding.config import get_settings
 from grounding.db import get_engine
 from grounding.embed import Embedder, load_embedder
@@ -177,11 +177,18 @@ def repository_texts(repo: str, *, split: str | None = None) -> list[tuple[str, 
         raise ValueError(f"split must be train or heldout, not {split!r}")
     _, _, _, files = _read_files(repo)
     chosen = [f for f in sorted(files, key=lambda f: f.path) if split is None or split_of(f.path) == split]
-    return [(f.path, f.data.decode("utf-8")) for f in chosen]
+    return [(f.path, _text(f)) for f in chosen]
+
+
+def _text(f: SourceFile) -> str:
+    """A file's text with its secrets redacted, line for line: the tokenizer, the model and its
+    completions never see them (see grounding.secrets)."""
+    return secrets.redact(f.data.decode("utf-8"))[0]
 
 
 def _fingerprint(files: Sequence[SourceFile], tokenizer: LMTokenizer) -> str:
-    h = hashlib.sha256(tokenizer.digest.encode())
+    # The redaction rules are part of what the chunks hold: new rules rebuild the database.
+    h = hashlib.sha256(f"{tokenizer.digest}\0redaction-{secrets.RULES_VERSION}".encode())
     for f in sorted(files, key=lambda f: f.path):
         h.update(f"\0{f.path}\0{f.content_hash}".encode())
     return h.hexdigest()
@@ -227,11 +234,7 @@ def build_database(
         log.info("retrieval database %d of %s is up to date", found["id"], repo)
         return _database(found)
 
-    rows = [
-        row
-        for f in sorted(files, key=lambda f: f.path)
-        for row in cut_file(f.path, f.data.decode("utf-8"), tokenizer, m)
-    ]
+    rows = [row for f in sorted(files, key=lambda f: f.path) for row in cut_file(f.path, _text(f), tokenizer, m)]
     embedder = embedder or load_embedder(encoder)
     log.info("embedding %d chunks of %d files of %s", len(rows), len(files), repo)
     vectors = embedder.embed([row[4] for row in rows], batch_size=get_settings().embed_batch_size)

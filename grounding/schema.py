@@ -10,6 +10,7 @@ training runs record how a retriever was trained, step by step, and what the pro
 A RETRO retrieval database holds a repository's files cut into fixed-length chunks of LM tokens,
 each with its encoder vector; its train chunks get their own partial HNSW index (built by
 `store.build_retro_index`), and the neighbours found for each chunk are cached per configuration.
+Access is granted per repository to principals, `user:NAME` or `group:NAME`; group members are users.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -230,4 +232,23 @@ retro_neighbours = Table(
     Column("config_key", Text, primary_key=True),  # RetroDbConfig.key(): k, chunk length and encoder
     Column("chunk_id", BigInteger, primary_key=True),
     Column("neighbours", ARRAY(BigInteger), nullable=False),  # train chunk ids of other files, nearest first
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_name", Text, primary_key=True),
+    Column("user_name", Text, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("group_members_user", "user_name"),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("principal", Text, primary_key=True),  # user:NAME or group:NAME
+    Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("principal ~ '^(user|group):.+$'", name="grants_principal_kind"),
+    Index("grants_repo", "repo_id"),
 )

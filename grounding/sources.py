@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from grounding.errors import SourceNotFound, SourceUnreachable
 from grounding.languages import detect_language
 from grounding.records import SkippedFile, SourceFile
+from grounding.secrets import is_secret_file
 
 GIT_TIMEOUT_S = 300
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
@@ -257,6 +258,9 @@ def read_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> 
 
 def classify(rel: str, data: bytes, *, max_bytes: int, max_line_length: int) -> SourceFile | SkippedFile:
     """Decide from a file's name and bytes whether it is indexed (pure)."""
+    if is_secret_file(rel, data):
+        # Before every other reason, so that a key or a .env file is listed as what it is.
+        return SkippedFile(rel, "secret-file")
     if len(data) > max_bytes:
         return SkippedFile(rel, "too-large")
     if not data.strip():
