@@ -26,7 +26,7 @@ from pathlib import Path
 from grounding import db, sources, store
 from grounding.config import get_settings
 from grounding.embed import load_embedder
-from grounding.errors import NotIndexed, RepoNotFound
+from grounding.errors import EncoderNotFound, NotIndexed, RepoNotFound
 from grounding.evaluation import (
     MODES,
     DatasetError,
@@ -69,7 +69,7 @@ class EvalReport:
     dataset: str  # the harvester's name or the question file's path, as stored
     split: str
     total: int  # questions in the dataset, every split
-    results: tuple[EvalResult, ...]  # one per mode
+    results: tuple[EvalResult, ...]  # one per mode, or two (without and with the reranker)
     run_ids: tuple[int, ...]
     saved: Path | None = None  # where harvested questions were written
     eval_index: EvalIndex | None = None
@@ -189,17 +189,24 @@ def run_eval(
     modes: Sequence[str] = ("hybrid",),
     k: int = 10,
     save: str | Path | None = None,
+    rerank: bool = False,
 ) -> EvalReport:
     """Evaluate `repo`'s retrieval on a question file, or on harvested questions; store one run per mode.
 
     A question file is asked of `repo` itself, every split by default. Harvested questions are asked
     of the eval index, held-out split by default, and saved as JSONL (GROUNDING_HOME/eval/REPO/).
+    With `rerank`, each mode is evaluated twice, without and then with the cross-encoder of
+    GROUNDING_RERANKER, and stored as e.g. `hybrid` and `hybrid+rerank`.
     """
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
+    if rerank and not get_settings().reranker:
+        raise EncoderNotFound(
+            "evaluating with a reranker needs a cross-encoder: set GROUNDING_RERANKER to its local directory"
+        )
     with db.get_engine().connect() as conn:
         store.repo_id(conn, repo)  # RepoNotFound before any harvesting or reading of files
     index = saved = None
@@ -216,6 +223,10 @@ def run_eval(
         raise DatasetError(
             f"the {split} split of {name} holds no question ({len(questions)} in all); choose another with --split"
         )
-    results = tuple(evaluate(searched, chosen, k=k, mode=mode) for mode in modes)
+    results = tuple(
+        evaluate(searched, chosen, k=k, mode=mode, rerank=reranked)
+        for mode in modes
+        for reranked in ((False, True) if rerank else (False,))
+    )
     run_ids = tuple(record_run(repo, r, dataset=name, split=split) for r in results)
     return EvalReport(repo, searched, name, split, len(questions), results, run_ids, saved, index)

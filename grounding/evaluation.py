@@ -21,6 +21,7 @@ SPLITS = ("train", "heldout")
 HELDOUT_PERCENT = 20
 CUTOFFS = (1, 5, 10)
 MODES = ("hybrid", "vector", "lexical")
+RERANK_SUFFIX = "+rerank"  # on a result's mode when the cross-encoder reordered its hits
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class EvalResult:
     """One evaluation of a question set against one repository in one retrieval mode."""
 
     repo: str  # the repository searched
-    mode: str
+    mode: str  # hybrid, vector or lexical, with RERANK_SUFFIX when reranked
     k: int
     ranks: tuple[int | None, ...]  # per question: 1-based rank of the first correct hit, None if missed
     metrics: dict[str, float]
@@ -187,11 +188,19 @@ def retrieval_metrics(ranks: Sequence[int | None], *, k: int = 10) -> dict[str, 
 
 
 def evaluate(
-    repo: str, questions: Sequence[Question], *, k: int = 10, mode: str = "hybrid", index_version: int | None = None
+    repo: str,
+    questions: Sequence[Question],
+    *,
+    k: int = 10,
+    mode: str = "hybrid",
+    index_version: int | None = None,
+    rerank: bool = False,
 ) -> EvalResult:
     """Ask every question of `repo` through `retrieve.search` and score the ranked hits.
 
     The active index version answers, or `index_version` (a candidate before the promotion gate).
+    With `rerank`, the cross-encoder of GROUNDING_RERANKER reorders the hits and the result's mode
+    reads e.g. `hybrid+rerank`; without it no reranker is used, whatever the settings say.
     """
     if not questions:
         raise DatasetError("no questions to evaluate")
@@ -203,12 +212,15 @@ def evaluate(
             else store.index_version(conn, index_version)
         )
     ranks = tuple(
-        first_correct([h.citation for h in search(repo, q.question, k=k, mode=mode, index_version=index_version)], q)
+        first_correct(
+            [h.citation for h in search(repo, q.question, k=k, mode=mode, index_version=index_version, rerank=rerank)],
+            q,
+        )
         for q in questions
     )
     return EvalResult(
         repo=repo,
-        mode=mode,
+        mode=f"{mode}{RERANK_SUFFIX}" if rerank else mode,
         k=k,
         ranks=ranks,
         metrics=retrieval_metrics(ranks, k=k),

@@ -1,18 +1,23 @@
 """Question -> ranked hits: vector and lexical search over one repository's visible chunks, fused by rank.
 
 The text side is pure and lives here: identifiers are split on snake_case and camelCase so that a
-question's words meet the code's names, for both the stored tsvector and the query.
+question's words meet the code's names, for both the stored tsvector and the query. So is what
+sharpens the fused list: filters (globs compiled to regexes for SQL), joining the parts of a split
+definition back into one citation, and merging citations that overlap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from grounding import db, store
 from grounding.config import get_settings
 from grounding.embed import load_embedder
+from grounding.errors import EncoderNotFound
 from grounding.records import Chunk, Hit
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -88,6 +93,281 @@ def identifier_fragments(question: str) -> list[str]:
     return list(frags)[:MAX_FRAGMENTS]
 
 
+# --- filters ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Which chunks a search may return; an empty field does not filter.
+
+    `paths` and `exclude_paths` are globs matched like .gitignore patterns (and ripgrep's `-g`):
+    `*` and `?` stay within one path segment, `**` spans any number of them (`src/**/*.py` holds
+    `src/a.py` and `src/x/y/a.py`); a pattern without a slash matches at any depth (`*.go`,
+    `sessions.py`); one with a slash is anchored at the repository root (`docs/*`); a pattern that
+    matches a directory matches everything under it (`docs/*` holds `docs/a/b.md`, `src/` all of src).
+    A chunk passes if its path matches any of `paths` and none of `exclude_paths`, its file's
+    language is one of `languages` (names as detected at ingest: python, go, markdown, ...; common
+    aliases such as py or js are accepted) and its kind is one of `kinds` (as stored: function,
+    method, class, fragment, section, block, lines).
+    """
+
+    paths: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    exclude_paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), str):  # a bare string would filter on its characters
+                raise TypeError(f"SearchFilters.{f.name} takes a tuple of strings, not {getattr(self, f.name)!r}")
+
+    def __bool__(self) -> bool:
+        return bool(self.paths or self.languages or self.kinds or self.exclude_paths)
+
+
+LANGUAGE_ALIASES = {
+    "py": "python",
+    "js": "javascript",
+    "jsx": "javascript",
+    "ts": "typescript",
+    "golang": "go",
+    "rs": "rust",
+    "c++": "cpp",
+    "cs": "csharp",
+    "c#": "csharp",
+    "rb": "ruby",
+    "kt": "kotlin",
+    "md": "markdown",
+    "sh": "shell",
+    "bash": "shell",
+    "yml": "yaml",
+}
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A path glob (see SearchFilters) as an anchored regex that Python's `re` and Postgres's `~` read alike."""
+    glob = pattern.strip()
+    anchored = glob.startswith("/") or "/" in glob.strip("/")
+    glob = glob.strip("/")
+    if glob.startswith("./"):
+        glob = glob[2:]
+    if not glob:
+        raise ValueError(f"empty path pattern: {pattern!r}")
+    out, i = [], 0
+    while i < len(glob):
+        ch = glob[i]
+        if ch == "*":
+            j = i
+            while j < len(glob) and glob[j] == "*":
+                j += 1
+            whole_segment = j - i >= 2 and (i == 0 or glob[i - 1] == "/") and (j == len(glob) or glob[j] == "/")
+            if whole_segment and j < len(glob):
+                out.append("(?:.*/)?")  # `**/`: zero or more directories
+                j += 1
+            elif whole_segment:
+                out.append(".*")  # a trailing `/**`: everything below
+            else:
+                out.append("[^/]*")
+            i = j
+        elif ch == "?":
+            out.append("[^/]")
+            i += 1
+        elif ch == "[" and (end := _class_end(glob, i)) is not None:
+            body = glob[i + 1 : end]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            body = body.replace("\\", "\\\\").replace("[", "\\[")  # `[:` would open a POSIX class in Postgres
+            out.append("[" + ("^/" if negate else "") + body + "]")
+            i = end + 1
+        elif ch == "\\" and i + 1 < len(glob):
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+        else:
+            out.append(re.escape(ch))
+            i += 1
+    return ("^" if anchored else "^(?:.*/)?") + "".join(out) + "(?:/.*)?$"
+
+
+def _class_end(glob: str, start: int) -> int | None:
+    """The index of the `]` closing the character class opened at `start`, or None if it is not closed."""
+    i = start + 1
+    if i < len(glob) and glob[i] in "!^":
+        i += 1
+    if i < len(glob) and glob[i] == "]":
+        i += 1  # `[]a]`: a leading `]` is a member
+    end = glob.find("]", i)
+    return None if end < 0 or "/" in glob[start:end] else end
+
+
+def chunk_filter(filters: SearchFilters | None) -> store.ChunkFilter:
+    """The filters as the store applies them: globs compiled to regexes, languages and kinds normalised."""
+    if not filters:
+        return store.ChunkFilter()
+    return store.ChunkFilter(
+        paths=tuple(glob_to_regex(p) for p in filters.paths),
+        exclude_paths=tuple(glob_to_regex(p) for p in filters.exclude_paths),
+        languages=tuple(dict.fromkeys(LANGUAGE_ALIASES.get(x.lower(), x.lower()) for x in filters.languages)),
+        kinds=tuple(dict.fromkeys(x.lower() for x in filters.kinds)),
+    )
+
+
+_FILTER_TOKEN = re.compile(r'(?<!\S)(-path|path|lang|language|kind):(?:"([^"]+)"|(\S+))')
+
+
+def parse_query(text: str) -> tuple[str, SearchFilters]:
+    """Split inline filters off a question: `path:GLOB`, `-path:GLOB`, `lang:NAME`, `kind:KIND`.
+
+    A token may repeat; lang and kind also take comma-separated values (`lang:python,go`); a glob
+    with spaces goes in double quotes (`path:"my docs/*"`). Other words, `foo:bar` included, stay
+    in the question.
+    """
+    found: dict[str, list[str]] = {"path": [], "-path": [], "lang": [], "kind": []}
+    for key, quoted, bare in _FILTER_TOKEN.findall(text):
+        value = quoted or bare
+        key = "lang" if key == "language" else key
+        found[key].extend([value] if key in ("path", "-path") else [v for v in value.split(",") if v])
+    question = " ".join(_FILTER_TOKEN.sub(" ", text).split())
+    return question, SearchFilters(
+        paths=tuple(found["path"]),
+        languages=tuple(found["lang"]),
+        kinds=tuple(found["kind"]),
+        exclude_paths=tuple(found["-path"]),
+    )
+
+
+# --- merging and expanding citations ------------------------------------------------------------
+
+EXPAND_MAX_LINES = 200  # a split definition is joined back up to this many lines around the hit
+EXPAND_MAX_CHARS = 16_000
+MERGE_FETCH = 3  # times k: fused hits fetched when merging, so k distinct citations remain
+MAX_FETCH = 12  # times k: the most a search widens to when merging still leaves fewer than k
+
+
+def _join_lines(pieces: Sequence[tuple[int, int, str]]) -> tuple[int, int, str]:
+    """(start, end, text) pieces of one file, sorted by start, as one span: shared lines once, gaps as blank lines."""
+    start, end, text = pieces[0]
+    lines = text.split("\n")
+    for s, e, t in pieces[1:]:
+        if s > end + 1:
+            lines.extend([""] * (s - end - 1))  # the caller proved these lines empty
+        if e > end:
+            lines.extend(t.split("\n")[max(0, end + 1 - s) :])
+            end = e
+    return start, end, "\n".join(lines)
+
+
+def merge_hits(hits: Sequence[Hit]) -> list[Hit]:
+    """Hits of one file whose lines overlap or touch, merged into one hit spanning their union.
+
+    The merged hit takes the place, chunk id and symbol of its best-ranked part, the best score, and
+    each rank's best; its text holds every line once. The order is that of the best-ranked parts.
+    """
+    by_file: dict[tuple, list[int]] = {}
+    for i, h in enumerate(hits):
+        c = h.citation
+        by_file.setdefault((c.repo, c.commit, c.path), []).append(i)
+    merged: list[tuple[int, Hit]] = []
+    for members in by_file.values():
+        members.sort(key=lambda i: (hits[i].citation.start_line, hits[i].citation.end_line))
+        group: list[int] = []
+        group_end = 0
+        for i in members:
+            c = hits[i].citation
+            if group and c.start_line > group_end + 1:
+                merged.append(_merged(hits, group))
+                group = []
+            group_end = max(group_end, c.end_line) if group else c.end_line
+            group.append(i)
+        merged.append(_merged(hits, group))
+    return [h for _, h in sorted(merged, key=lambda m: m[0])]
+
+
+def _merged(hits: Sequence[Hit], group: list[int]) -> tuple[int, Hit]:
+    """(position of the best part, the merged hit) of a group of touching hits sorted by start line."""
+    best = min(group)
+    if len(group) == 1:
+        return best, hits[best]
+    parts = [hits[i] for i in group]
+    start, end, text = _join_lines([(h.citation.start_line, h.citation.end_line, h.citation.snippet) for h in parts])
+    score = max(h.score for h in parts)
+
+    def best_rank(name: str) -> int | None:
+        ranks = [getattr(h, name) for h in parts if getattr(h, name) is not None]
+        return min(ranks) if ranks else None
+
+    top = hits[best]
+    citation = dataclasses.replace(
+        top.citation, start_line=start, end_line=end, snippet=text, score=max(h.citation.score for h in parts)
+    )
+    return best, dataclasses.replace(
+        top,
+        citation=citation,
+        score=score,
+        vector_rank=best_rank("vector_rank"),
+        lexical_rank=best_rank("lexical_rank"),
+        trigram_rank=best_rank("trigram_rank"),
+    )
+
+
+def join_parts(
+    chunk_id: int,
+    parts: Sequence[store.ChunkSpan],
+    *,
+    max_lines: int = EXPAND_MAX_LINES,
+    max_chars: int = EXPAND_MAX_CHARS,
+) -> tuple[int, int, str] | None:
+    """The contiguous parts of a split definition around chunk `chunk_id`, joined: (start, end, text).
+
+    Parts are contiguous when their lines touch, or when the bytes between them are only line
+    breaks (blank lines no chunk holds); another definition between two parts ends the run. The
+    run grows from the hit one part at a time, before and after in turn, while it stays within the
+    budget, so the lines nearest the hit are kept. None if `chunk_id` is not among the parts.
+    """
+    parts = sorted(parts, key=lambda p: (p.start_line, p.chunk_id))
+    at = next((i for i, p in enumerate(parts) if p.chunk_id == chunk_id), None)
+    if at is None:
+        return None
+
+    def contiguous(a: store.ChunkSpan, b: store.ChunkSpan) -> bool:
+        return b.start_line <= a.end_line + 1 or b.start_byte - a.end_byte == b.start_line - a.end_line
+
+    def fits(lo: int, hi: int) -> bool:
+        lines = max(p.end_line for p in parts[lo : hi + 1]) - parts[lo].start_line + 1
+        return lines <= max_lines and sum(len(p.text) for p in parts[lo : hi + 1]) <= max_chars
+
+    lo = hi = at
+    grown = True
+    while grown:
+        grown = False
+        if lo > 0 and contiguous(parts[lo - 1], parts[lo]) and fits(lo - 1, hi):
+            lo, grown = lo - 1, True
+        if hi + 1 < len(parts) and contiguous(parts[hi], parts[hi + 1]) and fits(lo, hi + 1):
+            hi, grown = hi + 1, True
+    return _join_lines([(p.start_line, p.end_line, p.text) for p in parts[lo : hi + 1]])
+
+
+def expand_hits(hits: Sequence[Hit], parts: dict[int, list[store.ChunkSpan]]) -> list[Hit]:
+    """Each fragment hit widened to the joined parts of its definition (`parts` by chunk id); others as they are."""
+    out = []
+    for h in hits:
+        span = join_parts(h.chunk_id, parts.get(h.chunk_id, ()))
+        if span is not None and span[:2] != (h.citation.start_line, h.citation.end_line):
+            start, end, text = span
+            h = dataclasses.replace(
+                h, citation=dataclasses.replace(h.citation, start_line=start, end_line=end, snippet=text)
+            )
+        out.append(h)
+    return out
+
+
+def expands(hit: Hit) -> bool:
+    """Whether a hit is one part of a definition split across chunks: the parts share its symbol."""
+    return hit.citation.kind == "fragment" and bool(hit.citation.symbol)
+
+
+# --- search ------------------------------------------------------------------------------------
+
+
 def search(
     repo: str,
     question: str,
@@ -95,15 +375,29 @@ def search(
     k: int = 8,
     mode: str = "hybrid",
     index_version: int | None = None,
+    filters: SearchFilters | None = None,
+    rerank: bool | None = None,
+    merge: bool = True,
+    expand: bool = True,
 ) -> list[Hit]:
     """The k best chunks of `repo` for `question`; mode is hybrid, vector or lexical.
 
     Vectors come from the active index version, or from `index_version` (a candidate the promotion
-    gate measures); questions are encoded by that version's query encoder.
+    gate measures); questions are encoded by that version's query encoder. `filters` apply inside
+    every ranking. The fused hits are then reordered by the cross-encoder (rerank: None follows
+    GROUNDING_RERANKER), widened from a fragment to its definition (expand), and merged where they
+    overlap or touch (merge), fetching more than k so that k distinct citations remain.
     """
     if mode not in ("hybrid", "vector", "lexical"):
         raise ValueError(f"mode must be hybrid, vector or lexical, not {mode!r}")
     settings = get_settings()
+    reranker = None
+    if rerank or (rerank is None and settings.reranker):
+        if not settings.reranker:
+            raise EncoderNotFound("reranking needs a cross-encoder: set GROUNDING_RERANKER to its local directory")
+        from grounding.rerank import load_reranker
+
+        reranker = load_reranker(settings.reranker)
     engine = db.get_engine()
     with engine.begin() as conn:
         repo_id = store.repo_id(conn, repo)
@@ -118,23 +412,45 @@ def search(
     if mode != "lexical" and version is not None:
         query_vector = load_embedder(version.question_encoder).embed_batch([question])[0]
     terms = query_terms(question)
-    with engine.begin() as conn:
-        hits = store.hybrid_search(
-            conn,
-            repo_id,
-            version,
-            query_vector=query_vector,
-            tsquery=to_tsquery_text(terms),
-            fragments=identifier_fragments(question),
-            candidates=max(settings.candidates, k),
-            rrf_k=settings.rrf_k,
-            k=k,
-            use_vector=mode in ("hybrid", "vector"),
-            use_lexical=mode in ("hybrid", "lexical"),
-            use_trigram=mode in ("hybrid", "lexical"),
-        )
+    where = chunk_filter(filters)
     used = version.id if version is not None and mode != "lexical" else None
-    return [
-        dataclasses.replace(h, citation=dataclasses.replace(h.citation, repo=repo, commit=commit), index_version=used)
-        for h in hits
-    ]
+    fetch = k * MERGE_FETCH if merge else k
+    if reranker is not None:
+        fetch = max(fetch, settings.rerank_candidates)
+    scored: dict[int, float] = {}  # reranker scores by chunk id, kept when the search widens
+    while True:
+        with engine.begin() as conn:
+            fused = store.hybrid_search(
+                conn,
+                repo_id,
+                version,
+                query_vector=query_vector,
+                tsquery=to_tsquery_text(terms),
+                fragments=identifier_fragments(question),
+                candidates=max(settings.candidates, fetch),
+                rrf_k=settings.rrf_k,
+                k=fetch,
+                use_vector=mode in ("hybrid", "vector"),
+                use_lexical=mode in ("hybrid", "lexical"),
+                use_trigram=mode in ("hybrid", "lexical"),
+                filters=where,
+            )
+        hits = [
+            dataclasses.replace(
+                h, citation=dataclasses.replace(h.citation, repo=repo, commit=commit), index_version=used
+            )
+            for h in fused
+        ]
+        if reranker is not None:
+            from grounding.rerank import rerank_hits
+
+            hits = rerank_hits(reranker, question, hits, known=scored)
+        if expand and (fragments := [h.chunk_id for h in hits if expands(h)]):
+            with engine.connect() as conn:
+                parts = store.symbol_parts(conn, fragments, within_lines=EXPAND_MAX_LINES)
+            hits = expand_hits(hits, parts)
+        if merge:
+            hits = merge_hits(hits)
+        if len(hits) >= k or len(fused) < fetch or fetch >= k * MAX_FETCH:
+            return hits[:k]
+        fetch = min(fetch * 2, k * MAX_FETCH)  # merging left fewer than k: widen the candidates

@@ -2,11 +2,14 @@
 
 Each ranking is a CTE over the repository's visible chunks, cut to `candidates` rows; `fused` sums
 1 / (rrf_k + rank) per chunk. The costs were measured with bench/query.py over 100k chunks.
+Filters (path regexes, languages, kinds) sit inside every ranking, so a selective filter still
+leaves `candidates` rows to fuse rather than cutting the fused list afterwards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
@@ -15,37 +18,92 @@ from sqlalchemy.engine import Connection
 from grounding.records import Citation, Hit, IndexVersion
 from grounding.store.writes import vector_literal
 
-__all__ = ["hybrid_search"]
+__all__ = ["hybrid_search", "symbol_parts", "ChunkSpan", "ChunkFilter"]
 
 RARE_ROWS = 2000  # lexical candidates come from the rarest query lexemes, up to about this many rows
 TRIGRAM_POOL = 4  # times `candidates`: symbols scored with word_similarity
+EF_SEARCH = 100  # HNSW candidate list; raised to the LIMIT when more rows are asked for (pgvector caps it at 1000)
+FILTERED_MAX_SCAN_TUPLES = 50_000  # how far an iterative scan may walk for a selective filter (default 20,000)
 
 _VISIBLE = "f.repo_id = :r AND f.snapshot_id <= (SELECT current_snapshot_id FROM repositories WHERE id = :r)"
 
 
-def _vector_cte(conn: Connection, version: IndexVersion, query_vector: np.ndarray, params: dict) -> str:
+@dataclass(frozen=True)
+class ChunkFilter:
+    """Which chunks a search may return; empty fields do not filter.
+
+    `paths` and `exclude_paths` are POSIX regular expressions (Postgres `~`) matched against the
+    file's path: a chunk passes if its path matches any of `paths` and none of `exclude_paths`.
+    """
+
+    paths: tuple[str, ...] = ()
+    exclude_paths: tuple[str, ...] = ()
+    languages: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+
+    @property
+    def narrows(self) -> bool:
+        """Whether it keeps only some chunks (an exclusion alone leaves most of a repository)."""
+        return bool(self.paths or self.languages or self.kinds)
+
+    def sql(self, params: dict) -> str:
+        """` AND ...` conditions on chunks c and files f; binds its values into params."""
+        conditions = []
+        for name, value, condition in (
+            ("fpaths", self.paths, "f.path ~ ANY(:fpaths)"),
+            ("fxpaths", self.exclude_paths, "NOT (f.path ~ ANY(:fxpaths))"),
+            ("flangs", self.languages, "f.language = ANY(:flangs)"),
+            ("fkinds", self.kinds, "c.kind = ANY(:fkinds)"),
+        ):
+            if value:
+                params[name] = list(value)
+                conditions.append(condition)
+        return "".join(f" AND {c}" for c in conditions)
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """One stored chunk's place in its file, for joining the parts of a split definition."""
+
+    chunk_id: int
+    start_line: int
+    end_line: int
+    start_byte: int
+    end_byte: int
+    text: str
+
+
+def _vector_cte(conn: Connection, version: IndexVersion, query_vector: np.ndarray, where: str, params: dict) -> str:
     """Nearest chunks by inner product through the version's partial HNSW index."""
     vid, dim = int(version.id), int(version.dim)  # literals, so the planner matches the partial index
     params["q"] = vector_literal(query_vector)
-    conn.execute(sa.text("SET LOCAL hnsw.ef_search = 100"))
-    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))  # the visibility filter may drop rows
+    ef_search = min(1000, max(EF_SEARCH, int(params["n"])))
+    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {ef_search}"))
+    # The visibility filter and the search filters drop rows after the index yields them: an
+    # iterative scan keeps walking the graph until LIMIT rows pass, instead of returning fewer.
+    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+    if where:
+        conn.execute(sa.text(f"SET LOCAL hnsw.max_scan_tuples = {FILTERED_MAX_SCAN_TUPLES}"))
     return f"""vec AS (
         SELECT id, row_number() OVER (ORDER BY d) AS r FROM (
             SELECT c.id, e.embedding::vector({dim}) <#> CAST(:q AS vector({dim})) AS d
             FROM embeddings e JOIN chunks c ON c.id = e.chunk_id JOIN files f ON f.id = c.file_id
-            WHERE e.index_version_id = {vid} AND {_VISIBLE}
+            WHERE e.index_version_id = {vid} AND {_VISIBLE}{where}
             ORDER BY d LIMIT :n) s)"""
 
 
-def _lexical_ctes(tsquery: str, params: dict) -> str:
+def _lexical_ctes(tsquery: str, where: str, narrowed: bool, params: dict) -> str:
     """Full-text ranking by ts_rank over the whole OR query, of candidates that hold one of its rarest lexemes.
 
     A lexeme in a third of all chunks ("test", "valu") would otherwise make ts_rank read and score tens
     of thousands of rows. Frequencies come from the planner's statistics of chunks.search; before the
     first ANALYZE every estimate is 0 and every lexeme is kept, which is the plain OR query.
+    When a filter narrows the search, the rarest lexemes may occur only outside it, so the whole OR
+    query selects the candidates: the filter, not the rarity, keeps the row count down.
     """
     params["tsq"] = tsquery
     params["rare_rows"] = RARE_ROWS
+    gate = "q" if narrowed else "(SELECT q FROM lex_rare)"
     return f"""lex_df AS (
         SELECT l.lexeme, coalesce(s.freq, 0) * greatest((SELECT reltuples FROM pg_class
                                                          WHERE oid = 'chunks'::regclass), 0) AS est
@@ -63,11 +121,11 @@ def _lexical_ctes(tsquery: str, params: dict) -> str:
         SELECT id, row_number() OVER (ORDER BY rank DESC, id) AS r FROM (
             SELECT c.id, ts_rank(c.search, q) AS rank
             FROM chunks c JOIN files f ON f.id = c.file_id, to_tsquery('english', :tsq) q
-            WHERE c.repo_id = :r AND c.search @@ (SELECT q FROM lex_rare) AND {_VISIBLE}
+            WHERE c.repo_id = :r AND c.search @@ {gate} AND {_VISIBLE}{where}
             ORDER BY rank DESC, c.id LIMIT :n) s)"""
 
 
-def _trigram_cte(fragments: Sequence[str], candidates: int, params: dict) -> str:
+def _trigram_cte(fragments: Sequence[str], candidates: int, where: str, params: dict) -> str:
     """Symbols that contain the question's identifier fragments: most fragments first, then closest, then shortest."""
     n = range(len(fragments))
     likes = " OR ".join(f"c.symbol ILIKE :p{i}" for i in n)
@@ -83,7 +141,7 @@ def _trigram_cte(fragments: Sequence[str], candidates: int, params: dict) -> str
             SELECT c.id, c.matched, {sims} AS sim, length(c.symbol) AS len
             FROM (SELECT c.id, c.symbol, {matched} AS matched
                   FROM chunks c JOIN files f ON f.id = c.file_id
-                  WHERE c.repo_id = :r AND ({likes}) AND {_VISIBLE}
+                  WHERE c.repo_id = :r AND ({likes}) AND {_VISIBLE}{where}
                   ORDER BY matched DESC, length(c.symbol), c.id LIMIT :pool) c
             ORDER BY matched DESC, sim DESC, len, c.id LIMIT :n) s)"""
 
@@ -102,18 +160,21 @@ def hybrid_search(
     use_vector: bool = True,
     use_lexical: bool = True,
     use_trigram: bool = True,
+    filters: ChunkFilter | None = None,
 ) -> list[Hit]:
-    """Vector, full-text and trigram rankings of the visible chunks, fused by reciprocal rank in SQL."""
+    """Vector, full-text and trigram rankings of the visible chunks that pass `filters`, fused by reciprocal rank."""
     params: dict = {"r": repo, "n": candidates, "k": k, "rrf": rrf_k}
+    filters = filters or ChunkFilter()
+    where = filters.sql(params)
     ctes, sources = [], []
     if use_vector and version is not None and query_vector is not None:
-        ctes.append(_vector_cte(conn, version, query_vector, params))
+        ctes.append(_vector_cte(conn, version, query_vector, where, params))
         sources.append("SELECT id, r, 'v' AS src FROM vec")
     if use_lexical and tsquery:
-        ctes.append(_lexical_ctes(tsquery, params))
+        ctes.append(_lexical_ctes(tsquery, where, filters.narrows, params))
         sources.append("SELECT id, r, 'l' AS src FROM lex")
     if use_trigram and fragments:
-        ctes.append(_trigram_cte(fragments, candidates, params))
+        ctes.append(_trigram_cte(fragments, candidates, where, params))
         sources.append("SELECT id, r, 't' AS src FROM tri")
     if not sources:
         return []
@@ -153,3 +214,27 @@ def hybrid_search(
         )
         for cid, path, sl, el, text, symbol, kind, language, score, vr, lr, tr in rows
     ]
+
+
+def symbol_parts(conn: Connection, chunk_ids: Sequence[int], *, within_lines: int) -> dict[int, list[ChunkSpan]]:
+    """For each chunk, the chunks of its file with the same symbol (itself included) within `within_lines`.
+
+    A definition too long for one chunk is stored as several chunks of kind `fragment` that share
+    its symbol; these are the parts `retrieve` joins back into one citation.
+    """
+    if not chunk_ids:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            """SELECT h.id, c.id, c.start_line, c.end_line, c.start_byte, c.end_byte, c.text
+               FROM chunks h JOIN chunks c ON c.file_id = h.file_id AND c.symbol = h.symbol
+               WHERE h.id = ANY(:ids)
+                 AND c.end_line >= h.start_line - :w AND c.start_line <= h.end_line + :w
+               ORDER BY h.id, c.start_line, c.id"""
+        ),
+        {"ids": [int(i) for i in chunk_ids], "w": within_lines},
+    ).all()
+    parts: dict[int, list[ChunkSpan]] = {}
+    for hit, *span in rows:
+        parts.setdefault(hit, []).append(ChunkSpan(*span))
+    return parts

@@ -1,0 +1,115 @@
+"""Rerankers: score (question, passage) pairs jointly, to reorder the fused candidates of a search.
+
+A cross-encoder reads the question and the chunk together, so it can weigh what a bi-encoder's
+single vector and the lexical ranks cannot; it is too slow for the whole repository, so it only
+reorders the first GROUNDING_RERANK_CANDIDATES hits of the hybrid search.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from grounding.errors import EncoderNotFound
+from grounding.records import Hit
+
+
+class Reranker(abc.ABC):
+    """Scores passages against a question: higher is more relevant."""
+
+    name: str
+
+    @abc.abstractmethod
+    def score(self, question: str, texts: Sequence[str]) -> list[float]:
+        """One score per text, in the order given."""
+
+
+class CrossEncoderReranker(Reranker):
+    """A sequence-classification model from a local directory that scores a (question, passage) pair.
+
+    A one-label model's logit is the score; with several labels, the probability of the last
+    (the positive class of the usual two-label relevance models).
+    """
+
+    def __init__(
+        self, path: str | Path, *, device: str | None = None, max_tokens: int = 512, batch_size: int = 16
+    ) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise EncoderNotFound(
+                f"no Hugging Face reranker at {path} (config.json missing); "
+                "set GROUNDING_RERANKER to a local cross-encoder directory"
+            )
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.name = str(path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
+        )
+        self.max_tokens = min(max_tokens, int(getattr(self.model.config, "max_position_embeddings", max_tokens)))
+        self.batch_size = batch_size
+
+    def score(self, question: str, texts: Sequence[str]) -> list[float]:
+        import torch
+
+        scores: list[float] = []
+        for lo in range(0, len(texts), self.batch_size):
+            batch = list(texts[lo : lo + self.batch_size])
+            encoded = self.tokenizer(
+                [question] * len(batch),
+                batch,
+                padding=True,
+                truncation="only_second",  # the question is short; cut the passage, never the question
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            ).to(self.device)
+            with torch.inference_mode():
+                logits = self.model(**encoded).logits  # (B, num_labels)
+            if logits.shape[-1] == 1:
+                scores.extend(logits[:, 0].float().cpu().tolist())
+            else:
+                scores.extend(logits.softmax(-1)[:, -1].float().cpu().tolist())
+        return scores
+
+
+@functools.cache
+def load_reranker(path: str) -> Reranker:
+    """The cross-encoder at a local path, loaded once per process."""
+    return CrossEncoderReranker(path)
+
+
+def passage(hit: Hit) -> str:
+    """What the reranker reads for a hit: its path (names say much in code), then the chunk's lines."""
+    return f"{hit.citation.path}\n{hit.citation.snippet}"
+
+
+def rerank_hits(
+    reranker: Reranker, question: str, hits: Sequence[Hit], *, known: dict[int, float] | None = None
+) -> list[Hit]:
+    """The hits ordered by the reranker's score (ties keep their fused order); the score replaces the fused one.
+
+    `known` maps chunk ids to scores already computed for this question: only the other hits are
+    scored, and their scores are added to it (a search that widens its candidates reuses them).
+    """
+    known = {} if known is None else known
+    todo = [h for h in hits if h.chunk_id not in known]
+    if todo:
+        scores = reranker.score(question, [passage(h) for h in todo])
+        if len(scores) != len(todo):
+            raise ValueError(f"reranker {reranker.name!r} returned {len(scores)} scores for {len(todo)} passages")
+        known.update((h.chunk_id, float(s)) for h, s in zip(todo, scores))
+    ordered = sorted(hits, key=lambda h: -known[h.chunk_id])  # sorted is stable: ties keep the fused order
+    return [
+        dataclasses.replace(
+            h, score=known[h.chunk_id], citation=dataclasses.replace(h.citation, score=known[h.chunk_id])
+        )
+        for h in ordered
+    ]
