@@ -1,8 +1,19 @@
 """grounding: answers about a company's code, cited to file and line, from Postgres/pgvector."""
 
-from grounding.ask import ask
+from grounding.ask import ask, ask_stream
 from grounding.completion import Completion, complete
 from grounding.ingest import ingest
 from grounding.records import Answer, Chunk, Citation, Hit, IngestReport
 
-__all__ = ["Answer", "Chunk", "Citation", "Completion", "Hit", "IngestReport", "ask", "complete", "ingest"]
+__all__ = [
+    "Answer",
+    "Chunk",
+    "Citation",
+    "Completion",
+    "Hit",
+    "IngestReport",
+    "ask",
+    "ask_stream",
+    "complete",
+    "ingest",
+]

@@ -1,24 +1,112 @@
-"""ask(repo, question): retrieve the evidence, then answer with it, every location cited."""
+"""ask(repos, question): retrieve from each repository, fuse, pack the numbered evidence, generate, cite.
+
+Several repositories are fused by the score `search` gives each hit: it is the same reciprocal-rank
+sum (one 1/(rrf_k + rank) per retriever that found the chunk) in every repository, so the scores
+share one scale, and a chunk that both the vector and the lexical search rank high beats one that
+only the vector search found, whichever repository it is in. Ties go to the better rank within its
+repository, then to the repository named first.
+"""
 
 from __future__ import annotations
 
-from grounding.records import Answer
-from grounding.retrieve import search
+import logging
+from collections.abc import Iterator, Sequence
+
+from grounding.config import get_settings
+from grounding.generate import load_generator
+from grounding.prompt import MarkerFilter, build_prompt
+from grounding.records import Answer, Citation, Hit
+
+log = logging.getLogger(__name__)
 
 
-def ask(repo: str, question: str, *, k: int = 5) -> Answer:
-    """Answer `question` from repository `repo` with its k best pieces of code, each cited to file and line.
+def fuse(rankings: Sequence[Sequence[Hit]], *, k: int) -> list[Hit]:
+    """The k best hits of several repositories' rankings, by their scores (see the module docstring)."""
+    keyed = [(-hit.score, rank, order, hit) for order, hits in enumerate(rankings) for rank, hit in enumerate(hits)]
+    return [hit for *_, hit in sorted(keyed, key=lambda item: item[:3])[:k]]
 
-    For now the text lists the cited locations and symbols; generated answers come with the copilot.
-    """
+
+def evidence(repos: Sequence[str], question: str, *, k: int, filters=None) -> tuple[Citation, ...]:
+    """The k best citations for `question` over all `repos`, best first."""
+    from grounding.retrieve import search
+
+    extra = {} if filters is None else {"filters": filters}
+    rankings = [search(repo, question, k=k, **extra) for repo in repos]
+    return tuple(hit.citation for hit in fuse(rankings, k=k))
+
+
+def _repo_names(repos: str | Sequence[str]) -> tuple[str, ...]:
+    names = (repos,) if isinstance(repos, str) else tuple(repos)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"name at least one repository, not {repos!r}")
+    return tuple(dict.fromkeys(names))
+
+
+def ask_stream(
+    repos: str | Sequence[str],
+    question: str,
+    *,
+    k: int = 5,
+    user: str | None = None,
+    filters=None,
+    backend: str | None = None,
+) -> Iterator[str | Answer]:
+    """`ask`, as it is written: text deltas, then the Answer (whose text is the deltas joined) last."""
+    names = _repo_names(repos)
     if not question.strip():
         raise ValueError("the question is empty")
-    hits = search(repo, question, k=k)
-    citations = tuple(h.citation for h in hits)
-    if not citations:
-        return Answer(question, f"No code in {repo!r} matches this question.", citations)
-    lines = [f"The most relevant code in {repo!r}:"]
-    for i, c in enumerate(citations, 1):
-        what = f" {c.kind} `{c.symbol}`" if c.symbol else f" {c.kind}"
-        lines.append(f"[{i}] {c.location} —{what}")
-    return Answer(question, "\n".join(lines), citations)
+    if user is not None:
+        from grounding.access import authorize
+
+        authorize(user, names)
+    generator = load_generator(backend)
+    citations = evidence(names, question, k=k, filters=filters)
+    settings = get_settings()
+    prompt = build_prompt(
+        question,
+        citations,
+        budget_tokens=generator.prompt_budget(settings.prompt_tokens),
+        count_tokens=generator.count_tokens,
+        repos=names,
+    )
+    if not citations and generator.needs_evidence:
+        text = f"No code in {' or '.join(repr(n) for n in names)} matches this question."
+        yield text
+        yield Answer(question, text, (), backend=generator.name, repos=names)
+        return
+    pieces = generator.stream_cited(prompt)
+    cited = next(pieces)  # what the [n] refer to: the packed evidence, or the neighbours RETRO read
+    markers = MarkerFilter(len(cited))
+    written: list[str] = []
+    for piece in pieces:
+        if out := markers.feed(piece):
+            written.append(out)
+            yield out
+    if out := markers.flush():
+        written.append(out)
+        yield out
+    if markers.invented:
+        log.warning("%s cited evidence that does not exist, dropped: %s", generator.name, sorted(set(markers.invented)))
+    yield Answer(question, "".join(written), tuple(cited), backend=generator.name, repos=names)
+
+
+def ask(
+    repos: str | Sequence[str],
+    question: str,
+    *,
+    k: int = 5,
+    user: str | None = None,
+    filters=None,
+    backend: str | None = None,
+) -> Answer:
+    """Answer `question` from one or more repositories' k best pieces of code, [n] citing Citation n.
+
+    `backend` picks the generator (extractive, hf, openai, retro; default GROUNDING_GENERATOR); with
+    `user`, access to every repository is checked first (grounding.access.authorize).
+    """
+    answer = None
+    for piece in ask_stream(repos, question, k=k, user=user, filters=filters, backend=backend):
+        if isinstance(piece, Answer):
+            answer = piece
+    assert answer is not None, "ask_stream ends with its Answer"
+    return answer

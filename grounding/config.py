@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -32,6 +32,17 @@ class Settings:
     write_batch_files: int  # files per write transaction during ingest
     rrf_k: int  # the constant of reciprocal-rank fusion
     candidates: int  # how many hits each retriever contributes to fusion
+    reranker: str | None  # local path of a cross-encoder that reorders the fused hits; None: no reranking
+    rerank_candidates: int  # how many fused hits the reranker scores
+    generator: str  # extractive (no model), hf, openai or retro: what writes the answers of `ask`
+    generator_model: str | None  # local path of a Hugging Face causal LM, for the hf generator
+    generator_temperature: float  # 0: greedy
+    openai_base_url: str | None  # an OpenAI-compatible server (vLLM, Ollama, TGI), e.g. http://localhost:8000/v1
+    openai_model: str | None
+    openai_api_key: str | None = field(repr=False)  # kept out of logs and tracebacks
+    openai_timeout: float  # seconds to connect, and between two pieces of a streamed answer
+    prompt_tokens: int  # budget of one prompt (instructions, question, numbered evidence)
+    answer_tokens: int  # the most tokens a generated answer may have
 
     @property
     def embedded_data_dir(self) -> Path:
@@ -53,6 +64,17 @@ _ENV = {
     "write_batch_files": ("GROUNDING_WRITE_BATCH_FILES", int, 200),
     "rrf_k": ("GROUNDING_RRF_K", int, 5),  # 60 flattens a strong ranking into a weak one (bench/retrieval.py)
     "candidates": ("GROUNDING_CANDIDATES", int, 50),
+    "reranker": ("GROUNDING_RERANKER", str, None),
+    "rerank_candidates": ("GROUNDING_RERANK_CANDIDATES", int, 30),
+    "generator": ("GROUNDING_GENERATOR", str, "extractive"),
+    "generator_model": ("GROUNDING_GENERATOR_MODEL", str, None),
+    "generator_temperature": ("GROUNDING_GENERATOR_TEMPERATURE", float, 0.0),
+    "openai_base_url": ("GROUNDING_OPENAI_BASE_URL", str, None),
+    "openai_model": ("GROUNDING_OPENAI_MODEL", str, None),
+    "openai_api_key": ("GROUNDING_OPENAI_API_KEY", str, None),
+    "openai_timeout": ("GROUNDING_OPENAI_TIMEOUT", float, 120.0),
+    "prompt_tokens": ("GROUNDING_PROMPT_TOKENS", int, 3000),
+    "answer_tokens": ("GROUNDING_ANSWER_TOKENS", int, 512),
 }
 
 
