@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from grounding.errors import DatabaseUnavailable, SourceUnreachable
-from grounding.ingest import ingest
+from grounding.ingest import Progress, ingest
 from grounding.records import IngestReport
 
 IO_ERRORS = (DatabaseUnavailable, SourceUnreachable, ConnectionError, TimeoutError)
+
+# A listener for the progress of flows run in this process (the copilot's ingest page). A context
+# variable, not a flow parameter: a callable cannot travel to the Prefect API or into a cache key.
+_progress_listener: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("ingest_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting_progress(listener: Progress) -> Iterator[None]:
+    """Call `listener(stage, done, total)` as `ingest_repo` flows run in this context make progress."""
+    token = _progress_listener.set(listener)
+    try:
+        yield
+    finally:
+        _progress_listener.reset(token)
 
 
 def retry_on_io(task, task_run, state) -> bool:
@@ -28,9 +45,12 @@ def retry_on_io(task, task_run, state) -> bool:
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
 def ingest_task(source: str, name: str | None, ref: str | None) -> IngestReport:
     logger = get_run_logger()
+    listener = _progress_listener.get()
 
     def progress(stage: str, done: int, total: int) -> None:
         logger.info("%s: %d/%d", stage, done, total)
+        if listener is not None:
+            listener(stage, done, total)
 
     return ingest(source, name=name, ref=ref, progress=progress)
 

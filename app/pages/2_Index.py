@@ -1,0 +1,105 @@
+"""The index of each repository: freshness, counts, snapshots, index versions and the files it skipped."""
+
+from __future__ import annotations
+
+import streamlit as st
+from ui_common import errors_as_messages, scope_or_stop, when
+
+from grounding.status import index_versions, skipped_files, snapshots
+
+st.set_page_config(page_title="Index · grounding copilot", page_icon=":material/database:", layout="wide")
+st.title("Index")
+scope = scope_or_stop()
+if not scope.repos:
+    st.info("No repository yet: ingest one on the Ingest page, or with `grounding ingest PATH`.")
+    st.stop()
+
+st.dataframe(
+    [
+        {
+            "repository": r.name,
+            "snapshot": r.snapshot_id,
+            "commit": (r.commit or "")[:12],
+            "files": r.files,
+            "chunks": r.chunks,
+            "index version": r.index_version,
+            "encoder": r.encoder,
+            "fresh": r.freshness,
+            "last run": r.last_status,
+        }
+        for r in scope.repos
+    ],
+    hide_index=True,
+)
+
+chosen = st.selectbox("Repository", scope.names, key="index_repo")
+repo = next(r for r in scope.repos if r.name == chosen)
+st.subheader(repo.name)
+st.caption(f"from `{repo.source}`" + (f" @ `{repo.ref}`" if repo.ref else ""))
+cols = st.columns(5)
+cols[0].metric("files", repo.files)
+cols[1].metric("chunks", repo.chunks)
+cols[2].metric("snapshot", repo.snapshot_id or "-", help=f"commit {repo.commit}" if repo.commit else None)
+cols[3].metric("index version", repo.index_version or "-", help=repo.encoder)
+cols[4].metric("last ingest", repo.freshness if repo.freshness in ("just now", "never") else f"{repo.freshness} ago")
+if repo.last_status == "failed" and repo.last_error:
+    st.warning(f"The latest ingest failed (the previous snapshot still answers): {repo.last_error.splitlines()[0]}")
+elif repo.last_status == "running":
+    st.info("An ingest of this repository is running.")
+
+history, versions, skipped = st.tabs(["Snapshots", "Index versions", "Skipped files"])
+with history, errors_as_messages("Reading the snapshots"):
+    rows = []
+    for s in snapshots(repo.name):
+        stats = s.stats
+        rows.append(
+            {
+                "snapshot": s.id,
+                "status": s.status + (" (current)" if s.id == repo.snapshot_id else ""),
+                "commit": (s.commit or "")[:12],
+                "started": when(s.started_at),
+                "seconds": round(s.seconds, 1) if s.seconds is not None else None,
+                "files seen": stats.get("files_seen"),
+                "changed": stats.get("files_changed"),
+                "deleted": stats.get("files_deleted"),
+                "skipped": s.skipped,
+                "chunks added": stats.get("chunks_added"),
+                "removed": stats.get("chunks_removed"),
+                "embedded": stats.get("embeddings_computed"),
+                "error": (s.error or "").splitlines()[0] if s.error else "",
+            }
+        )
+    st.dataframe(rows, hide_index=True)
+
+with versions, errors_as_messages("Reading the index versions"):
+    st.dataframe(
+        [
+            {
+                "version": v.id,
+                "status": v.status,
+                "encoder": v.encoder,
+                "query encoder": v.query_encoder or "",
+                "dim": v.dim,
+                "vectors": v.vectors,
+                "created": when(v.created_at),
+                "activated": when(v.activated_at),
+                "retired": when(v.retired_at),
+                "note": v.note or "",
+            }
+            for v in reversed(index_versions(repo.name))
+        ],
+        hide_index=True,
+    )
+
+with skipped, errors_as_messages("Reading the skipped files"):
+    found = skipped_files(repo.name)
+    if not found.by_reason:
+        st.write("The current snapshot skipped no file.")
+    else:
+        st.markdown(f"Snapshot {found.snapshot_id} skipped {found.total} files:")
+        st.dataframe([{"reason": r, "files": n} for r, n in found.by_reason.items()], hide_index=True)
+        reason = st.selectbox("Show", ["every reason", *found.by_reason], key="skipped_reason")
+        st.dataframe(
+            [{"path": f.path, "reason": f.reason} for f in found.files if reason in ("every reason", f.reason)],
+            hide_index=True,
+        )

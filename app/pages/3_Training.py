@@ -1,0 +1,136 @@
+"""Training runs: loss per step (REALM and RETRO), bits per byte across RETRO runs, held-out MRR across REALM
+runs (active against candidate), and the stored evaluations."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+from ui_common import errors_as_messages, scope_or_stop, when
+
+from grounding.status import (
+    REALM_KINDS,
+    RETRO_KINDS,
+    bits_per_byte_rows,
+    eval_history,
+    eval_rows,
+    heldout_mrr_rows,
+    loss_rows,
+    training_history,
+)
+
+st.set_page_config(page_title="Training · grounding copilot", page_icon=":material/monitoring:", layout="wide")
+
+
+def step_chart(histories, title: str, key: str) -> None:
+    """Per-step curves of one family of runs, one line per run and stage; the metric is chosen."""
+    names = sorted({m for h in histories for s in h.steps if s.stage != "eval" for m in s.metrics})
+    if not names:
+        st.caption(f"No per-step metrics of {title} runs yet.")
+        return
+    metric = st.selectbox("Per-step metric", names, index=names.index("loss") if "loss" in names else 0, key=key)
+    rows = [r for r in loss_rows(histories, metric=metric) if r["stage"] != "eval"]
+    chart = (
+        alt.Chart(pd.DataFrame(rows), title=f"{title}: {metric} per step")
+        .mark_line(point=len(rows) < 60)
+        .encode(
+            x=alt.X("step:Q"),
+            y=alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False)),
+            color=alt.Color("series:N", title="run, stage"),
+            tooltip=["run", "stage", "step", metric],
+        )
+    )
+    st.altair_chart(chart, width="stretch")
+
+
+st.title("Training")
+scope = scope_or_stop()
+if not scope.repos:
+    st.info("No repository yet: ingest one, then train with `grounding train REPO` or `grounding train-retro REPO`.")
+    st.stop()
+repo = st.selectbox("Repository", scope.names, key="training_repo")
+
+histories = []
+with errors_as_messages("Reading the training runs"):
+    histories = training_history(repo, limit=50)
+runs = [h.run for h in histories]
+realm = [h for h in histories if h.run.kind in REALM_KINDS]
+retro = [h for h in histories if h.run.kind in RETRO_KINDS]
+
+if runs:
+    st.dataframe(
+        [
+            {
+                "run": r.id,
+                "kind": r.kind,
+                "status": r.status,
+                "decision": r.decision or "",
+                "reason": r.reason or r.error or "",
+                "device": r.device,
+                "started": when(r.started_at),
+                "finished": when(r.finished_at),
+            }
+            for r in runs
+        ],
+        hide_index=True,
+    )
+else:
+    st.info(f"No training run of {repo} yet: `grounding train {repo}` (REALM) or `grounding train-retro {repo}`.")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("REALM retriever")
+    step_chart(realm, "REALM", "realm_metric")
+    mrr = heldout_mrr_rows(h.run for h in realm)
+    if mrr:
+        modes = sorted({r["mode"] for r in mrr})
+        mode = st.radio(
+            "Retrieval mode", modes, index=modes.index("hybrid") if "hybrid" in modes else 0, horizontal=True
+        )
+        shown = pd.DataFrame([r for r in mrr if r["mode"] == mode])
+        chart = (
+            alt.Chart(shown, title=f"Held-out {shown['metric'].iloc[0]}: active vs candidate ({mode})")
+            .mark_bar()
+            .encode(
+                x=alt.X("run:O"),
+                xOffset="version:N",
+                y=alt.Y("mrr:Q", title=shown["metric"].iloc[0]),
+                color=alt.Color("version:N", scale=alt.Scale(domain=["active", "candidate"])),
+                tooltip=["run", "version", "mrr", "decision"],
+            )
+        )
+        st.altair_chart(chart, width="stretch")
+    elif realm:
+        st.caption("No held-out MRR stored yet (runs still going, or failed before the gate).")
+
+with right:
+    st.subheader("RETRO")
+    step_chart(retro, "RETRO", "retro_metric")
+    bpb = bits_per_byte_rows(h.run for h in retro)
+    if bpb:
+        subset = st.radio("Held-out text", ["all", "low overlap"], horizontal=True, key="bpb_subset")
+        shown = pd.DataFrame([r for r in bpb if r["subset"] == subset])
+        chart = (
+            alt.Chart(shown, title=f"Held-out bits per byte ({subset}); lower is better")
+            .mark_bar()
+            .encode(
+                x=alt.X("run:O"),
+                xOffset="setting:N",
+                y=alt.Y("bits_per_byte:Q", title="bits per byte"),
+                color=alt.Color("retrieval:N", scale=alt.Scale(domain=["on", "off", "baseline"])),
+                tooltip=["run", "kind", "setting", "bits_per_byte"],
+            )
+        )
+        st.altair_chart(chart, width="stretch")
+    elif retro:
+        st.caption("No bits per byte stored yet (runs still going, or failed before evaluation).")
+
+st.subheader("Evaluations")
+with errors_as_messages("Reading the evaluations"):
+    evaluations = eval_rows(eval_history(repo))
+    if evaluations:
+        for row in evaluations:
+            row["when"] = when(row["when"])
+        st.dataframe(evaluations, hide_index=True)
+    else:
+        st.caption(f"No evaluation of {repo} stored yet: `grounding eval {repo}`.")

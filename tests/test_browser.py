@@ -1,0 +1,114 @@
+"""The copilot in a real browser: `grounding ui` in another process, headless Chromium driven by selenium."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_tree, git_repo
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+LABEL = re.compile(r"\[1\] (\S+\.py):(\d+)-(\d+)@([0-9a-f]{12})")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+        reason="needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)",
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def copilot(engine, repo_name, hashing, tmp_path):
+    """`grounding ui --headless` on a free port against the test database, with `requests` ingested."""
+    from grounding.ingest import ingest
+
+    ingest(str(git_repo(copy_tree("requests", tmp_path / "requests"))), name=repo_name, embedder=hashing)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("GROUNDING_UI_USER", "PREFECT_API_URL")}
+    log_path = tmp_path / "ui.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "grounding.cli", "ui", "--port", str(port), "--headless"],
+            env=env,  # GROUNDING_DATABASE_URL and GROUNDING_HOME of this test
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "grounding copilot at" not in log_path.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.3)
+            yield f"http://127.0.0.1:{port}", proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)  # Ctrl-C
+            code = proc.wait(timeout=60)
+    assert code == 0, f"grounding ui stops cleanly on Ctrl-C:\n{log_path.read_text()[-3000:]}"
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1400,1100")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_ask_in_the_browser_and_see_a_cited_location(copilot, browser, repo_name, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, proc = copilot
+    browser.get(f"{url}/?{urllib.parse.urlencode({'repo': repo_name})}")  # the link preselects the repository
+    wait = WebDriverWait(browser, 180, poll_frequency=0.5)
+    question = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '[data-testid="stChatInputTextArea"]'))
+    assert "trusted mode" in browser.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]').text
+    question.send_keys("how does a session resolve redirects?")
+    question.send_keys(Keys.ENTER)
+
+    def cited(driver):
+        """The first citation's label, once it and its code are on the page."""
+        if not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpanderDetails"] [data-testid="stCode"]'):
+            return None
+        for summary in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary'):
+            if LABEL.search(summary.text):
+                return summary
+        return None
+
+    summary = wait.until(cited)
+    path, start, end, commit = LABEL.search(summary.text).groups()
+    browser.execute_script("arguments[0].scrollIntoView()", summary)
+    screenshot = tmp_path / "copilot.png"
+    browser.save_screenshot(str(screenshot))
+    print(f"screenshot: {screenshot}")
+    code = browser.find_element(By.CSS_SELECTOR, '[data-testid="stCode"]').text
+    assert int(start) <= int(end) and code.strip(), "the cited code is on the page"
+    assert f"[1] {path}:{start}-{end}@{commit}" in browser.find_element(By.TAG_NAME, "body").text
+    assert proc.poll() is None, "the server keeps running"
