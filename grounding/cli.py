@@ -50,13 +50,22 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from grounding.ask import ask
+    from grounding.ask import ask_stream
+    from grounding.records import Answer
 
-    answer = ask(args.repo, args.question, k=args.k)
-    print(answer.text)
-    if not args.no_code:
-        for i, c in enumerate(answer.citations, 1):
-            print(f"\n[{i}] {c.location}  (score {c.score:.4f})")
+    repos = [args.repo, *(name for value in args.more_repos for name in value.split(",") if name)]
+    answer = None
+    for piece in ask_stream(repos, args.question, k=args.k, user=args.user, backend=args.backend):
+        if isinstance(piece, Answer):
+            answer = piece
+        else:
+            sys.stdout.write(piece)
+            sys.stdout.flush()  # the answer shows as it is written
+    print()
+    several = len(answer.repos) > 1
+    for i, c in enumerate(answer.citations, 1):
+        print(f"\n[{i}] {c.repo + ': ' if several else ''}{c.location}  (score {c.score:.4f})")
+        if not args.no_code:
             width = len(str(c.end_line))
             for n, line in enumerate(c.snippet.split("\n"), c.start_line):
                 print(f"  {n:>{width}} | {line}")
@@ -114,7 +123,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     modes = MODES if args.mode == "all" else (args.mode,)
     report = run_eval(
-        args.repo, dataset=args.dataset, harvester=args.harvest, split=args.split, modes=modes, k=args.k, save=args.save
+        args.repo,
+        dataset=args.dataset,
+        harvester=args.harvest,
+        split=args.split,
+        modes=modes,
+        k=args.k,
+        save=args.save,
+        rerank=args.rerank,
     )
     if report.eval_index is not None:
         r = report.eval_index.ingest
@@ -128,9 +144,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         f"{report.searched}, index version {first.index_version or '-'} ({first.encoder or 'no encoder'})"
     )
     metrics = list(first.metrics)
-    print(f"{'mode':8}" + "".join(f"{m:>11}" for m in metrics) + f"{'run':>7}")
+    width = max(8, *(len(r.mode) + 1 for r in report.results))  # `hybrid+rerank` sits under `hybrid`
+    print(f"{'mode':{width}}" + "".join(f"{m:>11}" for m in metrics) + f"{'run':>7}")
     for result, run_id in zip(report.results, report.run_ids):
-        print(f"{result.mode:8}" + "".join(f"{result.metrics[m]:>11.3f}" for m in metrics) + f"{run_id:>7}")
+        print(f"{result.mode:{width}}" + "".join(f"{result.metrics[m]:>11.3f}" for m in metrics) + f"{run_id:>7}")
     return 0
 
 
@@ -213,8 +230,10 @@ def _cmd_complete(args: argparse.Namespace) -> int:
     from grounding.completion import complete, prefix_at
 
     path, line = args.location.rsplit(":", 1) if ":" in args.location else (args.location, None)
-    prefix = prefix_at(args.repo, path, int(line) if line else None)
-    result = complete(args.repo, prefix, max_new_tokens=args.max_new_tokens, temperature=args.temperature, path=path)
+    prefix = prefix_at(args.repo, path, int(line) if line else None, user=args.user)
+    result = complete(
+        args.repo, prefix, max_new_tokens=args.max_new_tokens, temperature=args.temperature, path=path, user=args.user
+    )
     print(result.text)
     print(f"\n-- {result.tokens} tokens in {result.seconds:.2f}s ({result.tokens_per_s:.1f} tokens/s)")
     for i, c in enumerate(result.citations, 1):
@@ -235,6 +254,134 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(port=args.port, ready=ready)
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+    import webbrowser
+
+    from grounding.config import get_settings
+    from grounding.serve import PROJECT_DIR
+
+    app = PROJECT_DIR / "app" / "copilot.py"
+    if not app.is_file():
+        raise GroundingError(f"the copilot app is not at {app}; run `grounding ui` from a checkout of grounding")
+    env = dict(os.environ)
+    if args.user:
+        env["GROUNDING_UI_USER"] = args.user
+    user = env.get("GROUNDING_UI_USER")
+    env.setdefault("PREFECT_HOME", str(get_settings().home / "prefect"))  # as `grounding serve` has it
+    url = f"http://127.0.0.1:{args.port}"
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true"]
+    command += ["--server.address", "127.0.0.1", "--server.port", str(args.port)]
+    command += ["--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
+    command += ["--client.toolbarMode", "minimal"]  # no "Deploy" button
+    # cwd: `python -m` puts it on sys.path, so the app imports flows/ beside grounding/.
+    proc = subprocess.Popen(command, env=env, cwd=PROJECT_DIR)
+
+    def stop(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.3)
+        if proc.poll() is None:
+            who = f"as user {user!r}" if user else "in local trusted mode (every repository)"
+            print(f"grounding copilot at {url} {who}. Ctrl-C stops it.", flush=True)
+            if not args.headless:
+                webbrowser.open(url)
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # Streamlit's own clean shutdown
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _usage_error(err: ValueError) -> int:
+    print(f"grounding: error: {err}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _cmd_grant(args: argparse.Namespace) -> int:
+    from grounding import access
+
+    try:
+        access.grant(args.principal, args.repo)
+    except ValueError as err:
+        return _usage_error(err)
+    print(f"{args.repo}: readable by {', '.join(p for p, _ in access.grants(args.repo))}")
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from grounding import access
+
+    who = args.principal if ":" in args.principal else f"user:{args.principal}"
+    try:
+        held = (who, args.repo) in access.grants(args.repo)
+        access.revoke(args.principal, args.repo)
+    except ValueError as err:
+        return _usage_error(err)
+    print(f"revoked {args.repo} from {who}" if held else f"{who} held no grant of {args.repo}; nothing to revoke")
+    if who.startswith("user:") and args.repo in access.allowed_repos(who):
+        print(f"{who} can still read {args.repo} through a group; see `grounding access`")
+    return 0
+
+
+def _cmd_member(args: argparse.Namespace) -> int:
+    from grounding import access
+
+    try:
+        if args.action == "add":
+            access.add_member(args.user, args.group)
+        else:
+            access.remove_member(args.user, args.group)
+    except ValueError as err:
+        return _usage_error(err)
+    print(f"added {args.user} to {args.group}" if args.action == "add" else f"removed {args.user} from {args.group}")
+    return 0
+
+
+def _cmd_access(args: argparse.Namespace) -> int:
+    from grounding import access, db, store
+
+    if args.user:
+        try:
+            repos = access.allowed_repos(args.user)
+        except ValueError as err:
+            return _usage_error(err)
+        print("\n".join(repos) if repos else f"{args.user} may read no repository; `grounding grant` gives access")
+        return 0
+    grants = access.grants()
+    with db.get_engine().connect() as conn:
+        members = sorted(store.list_members(conn))
+    if not grants and not members:
+        print("no grants yet; run `grounding grant PRINCIPAL REPO`")
+    for principal, repo in grants:
+        print(f"{repo:30} {principal}")
+    groups: dict[str, list[str]] = {}
+    for group, user in members:
+        groups.setdefault(group, []).append(user)
+    for group, users in groups.items():
+        print(f"group:{group}: {', '.join(users)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grounding", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
@@ -248,11 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_ingest)
 
-    p = sub.add_parser("ask", help="ask a question about an ingested repository")
+    p = sub.add_parser("ask", help="ask a question about ingested repositories; the answer cites [n] file and line")
     p.add_argument("repo")
     p.add_argument("question")
+    p.add_argument(
+        "--repo",
+        dest="more_repos",
+        action="append",
+        default=[],
+        metavar="OTHER",
+        help="search this repository too (repeat it, or separate names with commas)",
+    )
     p.add_argument("-k", type=int, default=5, help="how many citations (default 5)")
-    p.add_argument("--no-code", action="store_true", help="print the locations only")
+    p.add_argument(
+        "--backend",
+        choices=["extractive", "hf", "openai", "retro"],
+        help="the generator that writes the answer (default: GROUNDING_GENERATOR)",
+    )
+    p.add_argument("--user", help="ask as this user: access to every repository is checked")
+    p.add_argument("--no-code", action="store_true", help="print the cited locations without their code")
     p.set_defaults(func=_cmd_ask)
 
     p = sub.add_parser("repos", help="list ingested repositories with their snapshot, counts and index version")
@@ -284,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["hybrid", "vector", "lexical", "all"], default="hybrid")
     p.add_argument("-k", type=int, default=10, help="hits per question (default 10)")
     p.add_argument("--save", help="where to write harvested questions (default: GROUNDING_HOME/eval/REPO/)")
+    p.add_argument(
+        "--rerank",
+        action="store_true",
+        help="also evaluate with the cross-encoder of GROUNDING_RERANKER; figures without and with it side by side",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("train", help="train a REALM retriever; promote it only if held-out MRR improves")
@@ -325,11 +491,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("location", help="PATH:LINE in the repository: the prefix is the file up to that line")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--user", help="complete as this user: the repository must be granted to them")
     p.set_defaults(func=_cmd_complete)
 
     p = sub.add_parser("serve", help="run a Prefect server, the work pools, the deployments and their workers")
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server it starts (default 4200)")
     p.set_defaults(func=_cmd_serve)
+    p = sub.add_parser("ui", help="run the Streamlit copilot (chat, ingest, index, training) on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8501, help="port of the web UI (default 8501)")
+    p.add_argument("--user", help="show only the repositories this user may read (default: GROUNDING_UI_USER)")
+    p.add_argument("--headless", action="store_true", help="do not open a browser")
+    p.set_defaults(func=_cmd_ui)
+
+    p = sub.add_parser("grant", help="let a user or group read a repository (PRINCIPAL: user:NAME, group:NAME or NAME)")
+    p.add_argument("principal")
+    p.add_argument("repo")
+    p.set_defaults(func=_cmd_grant)
+
+    p = sub.add_parser("revoke", help="take back a grant of a repository")
+    p.add_argument("principal")
+    p.add_argument("repo")
+    p.set_defaults(func=_cmd_revoke)
+
+    p = sub.add_parser("member", help="add a user to a group, or remove them")
+    p.add_argument("action", choices=["add", "remove"])
+    p.add_argument("user")
+    p.add_argument("group")
+    p.set_defaults(func=_cmd_member)
+
+    p = sub.add_parser("access", help="the repositories USER may read, or every grant and group")
+    p.add_argument("user", nargs="?")
+    p.set_defaults(func=_cmd_access)
     return parser
 
 

@@ -379,8 +379,11 @@ def search(
     rerank: bool | None = None,
     merge: bool = True,
     expand: bool = True,
+    user: str | None = None,
 ) -> list[Hit]:
     """The k best chunks of `repo` for `question`; mode is hybrid, vector or lexical.
+
+    With `user`, the repository must be granted to them (grounding.access); None is a trusted caller.
 
     Vectors come from the active index version, or from `index_version` (a candidate the promotion
     gate measures); questions are encoded by that version's query encoder. `filters` apply inside
@@ -390,6 +393,9 @@ def search(
     """
     if mode not in ("hybrid", "vector", "lexical"):
         raise ValueError(f"mode must be hybrid, vector or lexical, not {mode!r}")
+    from grounding.access import authorize
+
+    authorize(user, [repo])  # before anything, even whether the repository exists, is revealed
     settings = get_settings()
     reranker = None
     if rerank or (rerank is None and settings.reranker):

@@ -138,3 +138,48 @@ def test_cli(names, capsys):
     assert "user:NAME" in capsys.readouterr().err
     assert main(["grant", n["alice"], "no-such-repository"]) == 1
     assert "is not ingested" in capsys.readouterr().err
+
+
+def test_a_user_never_sees_an_ungranted_repository_through_any_path(engine, repo_name, hashing, tmp_path, capsys):
+    """search, ask (one or several repositories), ask_stream, completion and the CLI all refuse, explicitly."""
+    import grounding
+    from grounding.completion import complete, prefix_at
+    from grounding.ingest import ingest
+    from grounding.retrieve import search
+    from tests.conftest import copy_tree
+
+    granted, secret = f"{repo_name}-open", f"{repo_name}-closed"
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=granted, embedder=hashing)
+    ingest(str(copy_tree("click", tmp_path / "click")), name=secret, embedder=hashing)
+    user = f"carol-{uuid.uuid4().hex[:6]}"
+    access.grant(user, granted)
+    question = "how are cookies merged into the request"
+
+    answer = grounding.ask(granted, question, user=user)
+    assert answer.citations and {c.repo for c in answer.citations} == {granted}
+    assert search(granted, question, k=3, user=user)
+    denied_calls = [
+        lambda: search(secret, question, user=user),
+        lambda: grounding.ask(secret, question, user=user),
+        lambda: grounding.ask([granted, secret], question, user=user),  # not a partial answer: an error
+        lambda: list(grounding.ask_stream(secret, question, user=user)),
+        lambda: complete(secret, "def main():\n", user=user),
+        lambda: prefix_at(secret, "core.py", 10, user=user),
+        lambda: search("no-such-repository", question, user=user),
+    ]
+    for call in denied_calls:
+        with pytest.raises(AccessDenied) as err:
+            call()
+        assert "may not read" in str(err.value)
+    assert main(["ask", secret, question, "--user", user]) == 1
+    assert "grounding: error" in capsys.readouterr().err
+    assert main(["complete", secret, "core.py:10", "--user", user]) == 1
+    # A trusted caller (no user) is not restricted, and a granted group member gets in.
+    assert grounding.ask(secret, question).citations
+    group = f"team-{uuid.uuid4().hex[:6]}"
+    access.grant(f"group:{group}", secret)
+    access.add_member(user, group)
+    try:
+        assert grounding.ask(secret, question, user=user).citations
+    finally:
+        access.remove_member(user, group)

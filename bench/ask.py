@@ -1,0 +1,125 @@
+"""End-to-end `ask` latency (extractive answers) over one repository of at least 100,000 chunks, and what the
+reranker adds to retrieval quality.
+
+Part 1 reuses bench/query.py's corpus (site-packages trees in one repository, HashingEmbedder(384)
+vectors, see its docstring) and times `grounding.ask` end to end: access check, hybrid search with
+merging and fragment expansion, prompt packing, the extractive answer with numbered citations. The
+real encoder's single-question time is measured beside it and added, as a MiniLM index would pay it.
+Raw `search` is timed on the same questions, in turns, so the cost of everything `ask` adds is a
+ratio in the same process.
+
+Part 2 runs `grounding eval` on docstring questions of a real package with and without the reranker
+named by --reranker (a local cross-encoder directory); without one, it says so and skips.
+
+    python bench/ask.py --reuse-home /tmp/query-home --json ask.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import query  # noqa: E402  (bench/query.py: the corpus builder and timing helpers)
+
+SITE_PACKAGES = query.SITE_PACKAGES
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--min-chunks", type=int, default=100_000)
+    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--reuse-home", type=Path, help="a GROUNDING_HOME to build into once and reuse (see query.py)")
+    parser.add_argument("--reranker", help="a local cross-encoder directory for part 2")
+    parser.add_argument("--eval-package", default="requests")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    if args.reuse_home:
+        home = args.reuse_home.resolve()
+    else:
+        home = Path(tempfile.mkdtemp(prefix="grounding-ask-"))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ["GROUNDING_HOME"] = str(home)
+    os.environ.setdefault("GROUNDING_WRITE_BATCH_FILES", "500")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from grounding import config, db, store
+
+    config.reset_settings()
+    db.reset()
+    built = query.build(home, args.min_chunks)
+    with db.get_engine().begin() as conn:
+        chunks = next((r.chunks for r in store.list_repos(conn) if r.name == query.REPO), None)
+    questions = query.harvest_questions(
+        home / "corpus", docstrings=args.questions * 4 // 5, identifiers=args.questions // 5, seed=0
+    )
+
+    import grounding
+    from grounding.retrieve import search
+
+    for q in questions[: query.WARMUP]:
+        grounding.ask(query.REPO, q, k=args.k, backend="extractive")
+    load = [os.getloadavg()[0]]
+    seconds: dict[str, list[float]] = {"ask (extractive)": [], "search only": []}
+    for i, q in enumerate(questions):  # alternate which goes first, so a load spike hits both alike
+        pair = [("ask (extractive)", grounding.ask, {"backend": "extractive"}), ("search only", search, {})]
+        for name, fn, extra in pair[i % 2 :] + pair[: i % 2]:
+            seconds[name].append(query.elapsed(fn, query.REPO, q, k=args.k, **extra))
+    seconds[query.ENCODE] = query.time_encoder(questions)
+    load.append(os.getloadavg()[0])
+    figures = {name: query.summary(s) for name, s in seconds.items()}
+    query.print_table(
+        figures,
+        f"latency in ms over {len(questions)} questions, k={args.k}, {chunks} chunks, "
+        f"{os.cpu_count()} cores, 1-min load {load[0]:.1f} -> {load[1]:.1f}",
+    )
+    ask50, enc50 = figures["ask (extractive)"]["p50"], figures[query.ENCODE]["p50"]
+    print(
+        f"ask / search p50: {ask50 / figures['search only']['p50']:.2f}; "
+        f"ask p50 with a MiniLM question encoding: {ask50 + enc50:.1f} ms"
+    )
+    out = {"chunks": chunks, "build": built, "load_avg_1m": load, "latency_ms": figures}
+
+    out["rerank"] = eval_with_reranker(args)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    db.reset()
+    db.stop_embedded()
+    return 0
+
+
+def eval_with_reranker(args) -> dict | None:
+    if not args.reranker:
+        print(
+            "\nreranker: no local cross-encoder given (--reranker DIR); this machine ships none, so the "
+            "with/without comparison was not run"
+        )
+        return None
+    from grounding.config import reset_settings
+    from grounding.eval_index import run_eval
+    from grounding.ingest import ingest
+
+    os.environ["GROUNDING_RERANKER"] = args.reranker
+    reset_settings()
+    source = Path(os.environ["GROUNDING_HOME"]) / "eval-src" / args.eval_package
+    if not source.is_dir():
+        shutil.copytree(SITE_PACKAGES / args.eval_package, source, ignore=shutil.ignore_patterns("__pycache__"))
+    ingest(str(source), name=args.eval_package)
+    report = run_eval(args.eval_package, modes=("hybrid",), split="all", rerank=True)
+    rows = {r.mode: r.metrics for r in report.results}
+    print(f"\n{args.eval_package}: {report.results[0].questions} docstring questions, with and without the reranker")
+    for mode, metrics in rows.items():
+        print(f"{mode:16}" + "".join(f"{k} {v:.3f}  " for k, v in metrics.items()))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
