@@ -80,8 +80,12 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update({"PREFECT_HOME": str(work / "prefect"), "PREFECT_WORKER_QUERY_SECONDS": "1"})
     log = open(work / "serve.log", "w")
-    serve = subprocess.Popen([sys.executable, "-m", "grounding.cli", "serve", "--port", str(port)], env=env,
-                             stdout=log, stderr=subprocess.STDOUT)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "grounding.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         while "grounding is serving" not in (work / "serve.log").read_text():
             if serve.poll() is not None:
@@ -95,8 +99,12 @@ def main() -> None:
             ingest(str(src), name=f"direct-{i}")
             times["direct"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "grounding.cli", "ingest", str(src), "--name", f"cli-{i}", "-q"],
-                           env=env, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "grounding.cli", "ingest", str(src), "--name", f"cli-{i}", "-q"],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             times["cli"].append(time.perf_counter() - t)
             times["deployment"].append(_deployment_run(env, src, f"deployment-{i}"))
     finally:
@@ -106,10 +114,14 @@ def main() -> None:
     medians = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{args.package}, encoder {args.encoder}, {args.runs} runs each (median seconds):")
     for k, v in medians.items():
-        print(f"{k:11} {v:8.2f} s   x{v / medians['direct']:.2f} of direct   runs: "
-              + ", ".join(f"{t:.2f}" for t in times[k]))
-    print(f"deployment overhead over direct: {medians['deployment'] - medians['direct']:.2f} s; "
-          f"over a fresh CLI process: {medians['deployment'] - medians['cli']:.2f} s")
+        print(
+            f"{k:11} {v:8.2f} s   x{v / medians['direct']:.2f} of direct   runs: "
+            + ", ".join(f"{t:.2f}" for t in times[k])
+        )
+    print(
+        f"deployment overhead over direct: {medians['deployment'] - medians['direct']:.2f} s; "
+        f"over a fresh CLI process: {medians['deployment'] - medians['cli']:.2f} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps({"times": times, "medians": medians}, indent=2))
     db.reset()
