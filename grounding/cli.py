@@ -278,13 +278,15 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     command += ["--server.address", "127.0.0.1", "--server.port", str(args.port)]
     command += ["--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
     command += ["--client.toolbarMode", "minimal"]  # no "Deploy" button
-    # cwd: `python -m` puts it on sys.path, so the app imports flows/ beside grounding/.
-    proc = subprocess.Popen(command, env=env, cwd=PROJECT_DIR)
 
     def stop(signum, frame) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    # Both explicitly, before starting Streamlit: a process started in the background of a shell
+    # inherits SIGINT ignored (and passes that on through exec), yet Ctrl-C must stop both.
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    # cwd: `python -m` puts it on sys.path, so the app imports flows/ beside grounding/.
+    proc = subprocess.Popen(command, env=env, cwd=PROJECT_DIR)
     try:
         while proc.poll() is None:
             try:
@@ -309,7 +311,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _usage_error(err: ValueError) -> int:
