@@ -158,7 +158,17 @@ def test_tiny_realm_training_refreshes_the_index_checkpoints_and_gates(engine, r
         ict_steps=5,
         log_every=1,
     )
-    fine = FinetuneConfig(steps=15, batch_size=8, lr=1e-3, hard_negatives=3, negatives_every=5, log_every=1)
+    fine = FinetuneConfig(
+        steps=15,
+        batch_size=8,
+        lr=1e-3,
+        hard_negatives=3,
+        negatives_every=5,
+        log_every=1,
+        eval_every=5,
+        validation_percent=40,
+        min_validation=3,
+    )
 
     report = train_retriever(
         repo_name, realm=realm, pretrain_config=pre, finetune_config=fine, margin=-1.0, device="cpu"
@@ -184,7 +194,9 @@ def test_tiny_realm_training_refreshes_the_index_checkpoints_and_gates(engine, r
             ).scalar()
             == 0
         )
-    assert training_metrics(report.run_id, stage="ict") and training_metrics(report.run_id, stage="finetune")
+    assert training_metrics(report.run_id, stage="ict")
+    validated = [s["step"] for s in training_metrics(report.run_id, stage="finetune") if "val_mrr" in s["metrics"]]
+    assert validated == [0, 5, 10, 15] and report.metrics["finetune_best_step"] in validated
 
     # The checkpoint reloads with its config, and its towers embed as they did when saved.
     model, tokenizer, extra = load_checkpoint(report.checkpoint)
@@ -344,3 +356,19 @@ def test_train_and_runs_commands(engine, tiny_repo, tiny_encoder, capsys):
     # An unknown repository is a one-line error, not a traceback.
     assert main(["train", "no-such-repo", "--encoder", str(tiny_encoder)]) == 1
     assert "no-such-repo" in capsys.readouterr().err
+
+
+def test_fine_tuning_keeps_the_best_validation_step_even_if_that_is_the_start(engine, tiny_repo, tiny_encoder):
+    """A learning rate that wrecks the query tower: the starting weights come back, and the gate refuses."""
+    from grounding.training.finetune import FinetuneConfig
+    from grounding.training.pipeline import train_retriever
+
+    realm = RealmConfig(encoder=str(tiny_encoder), max_query_tokens=64, max_doc_tokens=64)
+    fine = FinetuneConfig(
+        steps=10, batch_size=8, lr=50.0, eval_every=5, validation_percent=40, min_validation=3, log_every=5
+    )
+    report = train_retriever(tiny_repo, realm=realm, finetune_config=fine, margin=0.0, device="cpu")
+    assert report.metrics["finetune_best_step"] == 0
+    held = report.metrics["heldout"]
+    assert held["candidate_vector"] == held["active_vector"]  # the same query tower as the active encoder
+    assert not report.decision.promoted

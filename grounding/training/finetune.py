@@ -48,6 +48,7 @@ class FinetuneConfig:
     negatives_every: int = 100
     eval_every: int = 25  # validation MRR, and the best towers kept
     validation_percent: int = 15  # of the train split's files
+    min_validation: int = 10  # fewer validation questions than this measure nothing: train on all, keep the last
     log_every: int = 10
     seed: int = 0
     amp: bool | None = None
@@ -75,7 +76,7 @@ def training_pairs(questions: Sequence[Question], corpus: Corpus) -> list[Pair]:
     return pairs
 
 
-def validation_split(pairs: Sequence[Pair], percent: int) -> tuple[list[Pair], list[Pair]]:
+def validation_split(pairs: Sequence[Pair], percent: int, *, minimum: int = 10) -> tuple[list[Pair], list[Pair]]:
     """(train, validation) by file, salted apart from the train/held-out split so both are a fair sample."""
 
     def bucket(path: str) -> int:
@@ -83,7 +84,7 @@ def validation_split(pairs: Sequence[Pair], percent: int) -> tuple[list[Pair], l
 
     train = [p for p in pairs if bucket(p.path) >= percent]
     validation = [p for p in pairs if bucket(p.path) < percent]
-    if len(validation) < 10 or len(train) < 2:  # too few to measure anything: train on all, keep the last
+    if len(validation) < minimum or len(train) < 2:  # too few to measure anything: train on all, keep the last
         return list(pairs), []
     return train, validation
 
@@ -116,7 +117,9 @@ def finetune(
     """Fine-tune `model` on the questions' gold chunks of `corpus`, searching `index` for hard negatives."""
     if config.towers not in TOWERS:
         raise ValueError(f"towers must be query or both, not {config.towers!r}")
-    pairs, validation = validation_split(training_pairs(questions, corpus), config.validation_percent)
+    pairs, validation = validation_split(
+        training_pairs(questions, corpus), config.validation_percent, minimum=config.min_validation
+    )
     if len(pairs) < 2:
         raise DatasetError(
             f"{len(pairs)} training question(s) found their code in {corpus.repo!r}: too few to fine-tune"
@@ -190,7 +193,12 @@ def finetune(
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         losses.append(loss.item())
-        if step % config.log_every == 0 or step in (1, config.steps):
+        val = None
+        if validation and (step % config.eval_every == 0 or step == config.steps):
+            val = validation_mrr(model, tokenizer, validation, index)
+            if val > best[0]:
+                best = (val, step, _state(model))
+        if step % config.log_every == 0 or step in (1, config.steps) or val is not None:
             with torch.no_grad():
                 ranks = (logits > logits.gather(1, targets[:, None])).sum(1) + 1
             metrics.log(
@@ -200,12 +208,19 @@ def finetune(
                 scale=model.scale.item(),
                 pool=len(pool),
                 questions_per_s=step * batch_size / (time.perf_counter() - started),
+                val_mrr=val,
             )
     metrics.flush()
     for p in model.document_tower.parameters():
         p.requires_grad_(True)
+    if best[2] is not None:  # the best validation step, the starting weights (step 0) included
+        model.load_state_dict(best[2], strict=False)
     return {
         "finetune_steps": config.steps,
+        "finetune_best_step": best[1] if validation else config.steps,
+        "finetune_val_mrr_start": metrics.history[0][1].get("val_mrr") if validation else None,
+        "finetune_val_mrr_best": best[0] if validation else None,
+        "finetune_validation_pairs": len(validation),
         "finetune_pairs": len(pairs),
         "finetune_first_loss": losses[0],
         "finetune_last_loss": float(np.mean(losses[-5:])),
