@@ -372,3 +372,20 @@ def test_fine_tuning_keeps_the_best_validation_step_even_if_that_is_the_start(en
     held = report.metrics["heldout"]
     assert held["candidate_vector"] == held["active_vector"]  # the same query tower as the active encoder
     assert not report.decision.promoted
+
+
+def test_the_reader_scores_only_masked_positions_and_agrees_with_the_full_logits(tiny_encoder):
+    torch.manual_seed(0)
+    model, _ = build_realm(RealmConfig(encoder=str(tiny_encoder)), with_reader=True)
+    model.eval()
+    ids = torch.randint(1000, 2000, (3, 12))
+    labels = torch.full_like(ids, IGNORE)
+    labels[0, 2], labels[0, 5], labels[2, 7] = 1500, 1600, 1700  # sequence 1 has no target
+    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    with torch.no_grad():
+        fast = model.reader_log_likelihood(ids, mask, types, labels)
+        full = masked_log_likelihood(
+            model.reader(input_ids=ids, attention_mask=mask, token_type_ids=types).logits, labels
+        )
+    assert fast.shape == (3,) and fast[1] == 0
+    assert torch.allclose(fast, full, atol=1e-5)
