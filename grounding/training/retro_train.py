@@ -263,6 +263,21 @@ def evaluate_bpb(
     return {"bits_per_byte": bits_per_byte(nats, n_bytes), "tokens": n_tokens, "bytes": n_bytes}
 
 
+def heldout_bpb(
+    model: torch.nn.Module, data: RetroData, chunks_per_sequence: int, *, retrieval: bool, keep, device: str
+) -> float:
+    """Bits per byte of `model` on the held-out chunks (those in `keep`, when given)."""
+    return evaluate_bpb(
+        model,
+        data.heldout,
+        data.byte_lengths,
+        chunks_per_sequence=chunks_per_sequence,
+        retrieval=retrieval,
+        keep=keep,
+        device=device,
+    )["bits_per_byte"]
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 
@@ -365,15 +380,7 @@ def train_retro(
         metrics["low_overlap_fraction"] = float(keep.mean())
 
         def bpb(m: Retro, retrieval: bool, subset: np.ndarray | None = None) -> float:
-            return evaluate_bpb(
-                m,
-                data.heldout,
-                data.byte_lengths,
-                chunks_per_sequence=cps,
-                retrieval=retrieval,
-                keep=subset,
-                device=device,
-            )["bits_per_byte"]
+            return heldout_bpb(m, data, cps, retrieval=retrieval, keep=subset, device=device)
 
         figures = {
             "retro_retrieval": bpb(retro, True),
@@ -454,15 +461,7 @@ def train_retrofit(
         keep = low_overlap_rows(data.heldout, cps)
 
         def bpb(retrieval: bool, subset: np.ndarray | None = None) -> float:
-            return evaluate_bpb(
-                model,
-                data.heldout,
-                data.byte_lengths,
-                chunks_per_sequence=cps,
-                retrieval=retrieval,
-                keep=subset,
-                device=device,
-            )["bits_per_byte"]
+            return heldout_bpb(model, data, cps, retrieval=retrieval, keep=subset, device=device)
 
         figures = {
             "retrofit_retrieval": bpb(True),
