@@ -195,20 +195,26 @@ def run_eval(
 
     A question file is asked of `repo` itself, every split by default. Harvested questions are asked
     of the eval index, held-out split by default, and saved as JSONL (GROUNDING_HOME/eval/REPO/).
-    With `rerank`, each mode is evaluated twice, without and then with the cross-encoder of
-    GROUNDING_RERANKER, and stored as e.g. `hybrid` and `hybrid+rerank`.
+    With `rerank`, each mode is evaluated twice, without and then with the cross-encoder that
+    GROUNDING_RERANKER gives `repo` (its promoted one by default), stored as e.g. `hybrid` and `hybrid+rerank`.
     """
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
-    if rerank and not get_settings().reranker:
-        raise EncoderNotFound(
-            "evaluating with a reranker needs a cross-encoder: set GROUNDING_RERANKER to its local directory"
-        )
+    reranker: str | bool = False
     with db.get_engine().connect() as conn:
         store.repo_id(conn, repo)  # RepoNotFound before any harvesting or reading of files
+        if rerank:
+            from grounding.retrieve import configured_reranker
+
+            reranker = configured_reranker(conn, repo, get_settings().reranker) or False
+    if rerank and not reranker:
+        raise EncoderNotFound(
+            f"evaluating {repo!r} with a reranker needs one: train it with `grounding train-reranker {repo}`, "
+            "or set GROUNDING_RERANKER to a local cross-encoder directory"
+        )
     index = saved = None
     if dataset is not None:
         questions = load_questions(dataset)
@@ -226,7 +232,7 @@ def run_eval(
     results = tuple(
         evaluate(searched, chosen, k=k, mode=mode, rerank=reranked)
         for mode in modes
-        for reranked in ((False, True) if rerank else (False,))
+        for reranked in ((False, reranker) if reranker else (False,))
     )
     run_ids = tuple(record_run(repo, r, dataset=name, split=split) for r in results)
     return EvalReport(repo, searched, name, split, len(questions), results, run_ids, saved, index)

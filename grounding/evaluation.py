@@ -194,13 +194,14 @@ def evaluate(
     k: int = 10,
     mode: str = "hybrid",
     index_version: int | None = None,
-    rerank: bool = False,
+    rerank: bool | str = False,
 ) -> EvalResult:
     """Ask every question of `repo` through `retrieve.search` and score the ranked hits.
 
     The active index version answers, or `index_version` (a candidate before the promotion gate).
-    With `rerank`, the cross-encoder of GROUNDING_RERANKER reorders the hits and the result's mode
-    reads e.g. `hybrid+rerank`; without it no reranker is used, whatever the settings say.
+    With `rerank` (True: the cross-encoder GROUNDING_RERANKER gives the repository; a path: that
+    one), it reorders the hits and the result's mode reads e.g. `hybrid+rerank`; without it no
+    reranker is used, whatever the settings say.
     """
     if not questions:
         raise DatasetError("no questions to evaluate")
@@ -220,7 +221,7 @@ def evaluate(
     )
     return EvalResult(
         repo=repo,
-        mode=f"{mode}{RERANK_SUFFIX}" if rerank else mode,
+        mode=f"{mode}{RERANK_SUFFIX}" if rerank is not False else mode,
         k=k,
         ranks=ranks,
         metrics=retrieval_metrics(ranks, k=k),

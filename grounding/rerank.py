@@ -10,12 +10,15 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from grounding.errors import EncoderNotFound
 from grounding.records import Hit
+
+CONFIG_FILE = "grounding_reranker.json"  # beside config.json in a directory train-reranker wrote
 
 
 class Reranker(abc.ABC):
@@ -29,14 +32,16 @@ class Reranker(abc.ABC):
 
 
 class CrossEncoderReranker(Reranker):
-    """A sequence-classification model from a local directory that scores a (question, passage) pair.
+    """A sequence-classification model that scores a (question, passage) pair.
 
     A one-label model's logit is the score; with several labels, the probability of the last
-    (the positive class of the usual two-label relevance models).
+    (the positive class of the usual two-label relevance models). A directory written by
+    `grounding train-reranker` also holds CONFIG_FILE, whose `max_tokens` (what it was trained on)
+    is used unless the caller gives one.
     """
 
     def __init__(
-        self, path: str | Path, *, device: str | None = None, max_tokens: int = 512, batch_size: int = 16
+        self, path: str | Path, *, device: str | None = None, max_tokens: int | None = None, batch_size: int = 16
     ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -48,14 +53,27 @@ class CrossEncoderReranker(Reranker):
                 "set GROUNDING_RERANKER to a local cross-encoder directory"
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.name = str(path)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = (
-            AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
-        )
-        self.max_tokens = min(max_tokens, int(getattr(self.model.config, "max_position_embeddings", max_tokens)))
+        if max_tokens is None and (path / CONFIG_FILE).is_file():
+            max_tokens = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")).get("max_tokens")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+        self._setup(model.to(device).eval(), tokenizer, name=str(path), device=device, max_tokens=max_tokens or 512)
         self.batch_size = batch_size
+
+    @classmethod
+    def from_model(
+        cls, model, tokenizer, *, max_tokens: int, device: str, name: str = "in-memory"
+    ) -> CrossEncoderReranker:
+        """Score with a model in memory (training validates with it); the caller owns train/eval mode."""
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer, name=name, device=device, max_tokens=max_tokens)
+        self.batch_size = 32
+        return self
+
+    def _setup(self, model, tokenizer, *, name: str, device: str, max_tokens: int) -> None:
+        self.name, self.model, self.tokenizer, self.device = name, model, tokenizer, device
+        self.max_tokens = min(max_tokens, int(getattr(model.config, "max_position_embeddings", max_tokens)))
 
     def score(self, question: str, texts: Sequence[str]) -> list[float]:
         import torch

@@ -236,6 +236,20 @@ def expands(hit: Hit) -> bool:
 # --- search ------------------------------------------------------------------------------------
 
 
+def configured_reranker(conn, repo: str, setting: str) -> str | None:
+    """The cross-encoder GROUNDING_RERANKER gives `repo`: a path, none (`off`), or its promoted one (`promoted`).
+
+    A derived eval index (REPO~eval-...) is reranked by REPO's promoted model.
+    """
+    if setting.lower() in ("off", "none", "no", "false", "0"):
+        return None
+    if setting != "promoted":
+        return setting
+    from grounding.eval_index import DERIVED_MARK
+
+    return store.promoted_checkpoint(conn, repo.split(DERIVED_MARK)[0], kind="reranker")
+
+
 def search(
     repo: str,
     question: str,
@@ -244,7 +258,7 @@ def search(
     mode: str = "hybrid",
     index_version: int | None = None,
     filters: SearchFilters | None = None,
-    rerank: bool | None = None,
+    rerank: bool | str | None = None,
     merge: bool = True,
     expand: bool = True,
     user: str | None = None,
@@ -255,9 +269,10 @@ def search(
 
     Vectors come from the active index version, or from `index_version` (a candidate the promotion
     gate measures); questions are encoded by that version's query encoder. `filters` apply inside
-    every ranking. The fused hits are then reordered by the cross-encoder (rerank: None follows
-    GROUNDING_RERANKER), widened from a fragment to its definition (expand), and merged where they
-    overlap or touch (merge), fetching more than k so that k distinct citations remain.
+    every ranking. The fused hits are then reordered by a cross-encoder (rerank: None or True follows
+    GROUNDING_RERANKER, True failing when it names none; False: none; a path: that one), widened
+    from a fragment to its definition (expand), and merged where they overlap or touch (merge),
+    fetching more than k so that k distinct citations remain.
     """
     if mode not in ("hybrid", "vector", "lexical"):
         raise ValueError(f"mode must be hybrid, vector or lexical, not {mode!r}")
@@ -265,13 +280,6 @@ def search(
 
     authorize(user, [repo])  # before anything, even whether the repository exists, is revealed
     settings = get_settings()
-    reranker = None
-    if rerank or (rerank is None and settings.reranker):
-        if not settings.reranker:
-            raise EncoderNotFound("reranking needs a cross-encoder: set GROUNDING_RERANKER to its local directory")
-        from grounding.rerank import load_reranker
-
-        reranker = load_reranker(settings.reranker)
     engine = db.get_engine()
     with engine.begin() as conn:
         repo_id = store.repo_id(conn, repo)
@@ -282,6 +290,19 @@ def search(
             if version is None or version.repo_id != repo_id:
                 raise ValueError(f"index version {index_version} does not belong to repository {repo!r}")
         _, commit = store.current_snapshot(conn, repo_id)
+        reranker_path = rerank if isinstance(rerank, str) else None
+        if rerank is not False and reranker_path is None:
+            reranker_path = configured_reranker(conn, repo, settings.reranker)
+    reranker = None
+    if reranker_path is not None:
+        from grounding.rerank import load_reranker
+
+        reranker = load_reranker(reranker_path)
+    elif rerank is True:
+        raise EncoderNotFound(
+            f"reranking {repo!r} needs a cross-encoder: train one with `grounding train-reranker {repo}`, "
+            "or set GROUNDING_RERANKER to a local cross-encoder directory"
+        )
     query_vector = None
     if mode != "lexical" and version is not None:
         query_vector = load_embedder(version.question_encoder).embed_batch([question])[0]

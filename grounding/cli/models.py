@@ -1,4 +1,4 @@
-"""Subcommands that measure and train: eval, train (REALM), runs, train-retro (RETRO), complete."""
+"""Subcommands that measure and train: eval, train (REALM), train-reranker, runs, train-retro (RETRO), complete."""
 
 from __future__ import annotations
 
@@ -71,6 +71,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"candidate version {report.candidate_version} {verdict}: {report.decision.reason}")
     if report.promoted_version:
         print(f"{report.repo} now serves index version {report.promoted_version}")
+    return 0
+
+
+def _cmd_train_reranker(args: argparse.Namespace) -> int:
+    from grounding.training.reranker import RerankerConfig, train_reranker
+
+    config = RerankerConfig(
+        base=args.base, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size, lr=args.lr
+    )
+    report = train_reranker(args.repo, harvester=args.harvest, config=config, margin=args.margin, device=args.device)
+    m = report.metrics
+    print(f"{report.repo}: reranker run {report.run_id}, checkpoint {report.checkpoint}")
+    print(
+        f"  {m['reranker_train_questions']} training questions, {m['reranker_validation_questions']} validation; "
+        f"best step {m['reranker_best_step']} of {m['reranker_steps']}; "
+        f"answer among the candidates for {m['train_answer_in_candidates']:.0%} of train questions"
+    )
+    for name, metrics in m["heldout"].items():
+        print(f"  {name:18}" + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    verdict = "promoted" if report.decision.promoted else "retired"
+    print(f"{verdict}: {report.decision.reason}")
+    if report.decision.promoted:
+        print(f"searches of {report.repo} now rerank with it (GROUNDING_RERANKER=promoted, the default)")
     return 0
 
 
@@ -148,7 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--rerank",
         action="store_true",
-        help="also evaluate with the cross-encoder of GROUNDING_RERANKER; figures without and with it side by side",
+        help="also evaluate with the repository's reranker (its promoted one, or GROUNDING_RERANKER's path); "
+        "figures without and with it side by side",
     )
     p.set_defaults(func=_cmd_eval)
 
@@ -168,6 +192,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=float, default=0.02, help="relative held-out MRR gain needed to promote")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "train-reranker", help="train a cross-encoder reranker; promote it only if held-out MRR improves"
+    )
+    p.add_argument("repo")
+    p.add_argument("--harvest", choices=["docstrings", "commits"], default="docstrings", help="training questions")
+    p.add_argument("--base", help="local encoder the cross-encoder starts from (default: GROUNDING_ENCODER)")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=8, help="questions per step")
+    p.add_argument("--group-size", type=int, default=4, help="one right and GROUP_SIZE - 1 wrong hits per question")
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--margin", type=float, default=0.0, help="relative held-out MRR gain needed to promote")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.set_defaults(func=_cmd_train_reranker)
 
     p = sub.add_parser("runs", help="list training runs: status, gate decision, held-out MRR")
     p.add_argument("repo", nargs="?")

@@ -14,6 +14,7 @@ __all__ = [
     "insert_training_metrics",
     "training_runs",
     "training_metrics",
+    "promoted_checkpoint",
     "corpus_chunks",
 ]
 
@@ -76,6 +77,18 @@ def training_runs(conn: Connection, repo: int | None = None, *, kind: str | None
         {"r": repo, "k": kind, "n": limit},
     ).mappings()
     return [dict(row) for row in rows]
+
+
+def promoted_checkpoint(conn: Connection, repo: str, *, kind: str) -> str | None:
+    """The checkpoint of the newest finished run of `kind` on the repository named `repo` that the gate promoted."""
+    return conn.execute(
+        sa.text(
+            "SELECT t.checkpoint FROM training_runs t JOIN repositories r ON r.id = t.repo_id "
+            "WHERE r.name = :r AND t.kind = :k AND t.status = 'complete' AND t.decision = 'promoted' "
+            "AND t.checkpoint IS NOT NULL ORDER BY t.id DESC LIMIT 1"
+        ),
+        {"r": repo, "k": kind},
+    ).scalar()
 
 
 def training_metrics(conn: Connection, run_id: int, *, stage: str | None = None) -> list[dict]:
