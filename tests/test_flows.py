@@ -148,3 +148,28 @@ def test_train_retro_flow_stores_bits_per_byte_and_publishes_them(
     assert {"retro_retrieval", "retro_no_retrieval"} <= set(result["bits_per_byte"])
     run = training_runs(repo_name, kind="retro")[0]
     assert run.id == result["run_id"] and run.status == "complete"
+
+
+def test_train_reranker_flow_trains_gates_and_publishes(
+    prefect_server, engine, repo_name, hashing, tiny_encoder, tmp_path, monkeypatch
+):
+    from flows.rerank import train_reranker_flow
+    from grounding.config import reset_settings
+    from grounding.ingest import ingest
+    from grounding.training.runs import training_runs
+
+    monkeypatch.setenv("GROUNDING_RERANK_CANDIDATES", "10")
+    reset_settings()
+
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
+    state = train_reranker_flow(
+        repo=repo_name, base=str(tiny_encoder), steps=3, batch_size=2, margin=100.0, device="cpu", return_state=True
+    )
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["promoted"] is False and "does not beat" in result["reason"]
+    assert set(result["heldout"]) == {"hybrid", "hybrid+candidate"}
+    run = training_runs(repo_name, kind="reranker")[0]
+    assert run.id == result["run_id"] and run.decision == "retired" and run.checkpoint == result["checkpoint"]
+
+    assert train_reranker_flow(repo="no-such-repo", base=str(tiny_encoder), return_state=True).is_failed()
