@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 REALM_KINDS = ("realm",)
 RETRO_KINDS = ("retro", "retrofit")
+RERANKER_KINDS = ("reranker",)
+RERANKER_ROWS = {"hybrid": "hybrid", "hybrid+current": "promoted reranker", "hybrid+candidate": "new reranker"}
 
 
 def is_derived(name: str) -> bool:
@@ -217,7 +219,10 @@ class RunHistory:
 
 
 def training_history(
-    repo: str | None = None, *, kinds: Sequence[str] = REALM_KINDS + RETRO_KINDS, limit: int | None = 20
+    repo: str | None = None,
+    *,
+    kinds: Sequence[str] = REALM_KINDS + RETRO_KINDS + RERANKER_KINDS,
+    limit: int | None = 20,
 ) -> list[RunHistory]:
     """The newest runs of the given kinds (of one repository or all), each with its per-step metrics."""
     from grounding.training.runs import training_metrics, training_runs
@@ -301,6 +306,27 @@ def heldout_mrr_rows(runs: Iterable[TrainingRun]) -> list[dict]:
                         "run": run.id,
                         "version": version,
                         "mode": mode,
+                        "metric": mrr,
+                        "mrr": figures[mrr],
+                        "decision": run.decision or run.status,
+                    }
+                )
+    return rows
+
+
+def reranker_mrr_rows(runs: Iterable[TrainingRun]) -> list[dict]:
+    """Held-out MRR of each reranker run: hybrid alone, with the reranker promoted before, with the new one."""
+    rows = []
+    for run in runs:
+        if run.kind not in RERANKER_KINDS:
+            continue
+        for name, figures in (run.metrics.get("heldout") or {}).items():
+            mrr = next((k for k in figures if k.startswith("mrr@")), None)
+            if mrr is not None and name in RERANKER_ROWS:
+                rows.append(
+                    {
+                        "run": run.id,
+                        "ranking": RERANKER_ROWS[name],
                         "metric": mrr,
                         "mrr": figures[mrr],
                         "decision": run.decision or run.status,

@@ -180,6 +180,13 @@ def test_training_page_plots_stored_runs_and_lists_evaluations(engine, ingested,
         log.flush()
     bpb = {"retro_retrieval": 1.1, "retro_no_retrieval": 1.4, "baseline": 1.5, "retro_retrieval_low_overlap": 1.3}
     update_run(retro, status="complete", metrics={"bits_per_byte": bpb}, finished=True)
+    reranker = start_run(ingested, kind="reranker", config={"steps": 3}, device="cpu")
+    log = MetricsLog(reranker, "reranker")
+    for step in range(1, 4):
+        log.log(step, loss=1.4 - 0.2 * step, group_accuracy=0.25 * step)
+    log.flush()
+    reranked = {"hybrid": {"mrr@10": 0.30}, "hybrid+candidate": {"mrr@10": 0.41}}
+    update_run(reranker, status="complete", decision="promoted", metrics={"heldout": reranked}, finished=True)
     metrics = {"recall@1": 0.2, "recall@5": 0.5, "recall@10": 0.6, "mrr@10": 0.31}
     record_run(
         ingested,
@@ -192,12 +199,14 @@ def test_training_page_plots_stored_runs_and_lists_evaluations(engine, ingested,
     at.selectbox(key="training_repo").set_value(ingested).run()
     assert not at.exception, at.exception
     runs = at.dataframe[0].value
-    assert runs["run"].tolist()[:2] == [retro, realm]
+    assert runs["run"].tolist()[:3] == [reranker, retro, realm]
     plotted = charts(at)
     assert plotted.get("REALM: loss per step") == 5
     assert plotted.get("Held-out mrr@10: active vs candidate (hybrid)") == 2
     assert plotted.get("RETRO: loss per step") == 8, "retro and baseline stages"
     assert plotted.get("Held-out bits per byte (all); lower is better") == 3, "retrieval on, off, baseline"
+    assert plotted.get("Reranker: loss per step") == 3
+    assert plotted.get("Held-out mrr@10: hybrid, then reranked") == 2
     evaluations = at.dataframe[-1].value
     assert evaluations["mrr@10"].tolist() == [0.31] and evaluations["dataset"].tolist() == ["docstrings"]
 

@@ -1,5 +1,5 @@
-"""Training runs: loss per step (REALM and RETRO), bits per byte across RETRO runs, held-out MRR across REALM
-runs (active against candidate), and the stored evaluations."""
+"""Training runs: loss per step (REALM, RETRO, reranker), bits per byte across RETRO runs, held-out MRR across
+REALM runs (active against candidate) and reranker runs (without and with it), and the stored evaluations."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from ui_common import errors_as_messages, scope_or_stop, when
 
 from grounding.status import (
     REALM_KINDS,
+    RERANKER_KINDS,
     RETRO_KINDS,
     bits_per_byte_rows,
     eval_history,
     eval_rows,
     heldout_mrr_rows,
     loss_rows,
+    reranker_mrr_rows,
     training_history,
 )
 
@@ -46,7 +48,10 @@ def step_chart(histories, title: str, key: str) -> None:
 st.title("Training")
 scope = scope_or_stop()
 if not scope.repos:
-    st.info("No repository yet: ingest one, then train with `grounding train REPO` or `grounding train-retro REPO`.")
+    st.info(
+        "No repository yet: ingest one, then train with `grounding train REPO`, `grounding train-reranker REPO` "
+        "or `grounding train-retro REPO`."
+    )
     st.stop()
 repo = st.selectbox("Repository", scope.names, key="training_repo")
 
@@ -56,6 +61,7 @@ with errors_as_messages("Reading the training runs"):
 runs = [h.run for h in histories]
 realm = [h for h in histories if h.run.kind in REALM_KINDS]
 retro = [h for h in histories if h.run.kind in RETRO_KINDS]
+reranker = [h for h in histories if h.run.kind in RERANKER_KINDS]
 
 if runs:
     st.dataframe(
@@ -124,6 +130,31 @@ with right:
         st.altair_chart(chart, width="stretch")
     elif retro:
         st.caption("No bits per byte stored yet (runs still going, or failed before evaluation).")
+
+if reranker:
+    st.subheader("Reranker")
+    left, right = st.columns(2)
+    with left:
+        step_chart(reranker, "Reranker", "reranker_metric")
+    with right:
+        mrr = reranker_mrr_rows(h.run for h in reranker)
+        if mrr:
+            shown = pd.DataFrame(mrr)
+            order = ["hybrid", "promoted reranker", "new reranker"]
+            chart = (
+                alt.Chart(shown, title=f"Held-out {shown['metric'].iloc[0]}: hybrid, then reranked")
+                .mark_bar()
+                .encode(
+                    x=alt.X("run:O"),
+                    xOffset=alt.XOffset("ranking:N", sort=order),
+                    y=alt.Y("mrr:Q", title=shown["metric"].iloc[0]),
+                    color=alt.Color("ranking:N", scale=alt.Scale(domain=order)),
+                    tooltip=["run", "ranking", "mrr", "decision"],
+                )
+            )
+            st.altair_chart(chart, width="stretch")
+        else:
+            st.caption("No held-out MRR stored yet (runs still going, or failed before the gate).")
 
 st.subheader("Evaluations")
 with errors_as_messages("Reading the evaluations"):
