@@ -89,13 +89,17 @@ def deployment_available() -> bool:
     """Whether the reachable Prefect API has the `ingest-repo/default` deployment."""
     if prefect_api() is None:
         return False
+    import httpx
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     try:
         with get_client(sync_client=True) as client:
             client.read_deployment_by_name(DEPLOYMENT)
     except ObjectNotFound:
+        return False
+    except (PrefectHTTPStatusError, httpx.HTTPError, OSError) as err:  # healthy, yet it would not say: run here
+        log.warning("could not read deployment %s from %s: %s", DEPLOYMENT, os.environ.get("PREFECT_API_URL"), err)
         return False
     return True
 

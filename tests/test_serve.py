@@ -10,11 +10,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from grounding.config import reset_settings
 from tests.conftest import copy_tree
+
+APP = Path(__file__).resolve().parent.parent / "app"
 
 
 def free_port() -> int:
@@ -74,7 +78,14 @@ def wait_for_run(env, run_id: str, timeout: float = 240) -> dict:
 def test_deployment_run_from_the_cli_ingests_through_a_worker(served, engine, repo_name, tmp_path):
     env, proc = served
     deployments = prefect(env, "deployment", "ls")
-    for name in ("ingest-repo/default", "refresh-repos/default", "reindex/default"):
+    for name in (
+        "ingest-repo/default",
+        "refresh-repos/default",
+        "reindex/default",
+        "finetune-retriever/default",
+        "train-reranker/default",
+        "train-retro/default",
+    ):
         assert name in deployments
     src = copy_tree("requests", tmp_path / "requests")
     out = prefect(env, "deployment", "run", "ingest-repo/default", "-p", f"source={src}", "-p", f"name={repo_name}")
@@ -120,3 +131,88 @@ def test_deployment_run_from_the_cli_ingests_through_a_worker(served, engine, re
     run = wait_for_run(env, re.search(r"UUID: ([0-9a-f-]{36})", out).group(1))
     assert run["state"]["type"] == "FAILED"
     assert proc.poll() is None, "serve keeps running"
+
+
+def test_ingest_page_submits_the_deployment_and_follows_its_flow_run(served, engine, repo_name, tmp_path, monkeypatch):
+    """The copilot's Ingest page with PREFECT_API_URL at `grounding serve`: the flow runs on a worker."""
+    from prefect import context as prefect_context
+    from prefect.settings import PREFECT_API_URL
+    from streamlit.testing.v1 import AppTest
+
+    from grounding.retrieve import search
+
+    env, _ = served
+    api = env["PREFECT_API_URL"]
+    monkeypatch.syspath_prepend(str(APP))
+    import ingest_jobs
+
+    monkeypatch.delenv("GROUNDING_UI_USER", raising=False)
+    monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")  # as the worker's, to search what it wrote
+    reset_settings()
+    # The page checks PREFECT_API_URL itself; Prefect read its settings at import, so its client (in the page's
+    # script thread and the job's, which see the process-global settings context) is pointed there too.
+    monkeypatch.setenv("PREFECT_API_URL", api)
+    root = prefect_context.SettingsContext.get()
+    monkeypatch.setattr(
+        prefect_context,
+        "GLOBAL_SETTINGS_CONTEXT",
+        prefect_context.SettingsContext(
+            profile=root.profile, settings=root.settings.copy_with_update(updates={PREFECT_API_URL: api})
+        ),
+    )
+    src = tmp_path / "tiny"
+    src.mkdir()
+    for i in range(5):
+        (src / f"mod{i}.py").write_text(f"def deployed_function_{i}(x):\n    return x + {i}\n")
+    (src / "blob.bin").write_bytes(b"\0\1\2")
+
+    def ingest_through_the_page(source) -> tuple[AppTest, ingest_jobs.IngestJob]:
+        at = AppTest.from_file(str(APP / "pages" / "1_Ingest.py"), default_timeout=120)
+        at.run()
+        assert not at.exception, at.exception
+        captions = [c.value for c in at.caption]
+        assert f"Runs on a Prefect worker: deployment `ingest-repo/default` at {api}." in captions, captions
+        at.text_input[0].input(str(source))
+        at.text_input[1].input(repo_name)
+        at.button[0].click().run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+        job = ingest_jobs.job(at.session_state["ingest_job"])
+        assert job is not None and job.mode == "deployment"
+        deadline = time.monotonic() + 300
+        while not job.finished:
+            assert time.monotonic() < deadline, f"the ingest did not finish: {job}"
+            time.sleep(1)
+            at.run()
+            assert not at.exception, at.exception
+        at.run()
+        assert not at.exception, at.exception
+        return at, job
+
+    at, job = ingest_through_the_page(src)
+    assert job.status == "complete", job.error
+    assert job.flow_run_id and job.flow_state == "COMPLETED"
+    assert any(f"flow run `{job.flow_run_id}`" in c.value for c in at.caption), "the page names the flow run"
+    assert any(f"Ingest of **{repo_name}** complete" in s.value for s in at.success)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["files seen"] == "6" and metrics["chunks added"] == "5" and metrics["skipped"] == "1"
+    reasons = next(d.value for d in at.dataframe if list(d.value.columns) == ["reason", "files"])
+    assert reasons.to_dict("records") == [{"reason": "binary", "files": 1}]
+    run = json.loads(prefect(env, "flow-run", "inspect", job.flow_run_id, "--output", "json"))
+    assert run["state"]["type"] == "COMPLETED" and run["parameters"]["name"] == repo_name, "the worker ran it"
+    with engine.connect() as conn:
+        chunks = conn.execute(
+            sa.text("SELECT count(*) FROM chunks c JOIN repositories r ON r.id = c.repo_id WHERE r.name = :n"),
+            {"n": repo_name},
+        ).scalar()
+    assert chunks == 5
+    hits = search(repo_name, "deployed_function_3", k=3, mode="lexical", rerank=False)
+    assert hits and hits[0].citation.path == "mod3.py"
+
+    # A missing path: the flow run fails on the worker, and the page says why (no traceback).
+    at, job = ingest_through_the_page(tmp_path / "gone")
+    assert job.status == "failed" and job.flow_run_id and job.flow_state == "FAILED"
+    assert not at.success and not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and f"Ingest of {repo_name} failed: flow run {job.flow_run_id} ended FAILED" in errors[0]
+    assert "does not exist" in errors[0] and "Traceback" not in errors[0], errors
