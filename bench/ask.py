@@ -8,10 +8,16 @@ real encoder's single-question time is measured beside it and added, as a MiniLM
 Raw `search` is timed on the same questions, in turns, so the cost of everything `ask` adds is a
 ratio in the same process.
 
-Part 2 runs `grounding eval` on docstring questions of a real package with and without the reranker
-named by --reranker (a local cross-encoder directory); without one, it says so and skips.
+With --reranker DIR (a cross-encoder directory, e.g. the checkpoint `grounding train-reranker` or
+bench/rerank.py wrote), `ask` is timed again on the first --rerank-questions with the reranker
+reordering the first GROUNDING_RERANK_CANDIDATES fused hits, and part 2 runs `grounding eval` on the
+held-out docstring questions of --eval-package (ingested into --eval-home, which may be the home
+bench/rerank.py trained in) without and with it, side by side. Held-out only: a reranker trained by
+train-reranker has seen the train split.
 
     python bench/ask.py --reuse-home /tmp/query-home --json ask.json
+    python bench/ask.py --reuse-home /tmp/query-home --reranker /tmp/rb/networkx/runs/7/reranker \
+        --eval-home /tmp/rb/networkx --eval-package networkx
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ def main() -> int:
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--reuse-home", type=Path, help="a GROUNDING_HOME to build into once and reuse (see query.py)")
-    parser.add_argument("--reranker", help="a local cross-encoder directory for part 2")
+    parser.add_argument("--reranker", help="a local cross-encoder directory: ask timed with it, and part 2")
+    parser.add_argument("--rerank-questions", type=int, default=50)
     parser.add_argument("--eval-package", default="requests")
+    parser.add_argument("--eval-home", type=Path, help="GROUNDING_HOME for part 2 (default: the one of part 1)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -87,6 +95,8 @@ def main() -> int:
         f"ask p50 with a MiniLM question encoding: {ask50 + enc50:.1f} ms"
     )
     out = {"chunks": chunks, "build": built, "load_avg_1m": load, "latency_ms": figures}
+    if args.reranker:
+        out["latency_ms"]["ask (extractive) + rerank"] = time_reranked_ask(args, questions[: args.rerank_questions])
 
     out["rerank"] = eval_with_reranker(args)
     if args.json:
@@ -96,26 +106,55 @@ def main() -> int:
     return 0
 
 
+def time_reranked_ask(args, questions: list[str]) -> dict:
+    """`ask` with the reranker, on the same corpus and questions as part 1's rows."""
+    import grounding
+    from grounding.config import reset_settings
+
+    os.environ["GROUNDING_RERANKER"] = args.reranker
+    reset_settings()
+    grounding.ask(query.REPO, questions[0], k=args.k, backend="extractive")  # load the model outside the timing
+    seconds = [query.elapsed(grounding.ask, query.REPO, q, k=args.k, backend="extractive") for q in questions]
+    figures = query.summary(seconds)
+    print(
+        f"ask (extractive) with the reranker over the first {len(questions)} questions: "
+        f"p50 {figures['p50']:.1f} ms, p99 {figures['p99']:.1f} ms "
+        f"({os.environ.get('GROUNDING_RERANK_CANDIDATES', 'default')} candidates)"
+    )
+    return figures
+
+
 def eval_with_reranker(args) -> dict | None:
     if not args.reranker:
         print(
-            "\nreranker: no local cross-encoder given (--reranker DIR); this machine ships none, so the "
-            "with/without comparison was not run"
+            "\nreranker: none given (--reranker DIR); train one with `grounding train-reranker REPO` or "
+            "bench/rerank.py, so the with/without comparison was not run"
         )
         return None
+    from grounding import db
     from grounding.config import reset_settings
     from grounding.eval_index import run_eval
     from grounding.ingest import ingest
 
+    if args.eval_home:
+        db.reset()
+        db.stop_embedded()
+        os.environ["GROUNDING_HOME"] = str(args.eval_home.resolve())
     os.environ["GROUNDING_RERANKER"] = args.reranker
     reset_settings()
-    source = Path(os.environ["GROUNDING_HOME"]) / "eval-src" / args.eval_package
-    if not source.is_dir():
+    home = Path(os.environ["GROUNDING_HOME"])
+    candidates = (home / "src" / args.eval_package, home / "eval-src" / args.eval_package)  # bench/realm.py's, ours
+    source = next((p for p in candidates if p.is_dir()), None)
+    if source is None:
+        source = candidates[1]
         shutil.copytree(SITE_PACKAGES / args.eval_package, source, ignore=shutil.ignore_patterns("__pycache__"))
     ingest(str(source), name=args.eval_package)
-    report = run_eval(args.eval_package, modes=("hybrid",), split="all", rerank=True)
+    report = run_eval(args.eval_package, modes=("hybrid",), split="heldout", rerank=True)
     rows = {r.mode: r.metrics for r in report.results}
-    print(f"\n{args.eval_package}: {report.results[0].questions} docstring questions, with and without the reranker")
+    print(
+        f"\n{args.eval_package}: {report.results[0].questions} held-out docstring questions, "
+        "without and with the reranker"
+    )
     for mode, metrics in rows.items():
         print(f"{mode:16}" + "".join(f"{k} {v:.3f}  " for k, v in metrics.items()))
     return rows

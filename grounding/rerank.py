@@ -98,9 +98,9 @@ class CrossEncoderReranker(Reranker):
         return scores
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4)  # a long-lived server sees each night's promoted model: keep the recent ones
 def load_reranker(path: str) -> Reranker:
-    """The cross-encoder at a local path, loaded once per process."""
+    """The cross-encoder at a local path, loaded once per process (while among the last few used)."""
     return CrossEncoderReranker(path)
 
 
