@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.each_repo import each_repository
 from grounding.models.realm import RealmConfig
 from grounding.training.finetune import FinetuneConfig
 from grounding.training.pipeline import TrainingReport, train_retriever
@@ -42,8 +43,6 @@ def finetune_retriever(
     derived eval indexes; one that fails is reported and the others still run.
     """
     from grounding.config import get_settings
-    from grounding.eval_index import DERIVED_MARK
-    from grounding.refresh import repositories
 
     realm = RealmConfig(encoder=encoder or get_settings().encoder)
     pretrain = (
@@ -63,16 +62,7 @@ def finetune_retriever(
     }
     if repo is not None:
         return _report(repo, train_task(repo, kwargs))
-    results, failed = {}, []
-    for name in [r for r in repositories() if DERIVED_MARK not in r]:
-        try:
-            results[name] = _report(name, train_task(name, kwargs))
-        except Exception as err:  # one repository's bad data must not stop the others' nightly run
-            get_run_logger().error("training %s failed: %s", name, err)
-            failed.append(name)
-    if failed:
-        raise RuntimeError(f"retriever training failed for {', '.join(failed)}; the others finished: {list(results)}")
-    return results
+    return each_repository(lambda name: _report(name, train_task(name, kwargs)), what="retriever training")
 
 
 def _report(repo: str, report: TrainingReport) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.each_repo import each_repository
 from grounding.training.reranker import RerankerConfig, RerankerReport, train_reranker
 
 
@@ -34,23 +35,11 @@ def train_reranker_flow(
     Without `repo` (the schedule) every ingested repository is trained in turn, except the derived
     eval indexes; one that fails is reported and the others still run.
     """
-    from grounding.eval_index import DERIVED_MARK
-    from grounding.refresh import repositories
-
     config = RerankerConfig(base=base, steps=steps, batch_size=batch_size, group_size=group_size, lr=lr)
     kwargs = {"harvester": harvester, "config": config, "margin": margin, "device": device}
     if repo is not None:
         return _report(repo, train_task(repo, kwargs))
-    results, failed = {}, []
-    for name in [r for r in repositories() if DERIVED_MARK not in r]:
-        try:
-            results[name] = _report(name, train_task(name, kwargs))
-        except Exception as err:  # one repository's bad data must not stop the others' nightly run
-            get_run_logger().error("reranker training for %s failed: %s", name, err)
-            failed.append(name)
-    if failed:
-        raise RuntimeError(f"reranker training failed for {', '.join(failed)}; the others finished: {list(results)}")
-    return results
+    return each_repository(lambda name: _report(name, train_task(name, kwargs)), what="reranker training")
 
 
 def _report(repo: str, report: RerankerReport) -> dict:

@@ -6,10 +6,11 @@ gpu-pool worker without CUDA trains the tiny configuration on the CPU.
 
 from __future__ import annotations
 
-from grounding.retro_db import RetroDbConfig
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from flows.each_repo import each_repository
+from grounding.retro_db import RetroDbConfig
 from grounding.training.retro_train import RetroReport, RetroTrainConfig, train_retro
 
 
@@ -30,9 +31,6 @@ def train_retro_flow(
     device: str | None = None,
 ) -> dict:
     """Train RETRO (and the baseline) on `repo`, or on every ingested repository when none is given."""
-    from grounding.eval_index import DERIVED_MARK
-    from grounding.refresh import repositories
-
     kwargs = {
         "train_config": RetroTrainConfig(
             steps=steps, batch_size=batch_size, chunks_per_sequence=chunks_per_sequence, baseline=baseline
@@ -40,26 +38,13 @@ def train_retro_flow(
         "db_config": RetroDbConfig(chunk_tokens=chunk_tokens, neighbours=neighbours),
         "device": device,
     }
-    names = [repo] if repo else [r for r in repositories() if DERIVED_MARK not in r]
-    results, failed = {}, []
-    for name in names:
-        try:
-            report = train_retro_task(name, kwargs)
-        except Exception as err:
-            if repo:
-                raise
-            get_run_logger().error("RETRO training of %s failed: %s", name, err)
-            failed.append(name)
-            continue
+
+    def one(name: str) -> dict:
+        report = train_retro_task(name, kwargs)
         rows = [{"evaluation": k, "bits_per_byte": round(v, 4)} for k, v in report.bits_per_byte.items()]
         key = "".join(ch if ch.isalnum() else "-" for ch in name.lower())
         create_table_artifact(rows, key=f"retro-bpb-{key}", description=f"held-out bits per byte of {name}")
         get_run_logger().info("%s: %s", name, report.bits_per_byte)
-        results[name] = {
-            "run_id": report.run_id,
-            "checkpoint": report.checkpoint,
-            "bits_per_byte": report.bits_per_byte,
-        }
-    if failed:
-        raise RuntimeError(f"RETRO training failed for {', '.join(failed)}; finished: {list(results)}")
-    return results[repo] if repo else results
+        return {"run_id": report.run_id, "checkpoint": report.checkpoint, "bits_per_byte": report.bits_per_byte}
+
+    return one(repo) if repo else each_repository(one, what="RETRO training")

@@ -173,3 +173,43 @@ def test_train_reranker_flow_trains_gates_and_publishes(
     assert run.id == result["run_id"] and run.decision == "retired" and run.checkpoint == result["checkpoint"]
 
     assert train_reranker_flow(repo="no-such-repo", base=str(tiny_encoder), return_state=True).is_failed()
+
+
+def test_scheduled_training_runs_every_repository_and_fails_naming_the_ones_that_failed(
+    prefect_server, engine, repo_name, hashing, tmp_path
+):
+    from prefect import flow
+
+    from flows.each_repo import each_repository
+    from grounding.ingest import ingest
+
+    src = tmp_path / "tiny"
+    src.mkdir()
+    (src / "a.py").write_text("def f():\n    return 1\n")
+    good, bad, derived = f"{repo_name}-good", f"{repo_name}-bad", f"{repo_name}-good~eval-docstrings"
+    for name in (good, bad, derived):
+        ingest(str(src), name=name, embedder=hashing)
+    seen = []
+
+    def job(name: str) -> dict:
+        seen.append(name)
+        if name == bad:
+            raise ValueError("bad data")
+        return {"trained": name}
+
+    @flow
+    def over_every_repository() -> dict:
+        return each_repository(job, what="test training")
+
+    state = over_every_repository(return_state=True)
+    assert state.is_failed()
+    message = str(state.message) + repr(state.result(raise_on_failure=False))
+    assert f"test training failed for {bad}" in message and good in message
+    assert good in seen and bad in seen and derived not in seen, "every repository, derived eval indexes excepted"
+
+    seen.clear()
+    clean = over_every_repository.with_options(name="over-every-repository-ok")
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM repositories WHERE name = :n"), {"n": bad})
+    state = clean(return_state=True)
+    assert state.is_completed() and state.result()[good] == {"trained": good}
