@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-SITE_PACKAGES = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import package_home  # noqa: E402  (bench/common.py)
+
 K = 10
 
 
@@ -44,28 +44,17 @@ def main() -> int:
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="realm-bench-"))
-    os.environ["GROUNDING_HOME"] = str(home)
-    os.environ.pop("GROUNDING_DATABASE_URL", None)
+    with package_home(args.package, args.home, prefix="realm-bench-") as (home, source):
+        from grounding.config import get_settings
+        from grounding.eval_index import run_eval
+        from grounding.ingest import ingest
+        from grounding.models.realm import RealmConfig
+        from grounding.training.finetune import FinetuneConfig
+        from grounding.training.pipeline import train_retriever
+        from grounding.training.pretrain import PretrainConfig
 
-    from grounding import db
-    from grounding.config import get_settings, reset_settings
-    from grounding.eval_index import run_eval
-    from grounding.ingest import ingest
-    from grounding.models.realm import RealmConfig
-    from grounding.training.finetune import FinetuneConfig
-    from grounding.training.pipeline import train_retriever
-    from grounding.training.pretrain import PretrainConfig
-
-    reset_settings()
-    source = home / "src" / args.package
-    if not source.is_dir():
-        shutil.copytree(SITE_PACKAGES / args.package, source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    files = sum(1 for p in source.rglob("*") if p.is_file())
-    figures: dict = {"package": args.package, "files": files, "encoder": get_settings().encoder, "seconds": {}}
-    try:
+        files = sum(1 for p in source.rglob("*") if p.is_file())
+        figures: dict = {"package": args.package, "files": files, "encoder": get_settings().encoder, "seconds": {}}
         t = time.perf_counter()
         report = ingest(str(source), name=args.package)
         figures["seconds"]["ingest"] = time.perf_counter() - t
@@ -133,11 +122,6 @@ def main() -> int:
         print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in figures["seconds"].items()))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
-    finally:
-        db.reset()
-        db.stop_embedded()
-        if not args.home:
-            shutil.rmtree(home, ignore_errors=True)
     return 0
 
 

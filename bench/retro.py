@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-SITE_PACKAGES = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import package_home  # noqa: E402  (bench/common.py)
 
 
 def main() -> int:
@@ -41,29 +40,18 @@ def main() -> int:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="retro-bench-"))
-    os.environ["GROUNDING_HOME"] = str(home)
-    os.environ.pop("GROUNDING_DATABASE_URL", None)
+    with package_home(args.package, args.home, prefix="retro-bench-") as (home, source):
+        import grounding
+        from grounding.config import get_settings
+        from grounding.ingest import ingest
+        from grounding.models.retro import RetroConfig
+        from grounding.retro_db import RetroDbConfig
+        from grounding.training.checkpoint import default_device
+        from grounding.training.retro_train import RetroTrainConfig, tiny_model, train_retro
 
-    import grounding
-    from grounding import db
-    from grounding.config import get_settings, reset_settings
-    from grounding.ingest import ingest
-    from grounding.models.retro import RetroConfig
-    from grounding.retro_db import RetroDbConfig
-    from grounding.training.checkpoint import default_device
-    from grounding.training.retro_train import RetroTrainConfig, tiny_model, train_retro
-
-    reset_settings()
-    device = args.device or default_device()
-    source = home / "src" / args.package
-    if not source.is_dir():
-        shutil.copytree(SITE_PACKAGES / args.package, source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    code_bytes = sum(p.stat().st_size for p in source.rglob("*.py"))
-    figures: dict = {"package": args.package, "python_bytes": code_bytes, "device": device, "seconds": {}}
-    try:
+        device = args.device or default_device()
+        code_bytes = sum(p.stat().st_size for p in source.rglob("*.py"))
+        figures: dict = {"package": args.package, "python_bytes": code_bytes, "device": device, "seconds": {}}
         t = time.perf_counter()
         ingest(str(source), name=args.package)
         figures["seconds"]["ingest"] = time.perf_counter() - t
@@ -138,11 +126,6 @@ def main() -> int:
         print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in figures["seconds"].items()))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
-    finally:
-        db.reset()
-        db.stop_embedded()
-        if not args.home:
-            shutil.rmtree(home, ignore_errors=True)
     return 0
 
 
