@@ -59,6 +59,33 @@ def test_changing_the_neighbours_of_chunk_u_changes_no_logit_before_its_last_tok
     assert diff[:, last : last + M].min() > 0  # the last token of chunk u and chunk u+1 do
 
 
+def test_cca_queries_each_position_with_its_own_hidden_state_against_the_previous_chunks_neighbours():
+    """Position p (p >= m-1) reads the neighbours of chunk (p - m + 1) // m with the query h[p] itself.
+
+    The causality tests cannot see a one-position query shift (h[p-1] or h[p+1] as the query keeps
+    every dependency inside the allowed window); this pins the query to the position it writes.
+    """
+    from grounding.models.retro import Attention, chunked_cross_attention
+
+    torch.manual_seed(0)
+    b, m, chunks, kr, d = 2, 4, 3, 5, 8
+    n = m * chunks + 2  # a partial last chunk too
+    norm, attention = torch.nn.LayerNorm(d), Attention(d, 2)
+    h = torch.randn(b, n, d)
+    encoded = torch.randn(b, chunks, kr, d)
+    mask = torch.ones(b, chunks, kr, dtype=torch.bool)
+    mask[1, 0, 3:] = False  # a padded neighbour: never attended
+    with torch.no_grad():
+        out = chunked_cross_attention(norm, attention, h, encoded, mask, chunk_len=m)
+        assert out.shape == h.shape and out[:, : m - 1].abs().max() == 0, "the first m-1 positions read nothing"
+        for p in range(m - 1, n):
+            u = (p - m + 1) // m
+            for row in range(b):
+                keys = encoded[row, u][mask[row, u]][None]  # (1, real, d)
+                expected = attention(norm(h[row, p])[None, None], keys)[0][0, 0]
+                assert torch.allclose(out[row, p], expected, atol=1e-5), f"position {p} (chunk {u}), row {row}"
+
+
 def test_the_first_chunk_has_no_neighbours_and_retrieval_off_matches_there():
     torch.manual_seed(0)
     model = Retro(_tiny()).eval()
