@@ -32,6 +32,9 @@ from grounding.records import SourceFile
 log = logging.getLogger(__name__)
 
 NEIGHBOUR_BATCH = 256  # chunks searched per statement, and written to the cache per transaction
+# A completion that started on a database just retired still reads it for a few seconds; a week later
+# (train-retro's schedule) nothing does.
+RETIRED_GRACE_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ def build_database(
     """Cut the repository's current files into chunks, embed and index them; retire the database it replaces.
 
     A ready database built from the same files, tokenizer, chunk length and encoder is returned as it is.
+    Databases retired more than RETIRED_GRACE_SECONDS ago are collected first.
     """
     if not tokenizer.name:
         raise ValueError("save the tokenizer (LMTokenizer.save) first: the database records where it lives")
@@ -225,6 +229,7 @@ def build_database(
     if not files:
         raise EmptyRepository(f"repository {repo!r} has no UTF-8 text file to build a retrieval database from")
     fingerprint = _fingerprint(files, tokenizer)
+    collect_retired(repo)
     engine = get_engine()
     with engine.connect() as conn:
         found = store.matching_retro_database(
@@ -272,6 +277,15 @@ def build_database(
     log.info("retrieval database %d of %s: %d chunks; retired %s", did, repo, len(rows), retired or "none")
     with engine.connect() as conn:
         return _database(store.retro_database(conn, did))
+
+
+def collect_retired(repo: str, *, grace_seconds: float = RETIRED_GRACE_SECONDS) -> list[int]:
+    """Free the rows of the repository's databases retired more than `grace_seconds` ago; their ids."""
+    with get_engine().begin() as conn:
+        collected = store.collect_retro_databases(conn, store.repo_id(conn, repo), older_than_seconds=grace_seconds)
+    if collected:
+        log.info("collected retired retrieval databases %s of %s", collected, repo)
+    return collected
 
 
 # --- reading ---------------------------------------------------------------------------------------

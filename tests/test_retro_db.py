@@ -19,6 +19,7 @@ from grounding.retro_db import (
     RetroDbConfig,
     build_database,
     chunk_file,
+    collect_retired,
     cut_file,
     database_chunks,
     exact_neighbours,
@@ -261,6 +262,24 @@ def test_a_changed_repository_gets_a_new_database_and_retires_the_old(engine, re
     # The new database's neighbours are its own: another id, another cache.
     fresh = neighbours(new, config=CONFIG)
     assert set(fresh) == {c.id for c in database_chunks(new)} and not set(fresh) & {c.id for c in database_chunks(old)}
+
+    # Retired, it is collected once the grace period is over: its rows and index go, its record stays.
+    assert collect_retired(repo_name) == [], "within the grace period"
+    assert collect_retired(repo_name, grace_seconds=0) == [old.id]
+    with db.get_engine().connect() as conn:
+        assert store.retro_database(conn, old.id)["status"] == "collected"
+        assert store.retro_database(conn, old.id)["stats"]["chunks"] > 0, "what it held is still on record"
+        for table in ("retro_chunks", "retro_neighbours"):
+            left = conn.execute(sa.text(f"SELECT count(*) FROM {table} WHERE database_id = :d"), {"d": old.id})
+            assert left.scalar() == 0, table
+        index = conn.execute(sa.text("SELECT to_regclass(:i)"), {"i": f"retro_chunks_hnsw_d{old.id}"}).scalar()
+        assert (
+            index is None
+            and conn.execute(sa.text("SELECT to_regclass(:i)"), {"i": f"retro_chunks_hnsw_d{new.id}"}).scalar()
+        )
+    assert latest_database(repo_name) == new and database_chunks(new)
+    assert retrieve(new, "brand_new_helper", k=1, embedder=hashing)
+    assert collect_retired(repo_name, grace_seconds=0) == [], "collected once"
 
     # Another chunk length is another database beside it; neither retires the other.
     short = build_database(repo_name, tokenizer, config=RetroDbConfig(16, 2, "hashing-64"), embedder=hashing)

@@ -25,6 +25,7 @@ __all__ = [
     "build_retro_index",
     "finish_retro_database",
     "fail_retro_database",
+    "collect_retro_databases",
     "retro_chunks",
     "retro_chunk_ids",
     "retro_chunks_with_continuation",
@@ -158,7 +159,8 @@ def finish_retro_database(conn: Connection, database_id: int, *, stats: Mapping)
     retired = list(
         conn.execute(
             sa.text(
-                "UPDATE retro_databases o SET status = 'retired', note = coalesce(o.note, 'replaced by ' || n.id) "
+                "UPDATE retro_databases o SET status = 'retired', note = coalesce(o.note, 'replaced by ' || n.id), "
+                "stats = o.stats || jsonb_build_object('retired_at', extract(epoch FROM now())) "
                 "FROM retro_databases n WHERE n.id = :d AND o.id <> n.id AND o.status = 'ready' "
                 "AND o.repo_id = n.repo_id AND o.tokenizer = n.tokenizer AND o.chunk_tokens = n.chunk_tokens "
                 "AND o.encoder = n.encoder RETURNING o.id"
@@ -182,6 +184,28 @@ def fail_retro_database(conn: Connection, database_id: int, *, error: str) -> No
         sa.text("UPDATE retro_databases SET status = 'failed', note = :e WHERE id = :d"),
         {"d": did, "e": error[:4000]},
     )
+
+
+def collect_retro_databases(conn: Connection, repo: int, *, older_than_seconds: float) -> list[int]:
+    """Drop the chunks, neighbours and index of the repository's databases retired longer ago than that.
+
+    Completion reads the newest ready database; one retired a while ago serves nothing. Its row stays,
+    `collected`, with its stats. Returns the collected ids."""
+    ids = list(
+        conn.execute(
+            sa.text(
+                "SELECT id FROM retro_databases WHERE repo_id = :r AND status = 'retired' "
+                "AND coalesce((stats->>'retired_at')::float8, 0) <= extract(epoch FROM now()) - :g ORDER BY id"
+            ),
+            {"r": repo, "g": float(older_than_seconds)},
+        ).scalars()
+    )
+    for did in ids:
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS retro_chunks_hnsw_d{int(did)}"))
+        conn.execute(sa.text("DELETE FROM retro_neighbours WHERE database_id = :d"), {"d": did})
+        conn.execute(sa.text("DELETE FROM retro_chunks WHERE database_id = :d"), {"d": did})
+        conn.execute(sa.text("UPDATE retro_databases SET status = 'collected' WHERE id = :d"), {"d": did})
+    return ids
 
 
 # --- chunks --------------------------------------------------------------------------------------
