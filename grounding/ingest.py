@@ -108,7 +108,7 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
     keep: list[int] = []
     todo: list[SourceFile] = []
     for f in listing.files:
-        found = stored.get((f.path, f.content_hash))
+        found = stored.get((f.path, f.index_hash))
         if found is not None:
             keep.append(found[0])
         else:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+# Raised whenever what ingest derives from a file's bytes changes (chunking, secret redaction): a file
+# indexed by an older grounding is then processed again on the next ingest although its bytes did not
+# change, and chunks whose text is unchanged keep their embeddings. 2: secrets redacted before chunking.
+INDEXING_VERSION = 2
+
 
 def content_hash(data: bytes) -> str:
     """The hash that identifies a file's or a chunk's content (sha256, hex)."""
@@ -27,6 +32,11 @@ class SourceFile:
     @property
     def content_hash(self) -> str:
         return content_hash(self.data)
+
+    @property
+    def index_hash(self) -> str:
+        """The content hash under INDEXING_VERSION: a stored file with the same path and index hash is unchanged."""
+        return content_hash(f"grounding-indexing-v{INDEXING_VERSION}\0".encode() + self.data)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ files = Table(
     Column("snapshot_id", Integer, nullable=False),  # the snapshot that wrote this content
     Column("path", Text, nullable=False),
     Column("language", Text, nullable=False),
-    Column("content_hash", Text, nullable=False),
+    Column("content_hash", Text, nullable=False),  # SourceFile.index_hash: the bytes under INDEXING_VERSION
     Column("size", Integer, nullable=False),
     Column("decode_errors", Boolean, nullable=False, server_default=text("false")),
     UniqueConstraint("repo_id", "path", "content_hash", name="files_repo_path_hash"),

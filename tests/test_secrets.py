@@ -338,6 +338,42 @@ def test_ingest_stores_no_secret_and_keeps_lines(engine, repo_name, hashing, see
     assert again.files_changed == 0 and again.chunks_added == 0 and again.secrets_redacted == 0
 
 
+def test_an_index_made_before_redaction_is_redacted_by_the_next_ingest(engine, repo_name, hashing, seeded, monkeypatch):
+    """Files whose bytes did not change are processed again when INDEXING_VERSION moves on."""
+    import grounding.records
+    import grounding.secrets
+
+    tree, secrets = seeded
+    (tree / ".env").unlink()  # a secret *file* is skipped by name, a separate rule: keep to redaction here
+    (tree / "deploy" / "id_rsa").unlink()
+
+    def stored(value: str) -> int:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(  # superseded rows are deleted when an ingest finishes: every row is current
+                    "SELECT count(*) FROM chunks c JOIN repositories r ON r.id = c.repo_id "
+                    "WHERE r.name = :n AND position(:v in c.text) > 0"
+                ),
+                {"n": repo_name, "v": value},
+            ).scalar_one()
+
+    # As an older grounding did: no redaction, files keyed by the version it had.
+    with monkeypatch.context() as old:
+        old.setattr(grounding.secrets, "redact_bytes", lambda data: (data, []))
+        old.setattr(grounding.records, "INDEXING_VERSION", 1)
+        first = ingest(str(tree), name=repo_name, embedder=hashing)
+    assert first.secrets_redacted == 0 and stored(secrets["github"]) == 1
+
+    upgraded = ingest(str(tree), name=repo_name, embedder=hashing)
+    assert upgraded.files_changed == first.files_changed, "every file is processed again"
+    assert upgraded.secrets_redacted == 5 and stored(secrets["github"]) == 0
+    assert upgraded.embeddings_computed < first.embeddings_computed // 10, "unchanged chunks keep their vectors"
+    hits = search(repo_name, secrets["github"], k=10, mode="lexical", rerank=False)
+    assert all(secrets["github"] not in h.citation.snippet for h in hits)
+    again = ingest(str(tree), name=repo_name, embedder=hashing)
+    assert again.files_changed == 0 and again.chunks_added == 0
+
+
 def test_retro_texts_hold_no_secret(engine, repo_name, hashing, seeded):
     tree, secrets = seeded
     ingest(str(tree), name=repo_name, embedder=hashing)

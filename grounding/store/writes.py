@@ -93,7 +93,7 @@ def write_files(
         "COPY files (id, repo_id, snapshot_id, path, language, content_hash, size, decode_errors) FROM STDIN"
     ) as copy:
         for fid, (f, _) in zip(file_ids, files):
-            copy.write_row((fid, repo, snapshot, f.path, f.language, f.content_hash, f.size, f.decode_errors))
+            copy.write_row((fid, repo, snapshot, f.path, f.language, f.index_hash, f.size, f.decode_errors))
     cur.execute(
         "CREATE TEMP TABLE IF NOT EXISTS chunk_stage (id bigint, file_id bigint, ordinal int, start_byte int, "
         "end_byte int, start_line int, end_line int, kind text, symbol text, context text, text text, "
