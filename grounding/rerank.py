@@ -11,6 +11,7 @@ import abc
 import dataclasses
 import functools
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +23,15 @@ CONFIG_FILE = "grounding_reranker.json"  # beside config.json in a directory tra
 
 
 class Reranker(abc.ABC):
-    """Scores passages against a question: higher is more relevant."""
+    """Scores passages against a question: higher is more relevant.
+
+    `prior_weight` keeps some of the fused order: a hit's final score is the reranker's minus
+    prior_weight x ln(its fused position), so 0 is the reranker alone and a large weight the fused
+    order alone. `grounding train-reranker` chooses it on validation questions and saves it.
+    """
 
     name: str
+    prior_weight: float = 0.0
 
     @abc.abstractmethod
     def score(self, question: str, texts: Sequence[str]) -> list[float]:
@@ -53,8 +60,9 @@ class CrossEncoderReranker(Reranker):
                 "set GROUNDING_RERANKER to a local cross-encoder directory"
             )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        if max_tokens is None and (path / CONFIG_FILE).is_file():
-            max_tokens = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")).get("max_tokens")
+        saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")) if (path / CONFIG_FILE).is_file() else {}
+        max_tokens = max_tokens or saved.get("max_tokens")
+        self.prior_weight = float(saved.get("prior_weight", 0.0))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
@@ -114,6 +122,8 @@ def rerank_hits(
 ) -> list[Hit]:
     """The hits ordered by the reranker's score (ties keep their fused order); the score replaces the fused one.
 
+    The hits come in fused order: with a prior weight, a hit's position in them counts (see `combined`).
+
     `known` maps chunk ids to scores already computed for this question: only the other hits are
     scored, and their scores are added to it (a search that widens its candidates reuses them).
     """
@@ -124,10 +134,16 @@ def rerank_hits(
         if len(scores) != len(todo):
             raise ValueError(f"reranker {reranker.name!r} returned {len(scores)} scores for {len(todo)} passages")
         known.update((h.chunk_id, float(s)) for h, s in zip(todo, scores))
-    ordered = sorted(hits, key=lambda h: -known[h.chunk_id])  # sorted is stable: ties keep the fused order
+    final = {h.chunk_id: combined(known[h.chunk_id], i, reranker.prior_weight) for i, h in enumerate(hits)}
+    ordered = sorted(hits, key=lambda h: -final[h.chunk_id])  # sorted is stable: ties keep the fused order
     return [
         dataclasses.replace(
-            h, score=known[h.chunk_id], citation=dataclasses.replace(h.citation, score=known[h.chunk_id])
+            h, score=final[h.chunk_id], citation=dataclasses.replace(h.citation, score=final[h.chunk_id])
         )
         for h in ordered
     ]
+
+
+def combined(score: float, position: int, prior_weight: float) -> float:
+    """The reranker's score of the hit at 0-based fused `position`, less prior_weight x ln(position + 1)."""
+    return score - prior_weight * math.log(position + 1) if prior_weight else score

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +90,17 @@ def test_rerank_scores_each_passage_once_per_question():
     rerank_hits(reranker, "q", [hit(1, "b", 1), hit(2, "a", 1)], known=known)
     out = rerank_hits(reranker, "q", [hit(1, "b", 1), hit(2, "a", 1), hit(3, "b b", 1)], known=known)
     assert reranker.calls == [2, 1] and [h.chunk_id for h in out] == [3, 1, 2]
+
+
+def test_a_prior_weight_keeps_some_of_the_fused_order():
+    reranker = KeywordReranker("b")
+    hits = [hit(1, "a", 1), hit(2, "b", 1)]  # fused order: 1, then 2 (position 1, ln 2 = 0.693)
+    assert [h.chunk_id for h in rerank_hits(reranker, "q", hits)] == [2, 1]
+    reranker.prior_weight = 1.0  # 1 - 0.693 > 0: the reranker still wins
+    out = rerank_hits(reranker, "q", hits)
+    assert [h.chunk_id for h in out] == [2, 1] and out[0].score == pytest.approx(1 - math.log(2))
+    reranker.prior_weight = 2.0  # 1 - 1.386 < 0: the fused order wins
+    assert [h.chunk_id for h in rerank_hits(reranker, "q", hits)] == [1, 2]
 
 
 def test_a_reranker_that_miscounts_is_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from grounding.evaluation import Question, eval_runs
 from grounding.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, load_reranker, passage
 from grounding.retrieve import search
 from grounding.training.reranker import (
+    PRIOR_WEIGHTS,
     Candidates,
     RerankerConfig,
     candidates_for,
@@ -65,6 +67,9 @@ def test_reranked_mrr_ranks_by_score_and_keeps_the_fused_order_on_ties():
     assert reranked_mrr(WordCount("gold"), examples) == pytest.approx((1 + 1 + 0) / 3)
     assert reranked_mrr(WordCount("nothing"), examples) == pytest.approx((1 / 2 + 1 + 0) / 3), "ties: fused order"
     assert reranked_mrr(WordCount("gold"), examples, k=1) == pytest.approx(2 / 3)
+    # A prior weight keeps some of the fused order: 1 - w ln 2 < 0 once w > 1 / ln 2, and "gold" falls back to 2.
+    assert reranked_mrr(WordCount("gold"), examples, prior_weight=1.0) == pytest.approx((1 + 1 + 0) / 3)
+    assert reranked_mrr(WordCount("gold"), examples, prior_weight=2.0) == pytest.approx((1 / 2 + 1 + 0) / 3)
     assert examples[0].trainable and examples[1].trainable and not examples[2].trainable
 
 
@@ -102,7 +107,8 @@ def test_train_reranker_trains_records_gates_and_serves_the_promoted_model(reque
     assert steps == [1, 3, 6, 9, 12]
     validated = [row["metrics"] for row in training_metrics(run.id, stage="reranker") if "val_mrr" in row["metrics"]]
     assert [v["val_mrr_fused"] for v in validated] == [m["reranker_val_mrr_fused"]] * 2
-    assert max(v["val_mrr"] for v in validated) == pytest.approx(m["reranker_val_mrr_best"])
+    assert max(v["val_mrr_with_prior"] for v in validated) == pytest.approx(m["reranker_val_mrr_best"])
+    assert all(v["val_mrr_with_prior"] >= v["val_mrr"] for v in validated), "weight 0 is among those tried"
 
     # The held-out figures are stored evaluations of the repository: hybrid beside hybrid+rerank.
     stored = {r.mode: r.metrics for r in eval_runs(requests_repo)}
@@ -111,14 +117,20 @@ def test_train_reranker_trains_records_gates_and_serves_the_promoted_model(reque
     # The checkpoint is a Hugging Face cross-encoder directory with its training config beside it.
     meta = json.loads(Path(report.checkpoint, CONFIG_FILE).read_text())
     assert meta["max_tokens"] == 96 and meta["run_id"] == run.id and meta["config"]["steps"] == 12
+    assert meta["prior_weight"] == m["reranker_prior_weight"] and meta["prior_weight"] in PRIOR_WEIGHTS
     loaded = CrossEncoderReranker(report.checkpoint)
     assert loaded.max_tokens == 96, "the length it was trained on"
+    assert loaded.prior_weight == meta["prior_weight"]
 
     # Promoted: searches of the repository now rerank with it, unless told otherwise.
     assert promoted_reranker(requests_repo) == report.checkpoint
     reranked = search(requests_repo, QUESTION, k=10, merge=False, expand=False)
     model = load_reranker(report.checkpoint)
-    assert [h.score for h in reranked] == pytest.approx(model.score(QUESTION, [passage(h) for h in reranked]), abs=1e-5)
+    fused = search(requests_repo, QUESTION, k=10, rerank=False, merge=False, expand=False)
+    position = {h.chunk_id: i for i, h in enumerate(fused)}
+    raw = dict(zip([h.chunk_id for h in fused], model.score(QUESTION, [passage(h) for h in fused])))
+    expected = [raw[h.chunk_id] - model.prior_weight * math.log(position[h.chunk_id] + 1) for h in reranked]
+    assert [h.score for h in reranked] == pytest.approx(expected, abs=1e-5)
     assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
     assert [h.score for h in search(requests_repo, QUESTION, k=5, rerank=False, merge=False, expand=False)] == [
         h.score for h in plain

@@ -37,7 +37,7 @@ from grounding.config import get_settings
 from grounding.errors import DatasetError
 from grounding.eval_index import build_eval_index
 from grounding.evaluation import Question, answers, evaluate, record_run, select_split
-from grounding.rerank import CONFIG_FILE, CrossEncoderReranker, passage
+from grounding.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, combined, passage
 from grounding.retrieve import search
 from grounding.training.checkpoint import default_device, load_tokenizer
 from grounding.training.finetune import validation_split
@@ -47,6 +47,8 @@ from grounding.training.runs import MetricsLog, recorded_run, update_run
 log = logging.getLogger(__name__)
 
 KIND = "reranker"  # training_runs.kind
+# How much of the fused order to keep (grounding.rerank.combined), chosen with the step on validation.
+PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,24 @@ def candidates_for(repo: str, questions: Sequence[Question], *, n: int) -> list[
     return out
 
 
-def reranked_mrr(reranker: CrossEncoderReranker | None, examples: Sequence[Candidates], *, k: int = 10) -> float:
+def reranked_mrr(
+    reranker: Reranker | None, examples: Sequence[Candidates], *, k: int = 10, prior_weight: float = 0.0
+) -> float:
     """MRR@k of the examples' candidates in the reranker's order, or in the fused order without one."""
+    scores = None if reranker is None else [reranker.score(ex.question, ex.passages) for ex in examples]
+    return mrr_of(examples, scores, k=k, prior_weight=prior_weight)
+
+
+def mrr_of(
+    examples: Sequence[Candidates], scores: Sequence[Sequence[float]] | None, *, k: int = 10, prior_weight: float = 0.0
+) -> float:
+    """MRR@k with each example's candidates ordered as serving orders them given these reranker scores."""
     total = 0.0
-    for ex in examples:
+    for n, ex in enumerate(examples):
         order = list(range(len(ex.passages)))
-        if reranker is not None and ex.passages:
-            scores = reranker.score(ex.question, ex.passages)
-            order.sort(key=lambda i: -scores[i])  # stable: ties keep the fused order, as serving does
+        if scores is not None:
+            final = [combined(s, i, prior_weight) for i, s in enumerate(scores[n])]
+            order.sort(key=lambda i: -final[i])  # stable: ties keep the fused order, as serving does
         rank = next((r for r, i in enumerate(order[:k], 1) if ex.relevant[i]), None)
         total += 1 / rank if rank else 0.0
     return total / len(examples) if examples else 0.0
@@ -153,7 +165,7 @@ def finetune_reranker(
     scorer = CrossEncoderReranker.from_model(model, tokenizer, max_tokens=config.max_tokens, device=device)
     metrics = MetricsLog(run_id, "reranker")
     batch_size = min(config.batch_size, len(train))
-    best = (-1.0, 0, None)  # (validation MRR, step, state); step 0's head is random, so it is not a candidate
+    best = (-1.0, 0, None, 0.0)  # (validation MRR, step, state, prior weight); step 0's head is random: not one
     fused_val = reranked_mrr(None, validation) if validation else None
     started, losses = time.perf_counter(), []
     for step in range(1, config.steps + 1):
@@ -184,12 +196,15 @@ def finetune_reranker(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-        val = None
+        val = val_prior = weight = None
         if validation and (step % config.eval_every == 0 or step == config.steps):
             model.eval()
-            val = reranked_mrr(scorer, validation)
-            if val > best[0]:
-                best = (val, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            scores = [scorer.score(ex.question, ex.passages) for ex in validation]
+            by_weight = {w: mrr_of(validation, scores, prior_weight=w) for w in PRIOR_WEIGHTS}
+            weight = max(by_weight, key=lambda w: (by_weight[w], -w))  # a tie: the least fused order kept
+            val, val_prior = by_weight[0.0], by_weight[weight]
+            if val_prior > best[0]:
+                best = (val_prior, step, {k: v.detach().clone() for k, v in model.state_dict().items()}, weight)
         if step % config.log_every == 0 or step in (1, config.steps) or val is not None:
             with torch.no_grad():
                 group_acc = (logits.argmax(1) == 0).float().mean().item()
@@ -200,6 +215,8 @@ def finetune_reranker(
                 lr=schedule.get_last_lr()[0],
                 questions_per_s=step * batch_size / (time.perf_counter() - started),
                 val_mrr=val,
+                val_mrr_with_prior=val_prior,
+                prior_weight=weight,
                 val_mrr_fused=fused_val if val is not None else None,
             )
     metrics.flush()
@@ -211,6 +228,7 @@ def finetune_reranker(
         "reranker_best_step": best[1] if validation else config.steps,
         "reranker_val_mrr_fused": fused_val,
         "reranker_val_mrr_best": best[0] if validation else None,
+        "reranker_prior_weight": best[3],
         "reranker_train_questions": len(train),
         "reranker_validation_questions": len(validation),
         "reranker_first_loss": losses[0],
@@ -227,12 +245,20 @@ def _lr_factor(step: int, config: RerankerConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def save_reranker(directory: Path, model, tokenizer, config: RerankerConfig, *, repo: str, run_id: int) -> Path:
+def save_reranker(
+    directory: Path, model, tokenizer, config: RerankerConfig, *, repo: str, run_id: int, prior_weight: float = 0.0
+) -> Path:
     """Weights and tokenizer as a Hugging Face directory (any cross-encoder loader reads it), with our config."""
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
-    meta = {"config": config.to_dict(), "repo": repo, "run_id": run_id, "max_tokens": config.max_tokens}
+    meta = {
+        "config": config.to_dict(),
+        "repo": repo,
+        "run_id": run_id,
+        "max_tokens": config.max_tokens,
+        "prior_weight": prior_weight,
+    }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return directory
 
@@ -284,7 +310,13 @@ def train_reranker(
         tokenizer = load_tokenizer(base)
         metrics.update(finetune_reranker(model, tokenizer, examples, config, run_id=run_id, device=device))
         directory = save_reranker(
-            settings.home / "runs" / str(run_id) / "reranker", model.cpu(), tokenizer, config, repo=repo, run_id=run_id
+            settings.home / "runs" / str(run_id) / "reranker",
+            model.cpu(),
+            tokenizer,
+            config,
+            repo=repo,
+            run_id=run_id,
+            prior_weight=metrics["reranker_prior_weight"],
         )
         update_run(run_id, checkpoint=str(directory))
         del model
