@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import sys
@@ -39,12 +40,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--max-tokens", type=int, default=192, help="question and passage together")
     parser.add_argument("--candidates", type=int, default=20, help="fused hits the reranker reorders")
     parser.add_argument("--latency-questions", type=int, default=50)
     parser.add_argument("--device")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("httpx", "pgserver", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ["GROUNDING_RERANK_CANDIDATES"] = str(args.candidates)
     with package_home(args.package, args.home, prefix="rerank-bench-") as (home, source):
         from grounding.config import get_settings
@@ -60,7 +65,13 @@ def main() -> int:
         print(f"{args.package}: {figures['chunks']} chunks, ingest {time.perf_counter() - t:.0f}s")
 
         t = time.perf_counter()
-        config = RerankerConfig(steps=args.steps, batch_size=args.batch_size, group_size=args.group_size, lr=args.lr)
+        config = RerankerConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            group_size=args.group_size,
+            lr=args.lr,
+            max_tokens=args.max_tokens,
+        )
         trained = train_reranker(args.package, config=config, margin=0.0, k=K, device=args.device)
         figures["train_and_gate_seconds"] = time.perf_counter() - t
         m = trained.metrics
@@ -88,7 +99,7 @@ def main() -> int:
             f"{m['reranker_steps']} steps in {m['reranker_seconds']:.0f}s, "
             f"loss {m['reranker_first_loss']:.3f} -> {m['reranker_last_loss']:.3f}; validation MRR "
             f"fused {m['reranker_val_mrr_fused'] or 0:.3f} -> reranked {m['reranker_val_mrr_best'] or 0:.3f} "
-            f"(best step {m['reranker_best_step']})"
+            f"(best step {m['reranker_best_step']}, prior weight {m['reranker_prior_weight']})"
         )
         print(f"gate: {figures['decision']}")
 

@@ -12,7 +12,9 @@ top of the fused ranking. A question whose answer is not among its candidates is
 training: the reranker can only reorder what it is given.
 
 As in fine-tuning the retriever, a validation slice of the train split (by file) is reranked every
-`eval_every` steps and the best step is kept. The gate then compares held-out MRR of hybrid search
+`eval_every` steps and the best step is kept, together with the weight of the fused order that serving
+adds back to the reranker's score (grounding.rerank.combined): a cross-encoder made from a bi-encoder's
+body and a thousand questions may know less than the first stage, and then should only nudge it. The gate then compares held-out MRR of hybrid search
 reranked by the new model against what serving does now (hybrid alone, or reranked by the reranker
 promoted before) and promotes only a better one: searches of the repository then use it, when
 GROUNDING_RERANKER is `promoted` (the default).
