@@ -389,3 +389,64 @@ def test_the_reader_scores_only_masked_positions_and_agrees_with_the_full_logits
         )
     assert fast.shape == (3,) and fast[1] == 0
     assert torch.allclose(fast, full, atol=1e-5)
+
+
+def test_activation_checkpointing_keeps_the_gradients_and_keeps_less_for_the_backward_pass(tiny_encoder):
+    """Pre-training on the CPU recomputes encoder layers: the same loss and gradients, dropout included."""
+    from grounding.training.pretrain import _encoders, _set_activation_checkpointing, release_freed_memory
+
+    torch.manual_seed(0)
+    model, _ = build_realm(RealmConfig(encoder=str(tiny_encoder)), with_reader=True)
+    model.train()  # dropout on: the recomputed forward must draw the masks the first one drew
+    g = torch.Generator().manual_seed(1)
+    b, z, t = 2, 3, 48
+    reader_ids = torch.randint(1000, 2000, (b, z, 2 * t), generator=g)
+    labels = torch.full_like(reader_ids, IGNORE)
+    labels[:, :, [3, 9]] = reader_ids[:, :, [3, 9]]
+    batch = {
+        "query_ids": torch.randint(1000, 2000, (b, t), generator=g),
+        "query_mask": torch.ones(b, t, dtype=torch.long),
+        "doc_ids": torch.randint(1000, 2000, (b, z, t), generator=g),
+        "doc_mask": torch.ones(b, z, t, dtype=torch.long),
+        "reader_ids": reader_ids,
+        "reader_mask": torch.ones_like(reader_ids),
+        "reader_types": torch.zeros_like(reader_ids),
+        "labels": labels,
+    }
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def step():
+        saved = {}  # the activations autograd keeps for the backward pass: storage -> bytes, weights left out
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = model.realm_loss(**batch)["loss"]
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.item(), grads, sum(saved.values())
+
+    loss, grads, kept = step()
+    encoders = _encoders(model)
+    assert len(encoders) == 3  # two towers and the reader
+    for module in encoders:
+        _set_activation_checkpointing(module, True)
+    loss_ckpt, grads_ckpt, kept_ckpt = step()
+    assert loss_ckpt == pytest.approx(loss, abs=1e-6)
+    assert grads_ckpt.keys() == grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grads_ckpt[name], grad, atol=1e-6, rtol=1e-5), name
+    assert kept_ckpt < kept / 3, (kept_ckpt, kept)  # what is left is mostly the MLM head's log-softmax
+    # Off again after pre-training: fine-tuning and the checkpoint see the model as it came.
+    for module in encoders:
+        _set_activation_checkpointing(module, False)
+        assert not getattr(module, "_require_grads_hooks", None)
+    assert step()[2] == kept
+    release_freed_memory()  # a no-op where the C library is not glibc
