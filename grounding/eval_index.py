@@ -180,6 +180,18 @@ def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
     return EvalIndex(repo, name, harvester, tuple(questions), report)
 
 
+def training_splits(repo: str, *, harvester: str = "docstrings") -> tuple[EvalIndex, list[Question], list[Question]]:
+    """The eval index and its train and held-out questions, for a job that trains on one and gates on the other."""
+    index = build_eval_index(repo, harvester=harvester)
+    train, heldout = select_split(index.questions, "train"), select_split(index.questions, "heldout")
+    if not train or not heldout:
+        raise DatasetError(
+            f"{repo!r} gives {len(train)} train and {len(heldout)} held-out questions with {harvester!r}; "
+            "both splits are needed to train and to gate"
+        )
+    return index, train, heldout
+
+
 def run_eval(
     repo: str,
     *,

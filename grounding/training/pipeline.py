@@ -22,9 +22,9 @@ import torch
 
 from grounding import db, store
 from grounding.config import get_settings
-from grounding.errors import DatasetError, NotIndexed
-from grounding.eval_index import build_eval_index
-from grounding.evaluation import evaluate, record_run, select_split
+from grounding.errors import NotIndexed
+from grounding.eval_index import training_splits
+from grounding.evaluation import evaluate, record_run
 from grounding.models.realm import RealmConfig, build_realm
 from grounding.reindex import reindex
 from grounding.training.checkpoint import default_device, encoder_name, load_tokenizer, save_checkpoint
@@ -98,14 +98,7 @@ def train_retriever(
     }
     with recorded_run(repo, kind="realm", config=config, device=device) as run_id:
         t0 = time.perf_counter()
-        index = build_eval_index(repo, harvester=harvester)
-        train_q = select_split(index.questions, "train")
-        heldout = select_split(index.questions, "heldout")
-        if not train_q or not heldout:
-            raise DatasetError(
-                f"{repo!r} gives {len(train_q)} train and {len(heldout)} held-out questions with {harvester!r}; "
-                "both splits are needed to train and to gate"
-            )
+        index, train_q, heldout = training_splits(repo, harvester=harvester)
         with db.get_engine().connect() as conn:
             active_eval = store.active_index_version(conn, store.repo_id(conn, index.name))
         corpus = load_corpus(index.name)

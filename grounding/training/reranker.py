@@ -14,10 +14,11 @@ training: the reranker can only reorder what it is given.
 As in fine-tuning the retriever, a validation slice of the train split (by file) is reranked every
 `eval_every` steps and the best step is kept, together with the weight of the fused order that serving
 adds back to the reranker's score (grounding.rerank.combined): a cross-encoder made from a bi-encoder's
-body and a thousand questions may know less than the first stage, and then should only nudge it. The gate then compares held-out MRR of hybrid search
-reranked by the new model against what serving does now (hybrid alone, or reranked by the reranker
-promoted before) and promotes only a better one: searches of the repository then use it, when
-GROUNDING_RERANKER is `promoted` (the default).
+body and a thousand questions may know less than the first stage, and then should only nudge it.
+
+The gate then compares held-out MRR of hybrid search reranked by the new model against what serving
+does now (hybrid alone, or reranked by the reranker promoted before) and promotes only a better one:
+searches of the repository then use it, when GROUNDING_RERANKER is `promoted` (the default).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import torch
 from grounding import db, store
 from grounding.config import get_settings
 from grounding.errors import DatasetError
-from grounding.eval_index import build_eval_index
-from grounding.evaluation import Question, answers, evaluate, record_run, select_split
+from grounding.eval_index import training_splits
+from grounding.evaluation import Question, answers, evaluate, record_run
 from grounding.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, combined, passage
 from grounding.retrieve import search
 from grounding.training.checkpoint import default_device, load_tokenizer
@@ -294,14 +295,7 @@ def train_reranker(
     }
     with recorded_run(repo, kind=KIND, config=run_config, device=device) as run_id:
         t0 = time.perf_counter()
-        index = build_eval_index(repo, harvester=harvester)
-        train_q = select_split(index.questions, "train")
-        heldout = select_split(index.questions, "heldout")
-        if not train_q or not heldout:
-            raise DatasetError(
-                f"{repo!r} gives {len(train_q)} train and {len(heldout)} held-out questions with {harvester!r}; "
-                "both splits are needed to train and to gate"
-            )
+        index, train_q, heldout = training_splits(repo, harvester=harvester)
         examples = candidates_for(index.name, train_q, n=settings.rerank_candidates)
         metrics: dict = {
             "eval_questions_train": len(train_q),
