@@ -170,6 +170,8 @@ training_runs = Table(
     Column("status", Text, nullable=False),  # running, complete, failed
     Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("device", Text),
+    Column("host", Text),  # where the run's process runs: a run still `running` whose process is gone failed
+    Column("pid", Integer),
     Column("checkpoint", Text),  # directory of the checkpoint the run wrote
     Column("candidate_version_id", Integer),  # the index version the run built for the gate
     Column("decision", Text),  # promoted or retired

@@ -98,8 +98,9 @@ def _cmd_train_reranker(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from grounding.training.runs import training_runs
+    from grounding.training.runs import mark_dead_runs, training_runs
 
+    mark_dead_runs()  # a killed run would otherwise read `running` for ever
     for run in training_runs(args.repo, limit=args.limit):
         held = run.metrics.get("heldout", {})
         mrr = {k: v.get("mrr@10") for k, v in held.items()}

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 __all__ = [
     "insert_training_run",
+    "running_training_runs",
     "update_training_run",
     "insert_training_metrics",
     "training_runs",
@@ -19,14 +20,24 @@ __all__ = [
 ]
 
 
-def insert_training_run(conn: Connection, repo: int, *, kind: str, config: dict, device: str | None) -> int:
+def insert_training_run(
+    conn: Connection, repo: int, *, kind: str, config: dict, device: str | None, host: str | None, pid: int | None
+) -> int:
     return conn.execute(
         sa.text(
-            "INSERT INTO training_runs (repo_id, kind, status, config, device) "
-            "VALUES (:r, :k, 'running', CAST(:c AS jsonb), :d) RETURNING id"
+            "INSERT INTO training_runs (repo_id, kind, status, config, device, host, pid) "
+            "VALUES (:r, :k, 'running', CAST(:c AS jsonb), :d, :h, :p) RETURNING id"
         ),
-        {"r": repo, "k": kind, "c": json.dumps(config, default=str), "d": device},
+        {"r": repo, "k": kind, "c": json.dumps(config, default=str), "d": device, "h": host, "p": pid},
     ).scalar_one()
+
+
+def running_training_runs(conn: Connection, *, host: str) -> list[tuple[int, int | None]]:
+    """(id, pid) of the runs still marked running whose process is on `host`."""
+    rows = conn.execute(
+        sa.text("SELECT id, pid FROM training_runs WHERE status = 'running' AND host = :h ORDER BY id"), {"h": host}
+    )
+    return [(rid, pid) for rid, pid in rows]
 
 
 _UPDATABLE = {"status", "checkpoint", "candidate_version_id", "decision", "reason", "metrics", "error", "finished"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -56,8 +58,51 @@ class MetricsLog:
 
 
 def start_run(repo: str, *, kind: str, config: dict, device: str | None) -> int:
+    """A new run row, `running`, owned by this process; runs of this host whose process is gone are failed first."""
+    mark_dead_runs()
     with db.get_engine().begin() as conn:
-        return store.insert_training_run(conn, store.repo_id(conn, repo), kind=kind, config=config, device=device)
+        return store.insert_training_run(
+            conn,
+            store.repo_id(conn, repo),
+            kind=kind,
+            config=config,
+            device=device,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+
+def mark_dead_runs() -> list[int]:
+    """Fail the runs of this host still marked running whose process has ended (killed, crashed, power lost).
+
+    Runs of other hosts cannot be checked from here and are left alone. Returns the ids it failed.
+    """
+    host = socket.gethostname()
+    with db.get_engine().begin() as conn:
+        dead = [(rid, pid) for rid, pid in store.running_training_runs(conn, host=host) if not _alive(pid)]
+        for rid, pid in dead:
+            store.update_training_run(
+                conn,
+                rid,
+                status="failed",
+                error=f"its process (pid {pid} on {host}) ended without finishing the run: killed or crashed",
+                finished=True,
+            )
+    if dead:
+        log.warning("training runs %s were left running by processes that ended; marked failed", [r for r, _ in dead])
+    return [rid for rid, _ in dead]
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True  # a run from before pids were recorded: unknown, leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def update_run(run_id: int, **fields) -> None:
