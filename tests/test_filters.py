@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
-from grounding import db, store
-from grounding.config import reset_settings
+from grounding import store
 from grounding.embed import HashingEmbedder
 from grounding.ingest import ingest
 from grounding.records import Citation, Hit
@@ -27,7 +25,7 @@ from grounding.retrieve import (
 )
 from grounding.store import ChunkSpan
 from grounding.store import search as search_sql
-from tests.conftest import copy_tree
+from tests.conftest import copy_tree, drop_repos, module_environment
 
 COOKIE_QUESTION = "extract cookies into the cookie jar of a session"
 BIG_FUNCTION_LINES = 600
@@ -60,13 +58,16 @@ def _big_function() -> str:
 @pytest.fixture(scope="module")
 def tree(database_url, tmp_path_factory):
     """requests plus Go, Markdown, shell and one very long Python function, ingested with small chunks."""
-    saved = {k: os.environ.get(k) for k in ("GROUNDING_DATABASE_URL", "GROUNDING_HOME", "GROUNDING_CHUNK_TOKENS")}
-    os.environ.update(
+    env = module_environment(
         GROUNDING_DATABASE_URL=database_url,
         GROUNDING_HOME=str(tmp_path_factory.mktemp("home")),
         GROUNDING_CHUNK_TOKENS="120",  # small enough that long functions are split into fragments
     )
-    reset_settings()
+    with env:
+        yield from _mixed_tree(tmp_path_factory)
+
+
+def _mixed_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("src") / "mixed"
     copy_tree("requests", root / "requests")
     files = {
@@ -85,14 +86,7 @@ def tree(database_url, tmp_path_factory):
     name = f"filters-{uuid.uuid4().hex[:6]}"
     ingest(str(root), name=name, embedder=HashingEmbedder(64))
     yield name, root
-    with db.get_engine().begin() as conn:
-        conn.execute(sa.text("DELETE FROM repositories WHERE name = :n"), {"n": name})
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    reset_settings()
+    drop_repos(name)
 
 
 @pytest.fixture

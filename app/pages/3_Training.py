@@ -45,6 +45,24 @@ def step_chart(histories, title: str, key: str) -> None:
     st.altair_chart(chart, width="stretch")
 
 
+def grouped_bars(
+    rows: list[dict], *, title: str, group: str, groups: list[str], value: str, axis: str, tooltip: list[str]
+) -> None:
+    """One bar per run and `group` value (in the order of `groups`), coloured by group."""
+    chart = (
+        alt.Chart(pd.DataFrame(rows), title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("run:O"),
+            xOffset=alt.XOffset(f"{group}:N", sort=groups),
+            y=alt.Y(f"{value}:Q", title=axis),
+            color=alt.Color(f"{group}:N", scale=alt.Scale(domain=groups)),
+            tooltip=tooltip,
+        )
+    )
+    st.altair_chart(chart, width="stretch")
+
+
 st.title("Training")
 scope = scope_or_stop()
 if not scope.repos:
@@ -93,19 +111,16 @@ with left:
         mode = st.radio(
             "Retrieval mode", modes, index=modes.index("hybrid") if "hybrid" in modes else 0, horizontal=True
         )
-        shown = pd.DataFrame([r for r in mrr if r["mode"] == mode])
-        chart = (
-            alt.Chart(shown, title=f"Held-out {shown['metric'].iloc[0]}: active vs candidate ({mode})")
-            .mark_bar()
-            .encode(
-                x=alt.X("run:O"),
-                xOffset="version:N",
-                y=alt.Y("mrr:Q", title=shown["metric"].iloc[0]),
-                color=alt.Color("version:N", scale=alt.Scale(domain=["active", "candidate"])),
-                tooltip=["run", "version", "mrr", "decision"],
-            )
+        shown = [r for r in mrr if r["mode"] == mode]
+        grouped_bars(
+            shown,
+            title=f"Held-out {shown[0]['metric']}: active vs candidate ({mode})",
+            group="version",
+            groups=["active", "candidate"],
+            value="mrr",
+            axis=shown[0]["metric"],
+            tooltip=["run", "version", "mrr", "decision"],
         )
-        st.altair_chart(chart, width="stretch")
     elif realm:
         st.caption("No held-out MRR stored yet (runs still going, or failed before the gate).")
 
@@ -115,19 +130,15 @@ with right:
     bpb = bits_per_byte_rows(h.run for h in retro)
     if bpb:
         subset = st.radio("Held-out text", ["all", "low overlap"], horizontal=True, key="bpb_subset")
-        shown = pd.DataFrame([r for r in bpb if r["subset"] == subset])
-        chart = (
-            alt.Chart(shown, title=f"Held-out bits per byte ({subset}); lower is better")
-            .mark_bar()
-            .encode(
-                x=alt.X("run:O"),
-                xOffset="setting:N",
-                y=alt.Y("bits_per_byte:Q", title="bits per byte"),
-                color=alt.Color("retrieval:N", scale=alt.Scale(domain=["on", "off", "baseline"])),
-                tooltip=["run", "kind", "setting", "bits_per_byte"],
-            )
+        grouped_bars(
+            [r for r in bpb if r["subset"] == subset],
+            title=f"Held-out bits per byte ({subset}); lower is better",
+            group="retrieval",
+            groups=["on", "off", "baseline"],
+            value="bits_per_byte",
+            axis="bits per byte",
+            tooltip=["run", "kind", "setting", "bits_per_byte"],
         )
-        st.altair_chart(chart, width="stretch")
     elif retro:
         st.caption("No bits per byte stored yet (runs still going, or failed before evaluation).")
 
@@ -139,20 +150,15 @@ if reranker:
     with right:
         mrr = reranker_mrr_rows(h.run for h in reranker)
         if mrr:
-            shown = pd.DataFrame(mrr)
-            order = ["hybrid", "promoted reranker", "new reranker"]
-            chart = (
-                alt.Chart(shown, title=f"Held-out {shown['metric'].iloc[0]}: hybrid, then reranked")
-                .mark_bar()
-                .encode(
-                    x=alt.X("run:O"),
-                    xOffset=alt.XOffset("ranking:N", sort=order),
-                    y=alt.Y("mrr:Q", title=shown["metric"].iloc[0]),
-                    color=alt.Color("ranking:N", scale=alt.Scale(domain=order)),
-                    tooltip=["run", "ranking", "mrr", "decision"],
-                )
+            grouped_bars(
+                mrr,
+                title=f"Held-out {mrr[0]['metric']}: hybrid, then reranked",
+                group="ranking",
+                groups=["hybrid", "promoted reranker", "new reranker"],
+                value="mrr",
+                axis=mrr[0]["metric"],
+                tooltip=["run", "ranking", "mrr", "decision"],
             )
-            st.altair_chart(chart, width="stretch")
         else:
             st.caption("No held-out MRR stored yet (runs still going, or failed before the gate).")
 
