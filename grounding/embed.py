@@ -43,24 +43,31 @@ class Embedder(abc.ABC):
         return RegexTokenCounter()
 
 
+def load_local_model(path: str | Path, model_class, *, missing: str, setting: str):
+    """(tokenizer, model) from a local Hugging Face directory, never the hub; EncoderNotFound says what to set."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise EncoderNotFound(f"{missing} at {path} (config.json missing); set {setting}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return tokenizer, model_class.from_pretrained(str(path), local_files_only=True)
+
+
 class HFEncoder(Embedder):
     """A BERT-style encoder from a local directory: mean pooling over tokens, then L2 normalisation."""
 
     def __init__(self, path: str | Path, *, device: str | None = None, max_tokens: int = 256) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise EncoderNotFound(
-                f"no Hugging Face model at {path} (config.json missing); "
-                "set GROUNDING_ENCODER to a local model directory"
-            )
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.name = str(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
+        self.tokenizer, model = load_local_model(
+            path, AutoModel, missing="no Hugging Face model", setting="GROUNDING_ENCODER to a local model directory"
+        )
+        self.model = model.to(self.device).eval()
         self.dim = int(self.model.config.hidden_size)
         self.max_tokens = min(max_tokens, int(getattr(self.model.config, "max_position_embeddings", max_tokens)))
 

@@ -12,11 +12,9 @@ import dataclasses
 import functools
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from grounding.errors import EncoderNotFound
 from grounding.records import Hit
 
 CONFIG_FILE = "grounding_reranker.json"  # beside config.json in a directory train-reranker wrote
@@ -51,21 +49,21 @@ class CrossEncoderReranker(Reranker):
         self, path: str | Path, *, device: str | None = None, max_tokens: int | None = None, batch_size: int = 16
     ) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
+
+        from grounding.embed import load_local_model
 
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise EncoderNotFound(
-                f"no Hugging Face reranker at {path} (config.json missing); "
-                "set GROUNDING_RERANKER to a local cross-encoder directory"
-            )
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        tokenizer, model = load_local_model(
+            path,
+            AutoModelForSequenceClassification,
+            missing="no Hugging Face reranker",
+            setting="GROUNDING_RERANKER to a local cross-encoder directory",
+        )
         saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8")) if (path / CONFIG_FILE).is_file() else {}
         max_tokens = max_tokens or saved.get("max_tokens")
         self.prior_weight = float(saved.get("prior_weight", 0.0))
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
         self._setup(model.to(device).eval(), tokenizer, name=str(path), device=device, max_tokens=max_tokens or 512)
         self.batch_size = batch_size
 
