@@ -13,11 +13,10 @@ def each_repository(job: Callable[[str], dict], *, what: str) -> dict[str, dict]
     One repository's bad data must not stop the others' scheduled run: a failure is logged and the
     rest still run; the flow then fails, naming the repositories that failed and those that finished.
     """
-    from grounding.eval_index import DERIVED_MARK
     from grounding.refresh import repositories
 
     results, failed = {}, []
-    for name in [r for r in repositories() if DERIVED_MARK not in r]:
+    for name in repositories():
         try:
             results[name] = job(name)
         except Exception as err:

@@ -43,7 +43,9 @@ def retry_on_io(task, task_run, state) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
-def ingest_task(source: str, name: str | None, ref: str | None) -> IngestReport:
+def ingest_task(
+    source: str, name: str | None, ref: str | None, user: str | None = None, replace_source: bool = False
+) -> IngestReport:
     logger = get_run_logger()
     listener = _progress_listener.get()
 
@@ -52,7 +54,7 @@ def ingest_task(source: str, name: str | None, ref: str | None) -> IngestReport:
         if listener is not None:
             listener(stage, done, total)
 
-    return ingest(source, name=name, ref=ref, progress=progress)
+    return ingest(source, name=name, ref=ref, progress=progress, user=user, replace_source=replace_source)
 
 
 @task
@@ -98,9 +100,20 @@ def publish_report(report: IngestReport) -> None:
 
 
 @flow(name="ingest-repo", log_prints=True)
-def ingest_repo(source: str, name: str | None = None, ref: str | None = None) -> dict:
-    """Ingest `source` (a directory or git URL) as repository `name` (default: its last path segment)."""
-    report = ingest_task(source, name, ref)
+def ingest_repo(
+    source: str,
+    name: str | None = None,
+    ref: str | None = None,
+    user: str | None = None,
+    replace_source: bool = False,
+) -> dict:
+    """Ingest `source` (a directory or git URL) as repository `name` (default: its last path segment).
+
+    With `user` (the copilot passes its user), the repository must be granted to them and is only
+    re-ingested from its registered source (grounding.ingest.ingest); `replace_source` re-points an
+    existing repository at `source`, for a trusted caller only.
+    """
+    report = ingest_task(source, name, ref, user, replace_source)
     publish_report(report)
     summary = dataclasses.asdict(report)
     summary["skipped"] = report.skipped_by_reason()

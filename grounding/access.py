@@ -1,9 +1,10 @@
 """Who may read which repository: grants to users and groups, and group membership.
 
 A principal is `user:NAME` or `group:NAME`; a bare name means a user. A user may read a repository
-granted to them or to a group they belong to, and every repository derived from it for evaluation
-(`REPO~eval-<harvester>`). `authorize(None, ...)` is a trusted local caller (the CLI, a script) and is
-never checked. A denied user cannot tell a repository that does not exist from one not granted.
+granted to them or to a group they belong to, and every eval index the catalogue marks as derived
+from it (repositories.derived_from; a name that merely looks derived grants nothing). `authorize(None,
+...)` is a trusted local caller (the CLI, a script) and is never checked; an empty user name is an
+error, never trusted. A denied user cannot tell a repository that does not exist from one not granted.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import logging
 import re
 from collections.abc import Sequence
 
-from grounding import db, store
-from grounding.errors import AccessDenied
+from grounding import db, store, validation
+from grounding.errors import AccessDenied, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,13 @@ KINDS = ("user", "group")
 
 def _canonical(text: str) -> str:
     """The canonical form of a principal: `user:NAME` or `group:NAME` (a bare name is a user)."""
+    if not isinstance(text, str):
+        raise InvalidArgument(f"a principal is a string such as `user:NAME`, not {type(text).__name__} {text!r}")
     kind, sep, name = text.partition(":")
     if not sep:
         kind, name = "user", text
     if kind not in KINDS or not _NAME.fullmatch(name):
-        raise ValueError(
+        raise InvalidArgument(
             f"principal {text!r} is not `user:NAME`, `group:NAME` or a bare user name; a name starts with a "
             "letter or digit and holds letters, digits and . _ @ + - (at most 128 characters)"
         )
@@ -37,7 +40,7 @@ def _canonical(text: str) -> str:
 def _name_of(text: str, kind: str) -> str:
     canonical = _canonical(text if ":" in text else f"{kind}:{text}")
     if not canonical.startswith(kind + ":"):
-        raise ValueError(f"{text!r} is not a {kind}: pass a bare name or `{kind}:NAME`")
+        raise InvalidArgument(f"{text!r} is not a {kind}: pass a bare name or `{kind}:NAME`")
     return canonical.split(":", 1)[1]
 
 
@@ -71,16 +74,16 @@ def remove_member(user: str, group: str) -> None:
 
 def allowed_repos(user: str) -> list[str]:
     """Sorted names of the repositories `user` may read, directly or through a group, with their eval copies."""
-    # Imported here: eval_index imports the ingest and search stack, which may come to authorize.
-    from grounding.eval_index import DERIVED_MARK
-
+    if validation.user(user) is None:
+        raise InvalidArgument("allowed_repos needs a user name; a trusted caller may read every repository")
+    name = _name_of(user, "user")
     with db.get_engine().connect() as conn:
-        return sorted(store.granted_repos(conn, _name_of(user, "user"), derived_mark=DERIVED_MARK))
+        return sorted(store.granted_repos(conn, name))
 
 
 def authorize(user: str | None, repos: Sequence[str]) -> None:
     """Raise AccessDenied unless `user` may read every one of `repos`; None is a trusted local caller."""
-    if user is None:
+    if validation.user(user) is None:
         return
     name = _name_of(user, "user")
     allowed = set(allowed_repos(name))

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from grounding import db, store
-from grounding.errors import NotIndexed
+from grounding import db, store, validation
+from grounding.errors import InvalidArgument, NotIndexed
 from grounding.records import Citation
 
 
@@ -33,26 +33,48 @@ class Completion:
 
 
 def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None) -> str:
-    """The text of `path` in the repository's checkout up to and including `line` (the whole file if None)."""
+    """The text of `path` as the current snapshot indexed it, redacted, up to and including `line` (all if None).
+
+    Only a file the snapshot holds is read, and only while its bytes on disk are still the bytes that
+    were indexed (the stored content hash): a file ingest skipped (`.env`, untracked, ignored, `.git/*`)
+    or one changed since is never read back, by any path.
+    """
+    from grounding import sources
     from grounding.access import authorize
     from grounding.config import get_settings
-
-    authorize(user, [repo])
     from grounding.errors import SourceNotFound
+    from grounding.records import SourceFile
+    from grounding.secrets import redact_bytes
 
+    repo = validation.repo_name(repo, derived_ok=True)
+    authorize(user, [repo])
+    path = validation.repo_path(path)
+    if line is not None:
+        line = validation.count(line, "line", maximum=10_000_000)
     with db.get_engine().connect() as conn:
+        repo_id = store.repo_id(conn, repo)
         source, _, _ = store.repo_source(conn, repo)
-    from grounding import sources
-
-    root = get_settings().checkouts_dir / repo if sources.is_git_url(source) else Path(source)
-    file = (root / path).resolve()
-    if not file.is_relative_to(root.resolve()) or not file.is_file():
-        raise SourceNotFound(f"{path!r} is not a file of repository {repo!r} (looked in {root})")
-    from grounding.secrets import redact
-
+        indexed = store.visible_file(conn, repo_id, path)
+    if indexed is None:
+        raise SourceNotFound(
+            f"{path!r} is not a file that repository {repo!r} indexed; give a path `grounding ask` cites"
+        )
+    stored_hash, _ = indexed
+    root = (
+        get_settings().checkouts_dir / sources.checkout_key(repo_id) if sources.is_git_url(source) else Path(source)
+    ).resolve()
+    file = root / path
+    try:
+        data = file.read_bytes() if not file.is_symlink() and file.resolve().is_relative_to(root) else None
+    except OSError:
+        data = None
+    if data is None or SourceFile(path, data, "").index_hash != stored_hash:
+        raise SourceNotFound(
+            f"{path} changed on disk since repository {repo!r} was indexed; run `grounding refresh {repo}` first"
+        )
     # The prompt is the file as ingest saw it: a secret in it is neither sent to the model nor echoed back.
-    lines = redact(file.read_text(encoding="utf-8", errors="replace"))[0].splitlines(keepends=True)
-    if line is not None and not 1 <= line <= len(lines):
+    lines = redact_bytes(data)[0].decode("utf-8", errors="replace").splitlines(keepends=True)
+    if line is not None and line > len(lines):
         raise SourceNotFound(f"{path} has {len(lines)} lines; line {line} is outside it")
     return "".join(lines[: line if line is not None else len(lines)])
 
@@ -97,7 +119,20 @@ def complete(
 
     from grounding.access import authorize
 
+    repo = validation.repo_name(repo, derived_ok=True)
     authorize(user, [repo])
+    if validation.user(user) is not None and (checkpoint is not None or device is not None):
+        # A path would let a user load any file on the server as a model (or another repository's model).
+        raise InvalidArgument(
+            "checkpoint and device are for trusted callers; a user completes with the repository's own model"
+        )
+    if not isinstance(prefix, str):
+        raise InvalidArgument(f"prefix must be a string (the code before the cursor), not {type(prefix).__name__}")
+    max_new_tokens = validation.count(max_new_tokens, "max_new_tokens", maximum=4096)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 10:
+        raise InvalidArgument(f"temperature must be a number from 0 (greedy) to 10, not {temperature!r}")
+    if path is not None:
+        path = validation.repo_path(path)
 
     with torch.inference_mode():
         return _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, device, seed)

@@ -70,3 +70,14 @@ class AccessDenied(GroundingError):
         )
         self.user = user
         self.repos = tuple(repos)
+
+
+class InvalidArgument(GroundingError, ValueError):
+    """An argument a caller passed is malformed: a repository name, a count, a question, a path, a URL.
+
+    It is a ValueError too, so callers that caught ValueError before keep working.
+    """
+
+
+class SourceConflict(GroundingError):
+    """An ingest names a repository that was ingested from another source: re-pointing it needs a trusted caller."""

@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from grounding import db, sources, store
+from grounding import db, sources, store, validation
 from grounding.config import get_settings
 from grounding.embed import load_embedder
-from grounding.errors import EncoderNotFound, NotIndexed, RepoNotFound
+from grounding.errors import EncoderNotFound, InvalidArgument, NotIndexed, RepoNotFound
 from grounding.evaluation import (
     MODES,
     DatasetError,
@@ -124,11 +124,14 @@ def _harvest(repo: str, harvester: Harvester) -> tuple[list[Question], dict[str,
     with store.repo_lock(engine, repo):
         with engine.connect() as conn:
             source, ref, commit = store.repo_source(conn, repo)
-            version = store.active_index_version(conn, store.repo_id(conn, repo))
+            repo_id = store.repo_id(conn, repo)
+            version = store.active_index_version(conn, repo_id)
         if version is None:
             raise NotIndexed(f"repository {repo!r} has no active index version; ingest it first")
         # Evaluating must not fetch: a git URL is read from the checkout the last ingest left.
-        checkout = sources.reopen(source, checkouts=settings.checkouts_dir, name=repo, commit=commit, ref=ref)
+        checkout = sources.reopen(
+            source, checkouts=settings.checkouts_dir, name=sources.checkout_key(repo_id), commit=commit, ref=ref
+        )
         questions, tree = harvester(checkout)
     return questions, tree, version
 
@@ -152,7 +155,8 @@ def _write_tree(root: Path, files: Mapping[str, bytes]) -> None:
 def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
     """Harvest `repo`'s questions and (re-)ingest the tree they are asked of as `REPO~eval-<harvester>`."""
     if harvester not in HARVESTERS:
-        raise ValueError(f"harvester must be one of {', '.join(HARVESTERS)}, not {harvester!r}")
+        raise InvalidArgument(f"harvester must be one of {', '.join(HARVESTERS)}, not {harvester!r}")
+    repo = validation.repo_name(repo)
     questions, files, version = _harvest(repo, HARVESTERS[harvester])
     encoder = version.encoder
     if not questions:
@@ -171,7 +175,7 @@ def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
     if derived is not None and derived.encoder != encoder:
         log.info("%s was embedded with %s; reindexing with %s", name, derived.encoder, encoder)
         reindex(name, encoder=encoder, query_encoder=version.query_encoder, grace_seconds=0)
-    report = ingest(str(tree), name=name, embedder=load_embedder(encoder))
+    report = ingest(str(tree), name=name, embedder=load_embedder(encoder), derived_from=repo)
     with db.get_engine().connect() as conn:
         derived = store.active_index_version(conn, store.repo_id(conn, name))
     if derived.query_encoder != version.query_encoder:
@@ -210,11 +214,13 @@ def run_eval(
     With `rerank`, each mode is evaluated twice, without and then with the cross-encoder that
     GROUNDING_RERANKER gives `repo` (its promoted one by default), stored as e.g. `hybrid` and `hybrid+rerank`.
     """
+    repo = validation.repo_name(repo)
     for mode in modes:
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, not {k}")
+            raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    k = validation.count(k, "k")
+    if harvester not in HARVESTERS:
+        raise InvalidArgument(f"harvester must be one of {', '.join(HARVESTERS)}, not {harvester!r}")
     reranker: str | bool = False
     with db.get_engine().connect() as conn:
         store.repo_id(conn, repo)  # RepoNotFound before any harvesting or reading of files

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from grounding import db, store
-from grounding.errors import DatasetError
+from grounding.errors import DatasetError, InvalidArgument
 from grounding.retrieve import search
 
 SPLITS = ("train", "heldout")
@@ -85,7 +85,7 @@ def split_of(path: str) -> str:
 def select_split(questions: Iterable[Question], split: str) -> list[Question]:
     """The questions of one split, or all of them for `all`."""
     if split not in (*SPLITS, "all"):
-        raise ValueError(f"split must be train, heldout or all, not {split!r}")
+        raise InvalidArgument(f"split must be train, heldout or all, not {split!r}")
     return [q for q in questions if split == "all" or q.effective_split == split]
 
 

@@ -19,12 +19,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 
-from grounding import db, secrets, sources, store
+from grounding import db, secrets, sources, store, validation
 from grounding.chunking import chunk_file
 from grounding.config import get_settings
 from grounding.embed import Embedder, load_embedder
-from grounding.errors import EmptyRepository, GroundingError, IngestError
+from grounding.errors import (
+    AccessDenied,
+    DatabaseUnavailable,
+    EmptyRepository,
+    GroundingError,
+    IngestError,
+    InvalidArgument,
+    SourceConflict,
+)
 from grounding.records import IngestReport, SourceFile
 from grounding.retrieve import lexical_terms
 
@@ -37,10 +46,48 @@ ANALYZE_AFTER_CHUNKS = 500  # refresh planner statistics after an ingest that ch
 
 def default_name(source: str) -> str:
     """The repository name a source gets when none is given: its last path segment, without `.git`."""
-    tail = source.rstrip("/").replace(":", "/").split("/")[-1]
+    tail = sources.display_url(source).rstrip("/").replace(":", "/").split("/")[-1]
     if not sources.is_git_url(source):
         tail = Path(source).expanduser().resolve().name or tail
     return tail[:-4] if tail.endswith(".git") else tail
+
+
+def _same_source(stored: str, given: str) -> bool:
+    if sources.is_git_url(given) or sources.is_git_url(stored):
+        return sources.display_url(given).rstrip("/") == stored.rstrip("/")
+    return str(Path(given).expanduser().resolve()) == stored
+
+
+def _check_target(
+    record: store.RepoRecord | None, name: str, source: str, *, user: str | None, replace_source: bool, derived: bool
+) -> None:
+    """Refuse an ingest that would create, re-point or overwrite a repository the caller may not."""
+    shown = sources.display_url(source)
+    if user is not None:
+        from grounding.access import authorize
+
+        if record is None:
+            raise AccessDenied(user, [name])  # only an administrator (a trusted caller) registers repositories
+        authorize(user, [name])
+        if record.derived_from is not None:
+            raise AccessDenied(user, [name])
+        if replace_source or not _same_source(record.source, source):
+            raise SourceConflict(
+                f"repository {name!r} is ingested from {record.source!r}; you may re-ingest it from there, "
+                f"not from {shown!r}. An administrator can re-point it with `grounding ingest {shown} --name "
+                f"{name} --replace-source`"
+            )
+        return
+    if record is None:
+        return
+    if (record.derived_from is not None) != derived:
+        what = "an eval index grounding derived" if record.derived_from else "an ordinary repository"
+        raise SourceConflict(f"{name!r} is {what}; ingest under another name")
+    if record.current_snapshot_id is not None and not replace_source and not _same_source(record.source, source):
+        raise SourceConflict(
+            f"repository {name!r} is ingested from {record.source!r}, not {shown!r}; pass --replace-source "
+            "(replace_source=True) to read it from the new source from now on, or choose another --name"
+        )
 
 
 def ingest(
@@ -52,37 +99,97 @@ def ingest(
     progress: Progress | None = None,
     wait: bool = True,
     after_batch: Callable[[int], None] | None = None,
+    user: str | None = None,
+    replace_source: bool = False,
+    derived_from: str | None = None,
 ) -> IngestReport:
-    """Ingest `source` (a path or git URL) as repository `name`, incrementally; returns what was done."""
+    """Ingest `source` (a path or git URL) as repository `name`, incrementally; returns what was done.
+
+    A repository keeps the source it was first ingested from: another source is refused unless a trusted
+    caller passes `replace_source`. With `user`, the repository must exist, be granted to them and be
+    re-ingested from its own source (a user cannot register or re-point repositories).
+    `derived_from` is grounding's own: it marks an eval index as derived from that repository.
+    """
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidArgument(f"source must be a directory or a git URL, not {source!r}")
+    user = validation.user(user)
+    ref = validation.git_ref(ref)
+    if sources.is_git_url(source):
+        sources.check_git_url(source)
+    if derived_from is not None:
+        if user is not None:
+            raise AccessDenied(user, [name or source])
+        name = validation.repo_name(name, derived_ok=True)
+        if validation.DERIVED_NAME.fullmatch(name) is None or not name.startswith(derived_from + "~"):
+            raise InvalidArgument(f"{name!r} is not an eval index name of {derived_from!r}")
+    else:
+        name = validation.repo_name(name if name is not None else default_name(source))
     settings = get_settings()
-    name = name or default_name(source)
     engine = db.get_engine()
     seconds = dict.fromkeys(STAGES, 0.0)
+    if user is not None:
+        from grounding.access import authorize
+
+        authorize(user, [name])  # before the lock: a busy repository says nothing to someone who may not read it
     with store.repo_lock(engine, name, wait=wait):
-        t = time.perf_counter()
-        checkout = sources.open_source(source, checkouts=settings.checkouts_dir, name=name, ref=ref)
-        listing = sources.list_files(
-            checkout, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
-        )
-        seconds["list_read"] = time.perf_counter() - t
-        if not listing.files:
-            reasons = _reasons(listing.skipped)
-            raise EmptyRepository(
-                f"{source!r} has no file to index ({len(listing.skipped)} skipped{': ' + reasons if reasons else ''}); "
-                "point at a directory with source code"
-            )
         with engine.begin() as conn:
-            repo = store.upsert_repo(conn, name, source=checkout.source, ref=checkout.ref)
+            record = store.repo_record(conn, name)
+            parent = store.repo_id(conn, derived_from) if derived_from is not None else None
+        is_url = sources.is_git_url(source)
+        if user is None and not is_url:
+            # A trusted caller hears first that the path is wrong; a user must not probe the server's disk.
+            sources.open_source(source, checkouts=settings.checkouts_dir, name="_", ref=ref)
+        _check_target(record, name, source, user=user, replace_source=replace_source, derived=parent is not None)
+        t = time.perf_counter()
+        created = False
+        if record is None:
+            # The id comes first: a clone's directory is named by it, never by user text.
+            with engine.begin() as conn:
+                repo = store.upsert_repo(conn, name, source=sources.display_url(source), ref=ref, derived_from=parent)
+            created = True
+        else:
+            repo = record.id
+        try:
+            checkout = sources.open_source(
+                source, checkouts=settings.checkouts_dir, name=sources.checkout_key(repo), ref=ref
+            )
+            listing = sources.list_files(
+                checkout, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
+            )
+            if not listing.files:
+                reasons = _reasons(listing.skipped)
+                raise EmptyRepository(
+                    f"{sources.display_url(source)!r} has no file to index ({len(listing.skipped)} skipped"
+                    f"{': ' + reasons if reasons else ''}); point at a directory with source code"
+                )
+        except BaseException:
+            if created:  # a first ingest that never read anything registers nothing
+                with engine.begin() as conn:
+                    store.delete_repo(conn, repo)
+            raise
+        seconds["list_read"] = time.perf_counter() - t
+        with engine.begin() as conn:
+            store.upsert_repo(conn, name, source=checkout.source, ref=checkout.ref, derived_from=parent)
             snapshot = store.begin_snapshot(conn, repo, commit=checkout.commit, ref=checkout.ref)
         try:
             report = _write_snapshot(
                 engine, name, repo, snapshot, checkout, listing, embedder, progress, after_batch, seconds
             )
         except BaseException as err:
-            with engine.begin() as conn:
-                store.fail_snapshot(conn, snapshot, error=f"{type(err).__name__}: {err}")
+            try:
+                with engine.begin() as conn:
+                    store.fail_snapshot(conn, snapshot, error=f"{type(err).__name__}: {err}")
+            except sa.exc.DBAPIError:
+                log.warning("could not record the failure of snapshot %s: the database is gone too", snapshot)
             if isinstance(err, (GroundingError, KeyboardInterrupt, SystemExit)):
                 raise
+            if isinstance(err, sa.exc.DBAPIError) and (
+                err.connection_invalidated or isinstance(err, sa.exc.OperationalError)
+            ):
+                raise DatabaseUnavailable(
+                    f"the database stopped answering during the ingest of {name!r} ({type(err.orig).__name__}); "
+                    "the previous snapshot stays active, and a rerun resumes from what was written"
+                ) from err
             raise IngestError(
                 f"ingest of {name!r} failed ({type(err).__name__}: {err}); the previous snapshot stays active, "
                 "and a rerun resumes from what was written"
@@ -147,7 +254,7 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
                 known = store.embeddings_by_hash(conn, repo, version.id, sorted(set(hashes)))
                 unknown = sorted(set(hashes) - known.keys())
                 if unknown:
-                    known.update(store.shared_embeddings(conn, encoder=version.encoder, hashes=unknown))
+                    known.update(store.shared_embeddings(conn, repo, encoder=version.encoder, hashes=unknown))
             missing = {h: c.embed_text for h, c in zip(hashes, all_chunks) if h not in known}
             if missing:
                 vectors = embedder.embed(list(missing.values()), batch_size=settings.embed_batch_size)

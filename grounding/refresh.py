@@ -1,10 +1,14 @@
-"""Keep ingested repositories current: re-ingest a repository when its commit has moved, else say so."""
+"""Keep ingested repositories current: re-ingest a repository when its commit has moved, else say so.
+
+Derived eval indexes are not refreshed: `grounding eval` rebuilds them from their repository.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grounding import db, sources, store
+from grounding import db, sources, store, validation
+from grounding.errors import InvalidArgument
 from grounding.ingest import ingest
 from grounding.records import IngestReport
 
@@ -21,8 +25,14 @@ class RefreshOutcome:
 
 def refresh(repo: str) -> RefreshOutcome:
     """Re-ingest `repo` (incrementally) if its source's commit moved; a directory outside git is always re-read."""
+    repo = validation.repo_name(repo, derived_ok=True)
     with db.get_engine().connect() as conn:
         source, ref, before = store.repo_source(conn, repo)
+        parent = store.derived_parent(conn, repo)
+    if parent is not None:
+        raise InvalidArgument(
+            f"{repo!r} is an eval index derived from {parent!r}; `grounding eval {parent}` rebuilds it"
+        )
     if not sources.is_git_url(source):
         ref = None  # a local checkout is read as it is; the stored ref only records its branch
     now = sources.current_commit(source, ref)
@@ -37,6 +47,6 @@ def refresh(repo: str) -> RefreshOutcome:
 
 
 def repositories() -> list[str]:
-    """Every registered repository."""
+    """Every registered repository except the derived eval indexes: what scheduled jobs walk."""
     with db.get_engine().connect() as conn:
-        return store.repo_names(conn)
+        return store.repo_names(conn, derived=False)

@@ -167,7 +167,9 @@ def _read_files(repo: str) -> tuple[int, int | None, str | None, list[SourceFile
             source, ref, commit = store.repo_source(conn, repo)
             rid = store.repo_id(conn, repo)
             snapshot, _ = store.current_snapshot(conn, rid)
-        checkout = sources.reopen(source, checkouts=settings.checkouts_dir, name=repo, commit=commit, ref=ref)
+        checkout = sources.reopen(
+            source, checkouts=settings.checkouts_dir, name=sources.checkout_key(rid), commit=commit, ref=ref
+        )
         listing = sources.list_files(
             checkout, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
         )

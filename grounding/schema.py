@@ -44,7 +44,10 @@ repositories = Table(
     Column("source", Text, nullable=False),  # the path or git URL it was ingested from
     Column("ref", Text),
     Column("current_snapshot_id", Integer),  # the last complete snapshot: what queries see
+    # Set on an eval index grounding derived from another repository: it is read under that one's grants.
+    Column("derived_from", Integer, ForeignKey("repositories.id", ondelete="CASCADE")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("repositories_derived_from", "derived_from"),
 )
 
 snapshots = Table(

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from grounding import db, store
-from grounding.eval_index import DERIVED_MARK  # `REPO~eval-docstrings`: derived from REPO for evaluation
 from grounding.records import SkippedFile
 
 if TYPE_CHECKING:
@@ -23,11 +22,6 @@ REALM_KINDS = ("realm",)
 RETRO_KINDS = ("retro", "retrofit")
 RERANKER_KINDS = ("reranker",)
 RERANKER_ROWS = {"hybrid": "hybrid", "hybrid+current": "promoted reranker", "hybrid+candidate": "new reranker"}
-
-
-def is_derived(name: str) -> bool:
-    """A repository grounding derived from another one for evaluation (`REPO~eval-...`)."""
-    return DERIVED_MARK in name
 
 
 def age_text(seconds: float | None) -> str:
@@ -67,10 +61,11 @@ class RepoStatus:
     last_status: str | None  # of the newest snapshot: running, complete or failed
     last_error: str | None
     last_started_at: dt.datetime | None
+    derived_from: str | None = None  # the repository an eval index was derived from (the catalogue's mark)
 
     @property
     def derived(self) -> bool:
-        return is_derived(self.name)
+        return self.derived_from is not None
 
     @property
     def age_seconds(self) -> float | None:

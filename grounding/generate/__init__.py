@@ -13,6 +13,8 @@ GENERATORS = ("extractive", "hf", "openai", "retro")
 def load_generator(name: str | None = None) -> Generator:
     """The generator `name`, or GROUNDING_GENERATOR's, set up from the settings."""
     settings = get_settings()
+    if name is not None and not isinstance(name, str):
+        raise GeneratorUnavailable(f"backend must be extractive, hf, openai or retro, not {name!r}")
     chosen = (name or settings.generator).strip().lower()
     if chosen == "extractive":
         return ExtractiveGenerator()

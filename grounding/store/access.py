@@ -58,24 +58,23 @@ def delete_member(conn: Connection, user: str, group: str) -> bool:
     )
 
 
-def granted_repos(conn: Connection, user: str, *, derived_mark: str) -> list[str]:
+def granted_repos(conn: Connection, user: str) -> list[str]:
     """Names of the repositories `user` may read: granted to them or to one of their groups, and every
-    repository derived from one of those (named `<granted><derived_mark>...`)."""
+    eval index the catalogue marks as derived from one of those (never by its name)."""
     return list(
         conn.execute(
             sa.text(
                 """
                 WITH granted AS (
-                    SELECT r.name FROM grants g JOIN repositories r ON r.id = g.repo_id
+                    SELECT g.repo_id AS id FROM grants g
                     WHERE g.principal = 'user:' || :u
                        OR g.principal IN (SELECT 'group:' || group_name FROM group_members WHERE user_name = :u)
                 )
                 SELECT r.name FROM repositories r
-                WHERE r.name IN (SELECT name FROM granted)
-                   OR EXISTS (SELECT 1 FROM granted b WHERE starts_with(r.name, b.name || :mark))
+                WHERE r.id IN (SELECT id FROM granted) OR r.derived_from IN (SELECT id FROM granted)
                 """
             ),
-            {"u": user, "mark": derived_mark},
+            {"u": user},
         ).scalars()
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -21,7 +22,11 @@ __all__ = [
     "repo_id",
     "repo_source",
     "repo_names",
+    "repo_record",
+    "RepoRecord",
     "upsert_repo",
+    "delete_repo",
+    "derived_parent",
     "begin_snapshot",
     "fail_snapshot",
     "finish_snapshot",
@@ -78,18 +83,57 @@ def repo_source(conn: Connection, name: str) -> tuple[str, str | None, str | Non
     return row[0], row[1], row[2]
 
 
-def repo_names(conn: Connection) -> list[str]:
-    return list(conn.execute(sa.text("SELECT name FROM repositories ORDER BY name")).scalars())
+def repo_names(conn: Connection, *, derived: bool = True) -> list[str]:
+    """Every repository's name, sorted; without the derived eval indexes when `derived` is False."""
+    where = "" if derived else " WHERE derived_from IS NULL"
+    return list(conn.execute(sa.text(f"SELECT name FROM repositories{where} ORDER BY name")).scalars())
 
 
-def upsert_repo(conn: Connection, name: str, *, source: str, ref: str | None) -> int:
+@dataclass(frozen=True)
+class RepoRecord:
+    """A repository's catalogue row: where it is read from, and what it was derived from (eval indexes)."""
+
+    id: int
+    name: str
+    source: str
+    ref: str | None
+    current_snapshot_id: int | None
+    derived_from: str | None  # the parent's name, for an eval index grounding derived from it
+
+
+def repo_record(conn: Connection, name: str) -> RepoRecord | None:
+    """The catalogue row of repository `name`, or None if it was never registered."""
+    row = conn.execute(
+        sa.text(
+            "SELECT r.id, r.name, r.source, r.ref, r.current_snapshot_id, p.name FROM repositories r "
+            "LEFT JOIN repositories p ON p.id = r.derived_from WHERE r.name = :n"
+        ),
+        {"n": name},
+    ).one_or_none()
+    return None if row is None else RepoRecord(*row)
+
+
+def derived_parent(conn: Connection, name: str) -> str | None:
+    """The repository an eval index was derived from, or None for an ordinary (or unknown) repository."""
+    record = repo_record(conn, name)
+    return None if record is None else record.derived_from
+
+
+def upsert_repo(conn: Connection, name: str, *, source: str, ref: str | None, derived_from: int | None = None) -> int:
+    """Register `name` (or update where it is read from); `derived_from` marks an eval index by its parent's id."""
     return conn.execute(
         sa.text(
-            "INSERT INTO repositories (name, source, ref) VALUES (:n, :s, :r) "
-            "ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, ref = EXCLUDED.ref RETURNING id"
+            "INSERT INTO repositories (name, source, ref, derived_from) VALUES (:n, :s, :r, :d) "
+            "ON CONFLICT (name) DO UPDATE SET source = EXCLUDED.source, ref = EXCLUDED.ref, "
+            "derived_from = EXCLUDED.derived_from RETURNING id"
         ),
-        {"n": name, "s": source, "r": ref},
+        {"n": name, "s": source, "r": ref, "d": derived_from},
     ).scalar_one()
+
+
+def delete_repo(conn: Connection, repo: int) -> None:
+    """Forget a repository and everything it owns (a first ingest that never got a snapshot)."""
+    conn.execute(sa.text("DELETE FROM repositories WHERE id = :r"), {"r": repo})
 
 
 def begin_snapshot(conn: Connection, repo: int, *, commit: str | None, ref: str | None) -> int:

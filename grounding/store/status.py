@@ -20,8 +20,10 @@ def repo_statuses(conn: Connection) -> list[dict]:
                    (SELECT count(*) FROM chunks c JOIN files f ON f.id = c.file_id
                      WHERE f.repo_id = r.id AND f.snapshot_id <= r.current_snapshot_id) AS chunks,
                    v.id AS index_version, v.encoder, v.query_encoder,
-                   last.status AS last_status, last.error AS last_error, last.started_at AS last_started_at
+                   last.status AS last_status, last.error AS last_error, last.started_at AS last_started_at,
+                   p.name AS derived_from
             FROM repositories r
+            LEFT JOIN repositories p ON p.id = r.derived_from
             LEFT JOIN snapshots s ON s.id = r.current_snapshot_id
             LEFT JOIN index_versions v ON v.repo_id = r.id AND v.status = 'active'
             LEFT JOIN LATERAL (SELECT status, error, started_at FROM snapshots

@@ -11,10 +11,31 @@ from sqlalchemy.engine import Connection
 
 from grounding.records import Chunk, IndexVersion, SourceFile
 
-__all__ = ["existing_files", "count_chunks", "embeddings_by_hash", "shared_embeddings", "write_files", "vector_literal"]
+__all__ = [
+    "visible_file",
+    "existing_files",
+    "count_chunks",
+    "embeddings_by_hash",
+    "shared_embeddings",
+    "write_files",
+    "vector_literal",
+]
 
 
 # --- files, chunks, embeddings -----------------------------------------------------------------
+
+
+def visible_file(conn: Connection, repo: int, path: str) -> tuple[str, bool] | None:
+    """(content hash, decode_errors) of `path` in the repository's current snapshot; None if it holds no such file."""
+    row = conn.execute(
+        sa.text(
+            "SELECT f.content_hash, f.decode_errors FROM files f JOIN repositories r ON r.id = f.repo_id "
+            "WHERE f.repo_id = :r AND f.path = :p AND f.snapshot_id <= r.current_snapshot_id "
+            "ORDER BY f.snapshot_id DESC LIMIT 1"
+        ),
+        {"r": repo, "p": path},
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
 
 
 def existing_files(conn: Connection, repo: int) -> dict[tuple[str, str], tuple[int, int]]:
@@ -46,20 +67,27 @@ def embeddings_by_hash(conn: Connection, repo: int, version: int, hashes: Sequen
     return {h: np.array(json.loads(v), dtype=np.float32) for h, v in rows}
 
 
-def shared_embeddings(conn: Connection, *, encoder: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-    """Vectors of equal chunks in any repository, made by the same encoder: a fork, a vendored copy or a
-    derived eval index needs no encoder pass for the code it shares. The encoder name is a local path
-    or a checkpoint of one training run, so equal names mean equal weights."""
+def shared_embeddings(conn: Connection, repo: int, *, encoder: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Vectors of equal chunks in `repo`'s family (it, the repository it was derived from, and their eval
+    indexes), made by the same encoder: a derived eval index needs no encoder pass for the code it shares.
+
+    Never across unrelated repositories: the counts of vectors reused (which a user sees for a repository
+    they may re-ingest) would tell them whether another repository holds a chunk they guessed. The encoder
+    name is a local path or a checkpoint of one training run, so equal names mean equal weights."""
     if not hashes:
         return {}
     rows = conn.execute(
         sa.text(
-            "SELECT DISTINCT ON (c.content_hash) c.content_hash, e.embedding::text FROM chunks c "
-            "JOIN embeddings e ON e.chunk_id = c.id "
-            "JOIN index_versions v ON v.id = e.index_version_id AND v.encoder = :enc "
-            "WHERE c.content_hash = ANY(:h)"
+            """
+            WITH root AS (SELECT coalesce(derived_from, id) AS id FROM repositories WHERE id = :r),
+                 family AS (SELECT r.id FROM repositories r, root WHERE r.id = root.id OR r.derived_from = root.id)
+            SELECT DISTINCT ON (c.content_hash) c.content_hash, e.embedding::text FROM chunks c
+            JOIN embeddings e ON e.chunk_id = c.id
+            JOIN index_versions v ON v.id = e.index_version_id AND v.encoder = :enc
+            WHERE c.content_hash = ANY(:h) AND c.repo_id IN (SELECT id FROM family)
+            """
         ),
-        {"enc": encoder, "h": list(hashes)},
+        {"enc": encoder, "h": list(hashes), "r": repo},
     )
     return {h: np.array(json.loads(v), dtype=np.float32) for h, v in rows}
 

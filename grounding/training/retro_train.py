@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -305,7 +306,10 @@ def load_retro(path: str | Path, *, device: str = "cpu") -> tuple[Retro, dict]:
     path = Path(path)
     if not path.is_file():
         raise EncoderNotFound(f"no RETRO checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain data only: a checkpoint is never a pickle that could run code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise EncoderNotFound(f"{path} is not a RETRO checkpoint ({type(err).__name__})") from err
     model = Retro(RetroConfig(**state["config"]))
     # torch.compile prefixes parameter names; a checkpoint saved from a compiled module still loads.
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state["model"].items()})
