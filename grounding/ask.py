@@ -1,10 +1,12 @@
 """ask(repos, question): retrieve from each repository, fuse, pack the numbered evidence, generate, cite.
 
-Several repositories are fused by the score `search` gives each hit: it is the same reciprocal-rank
-sum (one 1/(rrf_k + rank) per retriever that found the chunk) in every repository, so the scores
-share one scale, and a chunk that both the vector and the lexical search rank high beats one that
-only the vector search found, whichever repository it is in. Ties go to the better rank within its
-repository, then to the repository named first.
+Several repositories are fused by rank: each repository's final list (fused, and reranked where that
+repository has a reranker) counts 1/(rrf_k + rank) for its hits, so lists whose scores are on different
+scales (reciprocal-rank sums, a cross-encoder's logits) interleave fairly: ties go to the repository
+named first. Within one repository the order is the one `search` returned.
+
+Filters may be written inline in the question (`path:src/** lang:python kind:function ...`); they are
+parsed here, once, for the Python API, the CLI and the copilot alike, and add to `filters`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 
+from grounding import validation
 from grounding.config import get_settings
+from grounding.errors import InvalidArgument
+from grounding.filters import SearchFilters, with_inline_filters
 from grounding.generate import load_generator
 from grounding.prompt import MarkerFilter, build_prompt
 from grounding.records import Answer, Citation, Hit
@@ -21,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def fuse(rankings: Sequence[Sequence[Hit]], *, k: int) -> list[Hit]:
-    """The k best hits of several repositories' rankings, by their scores (see the module docstring)."""
-    keyed = [(-hit.score, rank, order, hit) for order, hits in enumerate(rankings) for rank, hit in enumerate(hits)]
+    """The k best hits of several repositories' final rankings, by rank (see the module docstring)."""
+    rrf_k = get_settings().rrf_k
+    keyed = [
+        (-1.0 / (rrf_k + rank + 1), order, rank, hit)
+        for order, hits in enumerate(rankings)
+        for rank, hit in enumerate(hits)
+    ]
     return [hit for *_, hit in sorted(keyed, key=lambda item: item[:3])[:k]]
 
 
@@ -35,11 +45,10 @@ def evidence(repos: Sequence[str], question: str, *, k: int, filters=None) -> tu
     return tuple(hit.citation for hit in fuse(rankings, k=k))
 
 
-def _repo_names(repos: str | Sequence[str]) -> tuple[str, ...]:
-    names = (repos,) if isinstance(repos, str) else tuple(repos)
-    if not names or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"name at least one repository, not {repos!r}")
-    return tuple(dict.fromkeys(names))
+def _check_filters(filters: object) -> SearchFilters | None:
+    if filters is not None and not isinstance(filters, SearchFilters):
+        raise InvalidArgument(f"filters must be a grounding.filters.SearchFilters, not {type(filters).__name__}")
+    return filters
 
 
 def ask_stream(
@@ -52,13 +61,15 @@ def ask_stream(
     backend: str | None = None,
 ) -> Iterator[str | Answer]:
     """`ask`, as it is written: text deltas, then the Answer (whose text is the deltas joined) last."""
-    names = _repo_names(repos)
-    if not question.strip():
-        raise ValueError("the question is empty")
+    names = validation.repo_names(repos)
+    question = validation.question(question)
+    k = validation.count(k, "k")
+    user = validation.user(user)
     if user is not None:
         from grounding.access import authorize
 
         authorize(user, names)
+    question, filters = with_inline_filters(question, _check_filters(filters))
     generator = load_generator(backend)
     citations = evidence(names, question, k=k, filters=filters)
     settings = get_settings()

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from grounding import store
+from grounding.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,13 @@ class SearchFilters:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if isinstance(getattr(self, f.name), str):  # a bare string would filter on its characters
-                raise TypeError(f"SearchFilters.{f.name} takes a tuple of strings, not {getattr(self, f.name)!r}")
+            value = getattr(self, f.name)
+            # A bare string would filter on its characters; a list is taken as the tuple it stands for.
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                raise InvalidArgument(f"SearchFilters.{f.name} takes a tuple of strings, not {value!r}")
+            if not all(isinstance(v, str) and v.strip() and "\0" not in v for v in value):
+                raise InvalidArgument(f"SearchFilters.{f.name} takes non-empty strings, not {value!r}")
+            object.__setattr__(self, f.name, tuple(value))
 
     def __bool__(self) -> bool:
         return bool(self.paths or self.languages or self.kinds or self.exclude_paths)
@@ -69,7 +75,7 @@ def glob_to_regex(pattern: str) -> str:
     if glob.startswith("./"):
         glob = glob[2:]
     if not glob:
-        raise ValueError(f"empty path pattern: {pattern!r}")
+        raise InvalidArgument(f"empty path pattern: {pattern!r}")
     out, i = [], 0
     while i < len(glob):
         ch = glob[i]
@@ -102,7 +108,12 @@ def glob_to_regex(pattern: str) -> str:
         else:
             out.append(re.escape(ch))
             i += 1
-    return ("^" if anchored else "^(?:.*/)?") + "".join(out) + "(?:/.*)?$"
+    regex = ("^" if anchored else "^(?:.*/)?") + "".join(out) + "(?:/.*)?$"
+    try:  # a reversed range (`[z-a]`) would otherwise reach Postgres as an invalid regular expression
+        re.compile(regex)
+    except re.error as err:
+        raise InvalidArgument(f"path pattern {pattern!r} is not a valid glob ({err})") from None
+    return regex
 
 
 def _class_end(glob: str, start: int) -> int | None:
@@ -150,6 +161,19 @@ def parse_query(text: str) -> tuple[str, SearchFilters]:
         kinds=tuple(found["kind"]),
         exclude_paths=tuple(found["-path"]),
     )
+
+
+def with_inline_filters(question: str, filters: SearchFilters | None) -> tuple[str, SearchFilters | None]:
+    """The question without its inline filters, and those filters added to `filters` (each field joined)."""
+    text, inline = parse_query(question)
+    if not inline:
+        return question, filters
+    if not text.strip():
+        raise InvalidArgument(f"{question!r} holds only filters; add the question itself")
+    if not filters:
+        return text, inline
+    joined = {f.name: getattr(filters, f.name) + getattr(inline, f.name) for f in dataclasses.fields(SearchFilters)}
+    return text, SearchFilters(**joined)
 
 
 # --- merging and expanding citations ------------------------------------------------------------

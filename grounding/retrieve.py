@@ -13,11 +13,18 @@ import re
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 
-from grounding import db, store
+from grounding import db, store, validation
 from grounding.config import get_settings
 from grounding.embed import load_embedder
-from grounding.errors import EncoderNotFound
-from grounding.filters import LANGUAGE_ALIASES, SearchFilters, chunk_filter, glob_to_regex, parse_query
+from grounding.errors import EncoderNotFound, InvalidArgument, NotIndexed
+from grounding.filters import (
+    LANGUAGE_ALIASES,
+    SearchFilters,
+    chunk_filter,
+    glob_to_regex,
+    parse_query,
+    with_inline_filters,
+)
 from grounding.records import Chunk, Hit
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -239,15 +246,13 @@ def expands(hit: Hit) -> bool:
 def configured_reranker(conn, repo: str, setting: str) -> str | None:
     """The cross-encoder GROUNDING_RERANKER gives `repo`: a path, none (`off`), or its promoted one (`promoted`).
 
-    A derived eval index (REPO~eval-...) is reranked by REPO's promoted model.
+    A derived eval index is reranked by its parent's promoted model (the catalogue says which).
     """
     if setting.lower() in ("off", "none", "no", "false", "0"):
         return None
     if setting != "promoted":
         return setting
-    from grounding.eval_index import DERIVED_MARK
-
-    return store.promoted_checkpoint(conn, repo.split(DERIVED_MARK)[0], kind="reranker")
+    return store.promoted_checkpoint(conn, store.derived_parent(conn, repo) or repo, kind="reranker")
 
 
 def search(
@@ -272,13 +277,24 @@ def search(
     every ranking. The fused hits are then reordered by a cross-encoder (rerank: None or True follows
     GROUNDING_RERANKER, True failing when it names none; False: none; a path: that one), widened
     from a fragment to its definition (expand), and merged where they overlap or touch (merge),
-    fetching more than k so that k distinct citations remain.
+    fetching more than k so that k distinct citations remain. Filters written inline in the question
+    (`path:src/** lang:python ...`) are parsed off it and added to `filters`.
     """
+    repo = validation.repo_name(repo, derived_ok=True)
+    question = validation.question(question)
+    k = validation.count(k, "k")
     if mode not in ("hybrid", "vector", "lexical"):
-        raise ValueError(f"mode must be hybrid, vector or lexical, not {mode!r}")
+        raise InvalidArgument(f"mode must be hybrid, vector or lexical, not {mode!r}")
+    if filters is not None and not isinstance(filters, SearchFilters):
+        raise InvalidArgument(f"filters must be a grounding.filters.SearchFilters, not {type(filters).__name__}")
+    if index_version is not None:
+        index_version = validation.count(index_version, "index_version", maximum=2**31 - 1)
     from grounding.access import authorize
 
     authorize(user, [repo])  # before anything, even whether the repository exists, is revealed
+    if validation.user(user) is not None and isinstance(rerank, str):
+        raise InvalidArgument("a reranker path is for trusted callers; a user gets the repository's own reranker")
+    question, filters = with_inline_filters(question, filters)
     settings = get_settings()
     engine = db.get_engine()
     with engine.begin() as conn:
@@ -288,8 +304,15 @@ def search(
         else:
             version = store.index_version(conn, index_version)
             if version is None or version.repo_id != repo_id:
-                raise ValueError(f"index version {index_version} does not belong to repository {repo!r}")
-        _, commit = store.current_snapshot(conn, repo_id)
+                raise InvalidArgument(f"index version {index_version} does not belong to repository {repo!r}")
+        snapshot, commit = store.current_snapshot(conn, repo_id)
+        if snapshot is None:
+            last = store.latest_snapshot(conn, repo)
+            why = f": its last ingest failed ({last['error'].splitlines()[0][:200]})" if last and last["error"] else ""
+            raise NotIndexed(
+                f"repository {repo!r} has no index yet{why}; fix that and run `grounding ingest` again "
+                "(`grounding repos` shows every run)"
+            )
         reranker_path = rerank if isinstance(rerank, str) else None
         if rerank is not False and reranker_path is None:
             reranker_path = configured_reranker(conn, repo, settings.reranker)
