@@ -70,12 +70,12 @@ def ask_and_show(repos: list[str], text: str, *, k: int, user: str | None) -> di
         from grounding import ask_stream
         from grounding.retrieve import parse_query
 
-        question, filters = parse_query(text)
+        _, filters = parse_query(text)  # only to show them: ask_stream parses the question's filters itself
         if applied := filter_text(filters):
             st.caption(f"Filters: {applied}")
 
         def deltas() -> Iterator[str]:
-            for event in ask_stream(repos, question, k=k, user=user, filters=filters):
+            for event in ask_stream(repos, text, k=k, user=user):
                 if isinstance(event, Answer):
                     final["answer"] = event
                 else:

@@ -40,6 +40,8 @@ class IngestJob:
     name: str
     ref: str | None
     mode: str  # deployment or direct
+    user: str | None = None  # who asked: the flow checks their access itself
+    replace_source: bool = False
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.time)
     status: str = "starting"  # starting, running, complete, failed
@@ -104,12 +106,22 @@ def deployment_available() -> bool:
     return True
 
 
-def start(source: str, *, name: str, ref: str | None, use_deployment: bool) -> IngestJob:
-    """Start ingesting `source` as `name`; ValueError while another ingest of `name` started here runs."""
+def start(
+    source: str,
+    *,
+    name: str,
+    ref: str | None,
+    use_deployment: bool,
+    user: str | None = None,
+    replace_source: bool = False,
+) -> IngestJob:
+    """Start ingesting `source` as `name` (as `user`, checked by the flow); ValueError while another
+    ingest of `name` started here runs."""
     with _lock:
         if any(j.name == name for j in running_jobs()):
             raise ValueError(f"an ingest of {name!r} is already running; wait for it to finish")
-        new = IngestJob(source, name, ref, "deployment" if use_deployment else "direct")
+        mode = "deployment" if use_deployment else "direct"
+        new = IngestJob(source, name, ref, mode, user=user, replace_source=replace_source)
         _jobs[new.key] = new
     target = _run_deployment if use_deployment else _run_direct
     # The thread gets a copy of this context: Prefect's settings (a test harness's server) and our listener.
@@ -132,7 +144,14 @@ def _run_direct(job: IngestJob) -> None:
 
     try:
         with reporting_progress(listener):
-            state = ingest_repo(job.source, name=job.name, ref=job.ref, return_state=True)
+            state = ingest_repo(
+                job.source,
+                name=job.name,
+                ref=job.ref,
+                user=job.user,
+                replace_source=job.replace_source,
+                return_state=True,
+            )
         job.flow_state = state.type.value
         if state.is_completed():
             job.summary = state.result()
@@ -156,7 +175,15 @@ def _run_deployment(job: IngestJob) -> None:
 
     try:
         flow_run = run_deployment(
-            DEPLOYMENT, parameters={"source": job.source, "name": job.name, "ref": job.ref}, timeout=0
+            DEPLOYMENT,
+            parameters={
+                "source": job.source,
+                "name": job.name,
+                "ref": job.ref,
+                "user": job.user,
+                "replace_source": job.replace_source,
+            },
+            timeout=0,
         )
         job.flow_run_id = str(flow_run.id)
         before = latest_snapshot(job.name)

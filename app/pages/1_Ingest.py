@@ -7,6 +7,7 @@ import streamlit as st
 from ui_common import current_user, errors_as_messages, scope_or_stop, when
 
 from grounding.ingest import default_name
+from grounding.sources import is_git_url
 from grounding.status import SnapshotView, skipped_files
 
 st.set_page_config(page_title="Ingest · grounding copilot", page_icon=":material/download:", layout="wide")
@@ -88,11 +89,30 @@ else:
         "start `grounding serve` and set PREFECT_API_URL to use its workers)."
     )
 
-with st.form("ingest"):
-    source = st.text_input("Source", placeholder="/path/to/a/checkout or https://git.example.com/acme/api.git")
-    name = st.text_input("Name", placeholder="default: the source's last path segment")
-    ref = st.text_input("Ref", placeholder="branch, tag or commit (git URLs)")
-    submitted = st.form_submit_button("Ingest", type="primary")
+submitted = False
+if user is None:
+    with st.form("ingest"):
+        source = st.text_input("Source", placeholder="/path/to/a/checkout or https://git.example.com/acme/api.git")
+        name = st.text_input("Name", placeholder="default: the source's last path segment")
+        ref = st.text_input("Ref", placeholder="branch, tag or commit (git URLs)")
+        replace = st.checkbox("Read an existing repository from this new source from now on")
+        submitted = st.form_submit_button("Ingest", type="primary")
+elif scope.repos:
+    # A user re-ingests what they may read, from where it is registered; an administrator adds or re-points.
+    st.caption(
+        "Re-ingest a repository you may read from its registered source. "
+        "New repositories are added by an administrator."
+    )
+    with st.form("ingest"):
+        by_name = {r.name: r for r in scope.repos}
+        name = st.selectbox("Repository", list(by_name))
+        source, ref, replace = "", "", False
+        submitted = st.form_submit_button("Re-ingest", type="primary")
+    if submitted:
+        chosen = by_name[name]
+        source, ref = chosen.source, (chosen.ref or "") if is_git_url(chosen.source) else ""
+else:
+    st.info(f"{user!r} may read no repository yet, so there is nothing to re-ingest.")
 
 if submitted:
     source, name, ref = source.strip(), name.strip(), ref.strip() or None
@@ -104,7 +124,9 @@ if submitted:
             st.error(f"{user!r} may not ingest into {name!r}: only repositories you may read can be ingested.")
         else:
             with errors_as_messages("Starting the ingest"):
-                started = ingest_jobs.start(source, name=name, ref=ref, use_deployment=use_deployment)
+                started = ingest_jobs.start(
+                    source, name=name, ref=ref, use_deployment=use_deployment, user=user, replace_source=replace
+                )
                 st.session_state["ingest_job"] = st.session_state["ingest_polling"] = started.key
 
 key = st.session_state.get("ingest_job")

@@ -26,13 +26,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is logged, not to the stream of the first call (a test's
+    captured stream is closed after the test; a handler holding it would fail every later record)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr(level: int) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except GroundingError as err:
@@ -41,3 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("grounding: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug, not bad input: still one line, the traceback with -v
+        if args.verbose:
+            raise
+        first = (str(err).splitlines() or [""])[0][:300]
+        print(
+            f"grounding: unexpected error: {type(err).__name__}: {first} (run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR

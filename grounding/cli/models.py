@@ -140,8 +140,11 @@ def _cmd_train_retro(args: argparse.Namespace) -> int:
 
 def _cmd_complete(args: argparse.Namespace) -> int:
     from grounding.completion import complete, prefix_at
+    from grounding.errors import InvalidArgument
 
     path, line = args.location.rsplit(":", 1) if ":" in args.location else (args.location, None)
+    if line is not None and not (line.isascii() and line.isdigit()):
+        raise InvalidArgument(f"{args.location!r} is not PATH or PATH:LINE; LINE is a line number (1 is the first)")
     prefix = prefix_at(args.repo, path, int(line) if line else None, user=args.user)
     result = complete(
         args.repo, prefix, max_new_tokens=args.max_new_tokens, temperature=args.temperature, path=path, user=args.user

@@ -7,7 +7,7 @@ import os
 import sys
 
 from grounding.cli.common import EXIT_ERROR
-from grounding.errors import GroundingError
+from grounding.errors import GroundingError, InvalidArgument
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -23,7 +23,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             bar = tqdm(total=total, unit="file", desc="ingest", disable=args.quiet)
         bar.update(done - bar.n)
 
-    report = ingest(args.source, name=args.name, ref=args.ref, progress=progress, wait=not args.no_wait)
+    report = ingest(
+        args.source,
+        name=args.name,
+        ref=args.ref,
+        progress=progress,
+        wait=not args.no_wait,
+        replace_source=args.replace_source,
+    )
     if bar is not None:
         bar.close()
     print(
@@ -127,6 +134,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(port=args.port, ready=ready)
 
 
+def check_ui_address(address: str, *, insecure: bool) -> None:
+    """Refuse to serve the copilot beyond this machine without authentication, unless told so explicitly.
+
+    The copilot has no login yet: whoever reaches its port acts as its user (or, with none, as a trusted
+    local caller who reads every repository).
+    """
+    import ipaddress
+
+    try:
+        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not insecure:
+        raise InvalidArgument(
+            f"the copilot has no login: on {address!r} anyone who reaches the port reads what its user may read. "
+            "Serve it on 127.0.0.1 (behind your own authenticating proxy), or pass --insecure-no-auth to accept that"
+        )
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     import signal
     import subprocess
@@ -138,6 +164,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from grounding.config import get_settings
     from grounding.serve import PROJECT_DIR
 
+    check_ui_address(args.address, insecure=args.insecure_no_auth)
     app = PROJECT_DIR / "app" / "copilot.py"
     if not app.is_file():
         raise GroundingError(f"the copilot app is not at {app}; run `grounding ui` from a checkout of grounding")
@@ -146,9 +173,10 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         env["GROUNDING_UI_USER"] = args.user
     user = env.get("GROUNDING_UI_USER")
     env.setdefault("PREFECT_HOME", str(get_settings().home / "prefect"))  # as `grounding serve` has it
-    url = f"http://127.0.0.1:{args.port}"
+    host = f"[{args.address}]" if ":" in args.address else args.address
+    url = f"http://{host}:{args.port}"
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true"]
-    command += ["--server.address", "127.0.0.1", "--server.port", str(args.port)]
+    command += ["--server.address", args.address, "--server.port", str(args.port)]
     command += ["--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
     command += ["--client.toolbarMode", "minimal"]  # no "Deploy" button
 
@@ -194,6 +222,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="repository name (default: the last path segment)")
     p.add_argument("--ref", help="branch, tag or commit, for git URLs")
     p.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the repository")
+    p.add_argument(
+        "--replace-source",
+        action="store_true",
+        help="read an existing repository from this new source from now on (otherwise another source is refused)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_ingest)
 
@@ -238,6 +271,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ui", help="run the Streamlit copilot (chat, ingest, index, training) on 127.0.0.1")
     p.add_argument("--port", type=int, default=8501, help="port of the web UI (default 8501)")
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback --address although the copilot has no login: anyone reaching it acts as its user",
+    )
     p.add_argument("--user", help="show only the repositories this user may read (default: GROUNDING_UI_USER)")
     p.add_argument("--headless", action="store_true", help="do not open a browser")
     p.set_defaults(func=_cmd_ui)
