@@ -18,6 +18,10 @@ import sqlalchemy as sa
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Prefect configures its console logging when first imported, against sys.stderr as it is then: if that
+# first import happens inside a test that captures output (capsys), every later Prefect log line fails.
+from prefect import flow  # noqa: E402, F401  (prefect itself is imported lazily; this loads it)
+
 from grounding import db  # noqa: E402
 from grounding.config import reset_settings  # noqa: E402
 from grounding.embed import HashingEmbedder  # noqa: E402
@@ -84,6 +88,18 @@ def grounding_env(request, tmp_path, monkeypatch):
     reset_settings()
     yield
     reset_settings()
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    """A Prefect test harness (a real, temporary Prefect server) for the flows of one test module.
+
+    Per module, not per session: tests/test_serve.py points Prefect's process-wide settings at a server
+    of its own, which a harness still open around it would shadow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
 
 
 @pytest.fixture

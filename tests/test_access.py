@@ -18,8 +18,9 @@ def names(engine, repo_name):
     tag = uuid.uuid4().hex[:8]
     repos = {"a": f"{repo_name}-a", "b": f"{repo_name}-b", "a_eval": f"{repo_name}-a~eval-docstrings"}
     with engine.begin() as conn:
-        for name in repos.values():
-            store.upsert_repo(conn, name, source=f"/src/{name}", ref=None)
+        ids = {key: store.upsert_repo(conn, name, source=f"/src/{name}", ref=None) for key, name in repos.items()}
+        # Derived in the catalogue, as build_eval_index registers it (the name alone grants nothing).
+        store.upsert_repo(conn, repos["a_eval"], source="/src/eval", ref=None, derived_from=ids["a"])
     people = {"alice": f"alice-{tag}", "bob": f"bob-{tag}", "platform": f"platform-{tag}"}
     yield {**repos, **people}
     with engine.begin() as conn:

@@ -215,14 +215,6 @@ def test_training_page_plots_stored_runs_and_lists_evaluations(engine, ingested,
     assert charts(at).get("REALM: batch_mrr per step") == 5
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_ingest_page_runs_the_flow_and_reports_completion(engine, repo_name, tmp_path, monkeypatch, prefect_server):
     import ingest_jobs
 

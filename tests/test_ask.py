@@ -159,17 +159,16 @@ def test_a_question_about_one_repository_is_answered_from_it(trees):
     assert answer.citations[0].repo == trees["click"][0]
 
 
-def test_fuse_merges_by_score_then_rank_then_repository_order():
+def test_fuse_merges_by_rank_then_repository_order_whatever_the_scores():
     def hit(repo: str, score: float) -> Hit:
         return Hit(0, Citation(repo, f"{repo}-{score}.py", 1, 2, None, score, "x"), score)
 
     a = [hit("a", 0.5), hit("a", 0.45), hit("a", 0.1)]
-    b = [hit("b", 0.3), hit("b", 0.2)]
-    by_score = [("a", 0.5), ("a", 0.45), ("b", 0.3), ("b", 0.2)]
-    assert [(h.citation.repo, h.score) for h in fuse([a, b], k=4)] == by_score, "not taken in turns"
-    tied = fuse([[hit("a", 0.5), hit("a", 0.3)], [hit("b", 0.3)]], k=3)
-    assert [(h.citation.repo, h.score) for h in tied] == [("a", 0.5), ("b", 0.3), ("a", 0.3)], "the better rank"
+    b = [hit("b", 30.0), hit("b", -2.0)]  # a cross-encoder's logits: another scale, which must not decide
+    fused = [(h.citation.repo, h.score) for h in fuse([a, b], k=4)]
+    assert fused == [("a", 0.5), ("b", 30.0), ("a", 0.45), ("b", -2.0)], "each list's rank decides, in turns"
     assert [h.citation.repo for h in fuse([[hit("a", 0.3)], [hit("b", 0.3)]], k=2)] == ["a", "b"]
+    assert [h.citation.repo for h in fuse([[hit("b", 9.0)], [hit("a", 0.1)]], k=2)] == ["b", "a"], "named first"
     assert fuse([a, []], k=5) == a
 
 

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from grounding import store
 from grounding.embed import HashingEmbedder
+from grounding.errors import InvalidArgument
 from grounding.ingest import ingest
 from grounding.records import Citation, Hit
 from grounding.retrieve import (
@@ -146,7 +147,7 @@ def test_globs_mean_the_same_in_postgres(engine):
 def test_empty_glob_and_bare_strings_are_refused():
     with pytest.raises(ValueError, match="empty path pattern"):
         glob_to_regex(" / ")
-    with pytest.raises(TypeError, match="takes a tuple of strings"):
+    with pytest.raises(InvalidArgument, match="takes a tuple of strings"):
         SearchFilters(paths="*.py")
 
 

@@ -10,14 +10,6 @@ import sqlalchemy as sa
 from tests.conftest import copy_tree
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_ingest_repo_flow_writes_chunks_and_publishes_an_artifact(
     prefect_server, engine, repo_name, tmp_path, monkeypatch
 ):
@@ -187,8 +179,9 @@ def test_scheduled_training_runs_every_repository_and_fails_naming_the_ones_that
     src.mkdir()
     (src / "a.py").write_text("def f():\n    return 1\n")
     good, bad, derived = f"{repo_name}-good", f"{repo_name}-bad", f"{repo_name}-good~eval-docstrings"
-    for name in (good, bad, derived):
+    for name in (good, bad):
         ingest(str(src), name=name, embedder=hashing)
+    ingest(str(src), name=derived, embedder=hashing, derived_from=good)  # as build_eval_index does
     seen = []
 
     def job(name: str) -> dict:

@@ -193,13 +193,24 @@ def test_ingest_without_waiting_reports_busy(engine, repo_name, hashing, tmp_pat
             ingest(str(src), name=repo_name, embedder=hashing, wait=False)
 
 
-def test_a_copy_in_another_repository_reuses_the_vectors_of_equal_chunks(engine, repo_name, hashing, tmp_path):
+def test_a_derived_copy_reuses_the_vectors_of_equal_chunks_and_an_unrelated_one_does_not(
+    engine, repo_name, hashing, tmp_path
+):
     first = ingest(str(copy_tree("requests", tmp_path / "a")), name=repo_name + "-a", embedder=hashing)
     copy = copy_tree("requests", tmp_path / "b")
     (copy / "extra.py").write_text("def brand_new_function():\n    return 42\n")
-    second = ingest(str(copy), name=repo_name + "-b", embedder=hashing)
+    derived = f"{repo_name}-a~eval-docstrings"
+    second = ingest(str(copy), name=derived, embedder=hashing, derived_from=repo_name + "-a")
     assert first.embeddings_computed > 100
     assert second.embeddings_computed == 1  # only the new file's chunk met the encoder
+    # An unrelated repository borrows nothing: its reuse counts would reveal another repository's chunks.
+    other = ingest(str(copy), name=repo_name + "-b", embedder=hashing)
+    assert other.embeddings_computed == first.embeddings_computed + 1
     # Another encoder's vectors are never borrowed.
-    third = ingest(str(copy_tree("requests", tmp_path / "c")), name=repo_name + "-c", embedder=HashingEmbedder(32))
+    third = ingest(
+        str(copy_tree("requests", tmp_path / "c")),
+        name=f"{repo_name}-a~eval-commits",
+        embedder=HashingEmbedder(32),
+        derived_from=repo_name + "-a",
+    )
     assert third.embeddings_computed == first.embeddings_computed

@@ -1,0 +1,390 @@
+"""The access-control and input holes of issue 11, one test each, against the real database, git and encoder.
+
+Each test was run against the code before the fix and failed there (see the closing note of that
+change); the names say what must hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import grounding
+from grounding import access, store
+from grounding.cli import main
+from grounding.errors import AccessDenied, GroundingError, SourceNotFound
+from grounding.ingest import ingest
+from tests.conftest import git, git_repo, save_tiny_bert
+
+SECRET_PASSWORD = "Zq8vT2kWm4Rx9pLs7Yb3"
+
+
+def tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.fixture
+def two_teams(engine, repo_name, hashing, tmp_path):
+    """`public` (granted to alice) and `payroll` (granted to nobody), each a real git checkout."""
+    public = git_repo(tree(tmp_path / "public", {"app/greet.py": "def greet(name):\n    return f'hello {name}'\n"}))
+    payroll = git_repo(
+        tree(
+            tmp_path / "payroll",
+            {"salaries/compute_bonus.py": "def compute_payroll_bonus(salary):\n    return salary * 0.42\n"},
+        )
+    )
+    names = {"public": f"{repo_name}-public", "payroll": f"{repo_name}-payroll"}
+    ingest(str(public), name=names["public"], embedder=hashing)
+    ingest(str(payroll), name=names["payroll"], embedder=hashing)
+    alice = f"alice-{uuid.uuid4().hex[:6]}"
+    access.grant(alice, names["public"])
+    return {**names, "alice": alice, "public_dir": public, "payroll_dir": payroll}
+
+
+def all_text(answer) -> str:
+    return "\n".join(f"{c.repo} {c.path} {c.symbol} {c.snippet}" for c in answer.citations) + answer.text
+
+
+# 1 ---------------------------------------------------------------------------------------------
+
+
+def test_a_granted_user_cannot_repoint_a_repository_at_another_directory(two_teams, hashing):
+    t = two_teams
+    with pytest.raises(GroundingError, match="ingested from"):
+        ingest(str(t["payroll_dir"]), name=t["public"], embedder=hashing, user=t["alice"])
+    with pytest.raises(AccessDenied):  # nor register a new repository, which only an administrator does
+        ingest(str(t["payroll_dir"]), name=f"{t['public']}-mine", embedder=hashing, user=t["alice"])
+    answer = grounding.ask(t["public"], "compute payroll bonus salary", user=t["alice"])
+    assert "payroll" not in all_text(answer).lower()
+    with grounding.db.get_engine().connect() as conn:
+        assert store.repo_source(conn, t["public"])[0] == str(t["public_dir"].resolve()), "the source is unchanged"
+    # Re-ingesting from its own source is allowed, and a trusted caller re-points only when told to.
+    ingest(str(t["public_dir"]), name=t["public"], embedder=hashing, user=t["alice"])
+    with pytest.raises(GroundingError, match="--replace-source"):
+        ingest(str(t["payroll_dir"]), name=t["public"], embedder=hashing)
+    ingest(str(t["payroll_dir"]), name=t["public"], embedder=hashing, replace_source=True)
+    with grounding.db.get_engine().connect() as conn:
+        assert store.repo_source(conn, t["public"])[0] == str(t["payroll_dir"].resolve())
+
+
+# 2 ---------------------------------------------------------------------------------------------
+
+
+def test_prefix_at_reads_only_what_ingest_indexed_and_redacted(engine, repo_name, hashing, tmp_path):
+    from grounding.completion import prefix_at
+
+    root = tree(
+        tmp_path / "svc",
+        {
+            "main.py": f"import os\nPASSWORD = '{SECRET_PASSWORD}'\n\ndef main():\n    return 1\n",
+            ".env": f"DB_PASSWORD={SECRET_PASSWORD}\n",
+            "ignored.py": "def ignored():\n    return 'ignored'\n",
+            ".gitignore": "ignored.py\n",
+        },
+    )
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "main.py", ".env", ".gitignore")
+    git(root, "commit", "-q", "-m", "initial")
+    (root / "untracked.py").write_text("def untracked():\n    return 'untracked'\n")
+    ingest(str(root), name=repo_name, embedder=hashing)
+
+    text = prefix_at(repo_name, "main.py", None)
+    assert "def main" in text and SECRET_PASSWORD not in text, "an indexed file is read back redacted"
+    for path in (".env", "ignored.py", "untracked.py", ".git/config", ".git/HEAD", "../svc/main.py", "/etc/passwd"):
+        with pytest.raises(GroundingError):
+            prefix_at(repo_name, path, 1)
+    (root / "main.py").write_text("def main():\n    return 'changed since the ingest'\n")
+    with pytest.raises(SourceNotFound, match="changed on disk"):
+        prefix_at(repo_name, "main.py", 1)
+
+
+# 3 ---------------------------------------------------------------------------------------------
+
+
+def test_a_name_that_looks_derived_grants_nothing(engine, repo_name, hashing, tmp_path):
+    billing = f"{repo_name}-billing"
+    lookalike = f"{billing}~eval-payroll"
+    ingest(str(tree(tmp_path / "b", {"b.py": "def bill():\n    return 1\n"})), name=billing, embedder=hashing)
+    with engine.begin() as conn:  # an unrelated repository under that name, as older releases let anyone make
+        store.upsert_repo(conn, lookalike, source="/elsewhere", ref=None)
+    user = f"bob-{uuid.uuid4().hex[:6]}"
+    access.grant(user, billing)
+    assert access.allowed_repos(user) == [billing]
+    with pytest.raises(AccessDenied):
+        access.authorize(user, [lookalike])
+    with pytest.raises(GroundingError, match="not a valid repository name"):  # and no user can make one now
+        ingest(str(tmp_path / "b"), name=lookalike, embedder=hashing)
+
+
+# 4 ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../x", "a/../../b", "/abs", "x" * 5000, "bell\x07", "nul\x00", "tilde~eval-docstrings", "", " ", "a b"],
+)
+def test_repository_names_follow_one_grammar(engine, tmp_path, hashing, name):
+    src = tree(tmp_path / "src", {"a.py": "def a():\n    return 1\n"})
+    with pytest.raises(GroundingError, match="not a valid repository name"):
+        ingest(str(src), name=name, embedder=hashing)
+    with pytest.raises(GroundingError):
+        grounding.ask(name, "what does a return")
+
+
+def test_a_clone_lives_under_a_directory_named_by_the_repository_id(engine, repo_name, hashing, tmp_path):
+    origin = git_repo(tree(tmp_path / "origin", {"a.py": "def a():\n    return 1\n"}))
+    name = f"{repo_name}/team"  # OWNER/NAME is allowed; the checkout is not named after it
+    ingest(f"file://{origin}", name=name, embedder=hashing)
+    checkouts = grounding.config.get_settings().checkouts_dir
+    with engine.connect() as conn:
+        rid = store.repo_id(conn, name)
+    assert [p.name for p in checkouts.iterdir()] == [f"repo-{rid}"]
+
+
+# 5 ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dumb_http_git(root: Path):
+    """A bare clone of `root` served over git's dumb HTTP protocol on loopback."""
+    bare = root.parent / "served" / "repo.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(root), str(bare)], check=True)
+    subprocess.run(["git", "update-server-info"], cwd=bare, check=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(bare.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}/repo.git"
+    finally:
+        server.shutdown()
+
+
+def test_credentials_in_a_git_url_are_never_stored_or_shown(engine, repo_name, hashing, tmp_path, capsys):
+    origin = git_repo(tree(tmp_path / "origin", {"a.py": "def a():\n    return 1\n"}))
+    with dumb_http_git(origin) as where:
+        ingest(f"http://deploy:{SECRET_PASSWORD}@{where}", name=repo_name, embedder=hashing)
+        assert main(["repos"]) == 0
+    with engine.connect() as conn:
+        source = store.repo_source(conn, repo_name)[0]
+        dumped = "\n".join(map(str, conn.execute(sa.text("SELECT * FROM repositories")).all()))
+    assert source == f"http://{where}"
+    assert SECRET_PASSWORD not in dumped + capsys.readouterr().out
+    home = grounding.config.get_settings().checkouts_dir
+    for config in home.glob("*/.git/config"):
+        assert SECRET_PASSWORD not in config.read_text()
+    # A remote that fails: the error does not echo the password, and nothing is registered.
+    with pytest.raises(GroundingError) as err:
+        ingest(f"http://deploy:{SECRET_PASSWORD}@127.0.0.1:9/gone.git", name=f"{repo_name}-gone", embedder=hashing)
+    assert SECRET_PASSWORD not in str(err.value)
+    with engine.connect() as conn:
+        assert store.repo_record(conn, f"{repo_name}-gone") is None
+
+
+# 6 ---------------------------------------------------------------------------------------------
+
+
+def test_several_repositories_fuse_fairly_when_one_has_a_reranker(engine, repo_name, hashing, tmp_path):
+    a, b = f"{repo_name}-a", f"{repo_name}-b"
+    body = "".join(f"def retry_charge_{i}(charge):\n    return retry(charge, attempt={i})\n\n\n" for i in range(6))
+    ingest(str(tree(tmp_path / "a", {"a.py": body})), name=a, embedder=hashing)
+    ingest(str(tree(tmp_path / "b", {"b.py": body})), name=b, embedder=hashing)
+    reranker = save_tiny_bert(tmp_path / "reranker", "BertForSequenceClassification", num_labels=1)
+    with engine.begin() as conn:
+        run = store.insert_training_run(
+            conn, store.repo_id(conn, a), kind="reranker", config={}, device="cpu", host=None, pid=None
+        )
+        store.update_training_run(conn, run, status="complete", decision="promoted", checkpoint=str(reranker))
+    answer = grounding.ask([a, b], "retry a failed charge", k=4)
+    assert [c.repo for c in answer.citations] == [a, b, a, b], "each repository's list counts by its rank"
+
+
+# 7 ---------------------------------------------------------------------------------------------
+
+
+def test_inline_filters_apply_in_the_python_api_and_the_cli(engine, repo_name, hashing, tmp_path, capsys):
+    ingest(
+        str(
+            tree(
+                tmp_path / "r",
+                {
+                    "src/retry.py": "def retry_with_backoff(call):\n    return call()\n",
+                    "tests/test_retry.py": "def test_retry_with_backoff():\n    assert retry_with_backoff(f)\n",
+                    "docs/retry.md": "# Retry with backoff\n\nCalls are retried with backoff.\n",
+                },
+            )
+        ),
+        name=repo_name,
+        embedder=hashing,
+    )
+    answer = grounding.ask(repo_name, "path:src/** lang:python retry with backoff", k=5)
+    assert answer.citations and {c.path for c in answer.citations} == {"src/retry.py"}
+    assert main(["ask", repo_name, "path:tests/** retry with backoff", "--no-code"]) == 0
+    out = capsys.readouterr().out
+    assert "tests/test_retry.py" in out and "src/retry.py" not in out and "docs/retry.md" not in out
+
+
+# 8 and the leftovers ---------------------------------------------------------------------------
+
+
+def test_a_non_utf8_file_name_is_skipped_with_a_reason(engine, repo_name, hashing, tmp_path):
+    root = tree(tmp_path / "r", {"ok.py": "def ok():\n    return 1\n"})
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.py"), "wb") as f:  # a Latin-1 name: not UTF-8
+        f.write(b"def latin():\n    return 1\n")
+    git_repo(root)
+    report = ingest(str(root), name=repo_name, embedder=hashing)
+    assert report.skipped_by_reason() == {"non-utf8-name": 1}
+    assert report.files_seen == 2 and report.files_changed == 1
+
+
+def test_a_repository_whose_only_ingest_failed_says_it_has_no_index(engine, repo_name, tmp_path, monkeypatch):
+    ingest_module = sys.modules["grounding.ingest"]
+    from grounding.errors import NotIndexed
+
+    src = tree(tmp_path / "r", {"a.py": "def a():\n    return 1\n"})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the encoder broke")
+
+    monkeypatch.setattr(ingest_module, "_write_snapshot", broken)
+    with pytest.raises(GroundingError):
+        ingest(str(src), name=repo_name)
+    with pytest.raises(NotIndexed, match="no index yet: its last ingest failed .*the encoder broke"):
+        grounding.ask(repo_name, "what does a return")
+
+
+def test_a_normal_file_with_a_few_long_lines_is_not_minified():
+    from grounding.records import SkippedFile
+    from grounding.sources import classify
+
+    lines = [f"value_{i} = {i}\n" for i in range(200)] + ["TABLE = '" + "x" * 3000 + "'\n"] * 3
+    normal = classify("table.py", "".join(lines).encode(), max_bytes=1 << 20, max_line_length=1000)
+    assert not isinstance(normal, SkippedFile), normal
+    minified = classify(
+        "app.min2.js", b"/*! v1 */\n" + b"var a=1;" * 2000 + b"\n", max_bytes=1 << 20, max_line_length=1000
+    )
+    assert isinstance(minified, SkippedFile) and minified.reason == "minified"
+
+
+def test_a_dead_database_mid_ingest_is_retried_by_the_flow(engine, repo_name, hashing, tmp_path, monkeypatch):
+    """The failure reaches the flow as DatabaseUnavailable (which retry_on_io retries), not as IngestError."""
+    ingest_module = sys.modules["grounding.ingest"]
+    from grounding.errors import DatabaseUnavailable
+
+    src = tree(tmp_path / "r", {"a.py": "def a():\n    return 1\n"})
+
+    def dead(*args, **kwargs):
+        raise sa.exc.OperationalError("INSERT ...", {}, ConnectionError("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(ingest_module, "_write_snapshot", dead)
+    with pytest.raises(DatabaseUnavailable, match="stopped answering"):
+        ingest(str(src), name=repo_name, embedder=hashing)
+
+
+def test_refresh_leaves_derived_eval_indexes_alone(engine, repo_name, hashing, tmp_path):
+    from grounding.refresh import refresh, repositories
+
+    src = tree(tmp_path / "r", {"a.py": 'def a():\n    """Return one."""\n    return 1\n'})
+    ingest(str(src), name=repo_name, embedder=hashing)
+    ingest(str(src), name=f"{repo_name}~eval-docstrings", embedder=hashing, derived_from=repo_name)
+    assert f"{repo_name}~eval-docstrings" not in repositories() and repo_name in repositories()
+    with pytest.raises(GroundingError, match="eval index derived from"):
+        refresh(f"{repo_name}~eval-docstrings")
+
+
+@pytest.mark.parametrize(
+    ("address", "insecure", "allowed"),
+    [
+        ("127.0.0.1", False, True),
+        ("::1", False, True),
+        ("localhost", False, True),
+        ("0.0.0.0", False, False),
+        ("10.1.2.3", False, False),
+        ("0.0.0.0", True, True),
+    ],
+)
+def test_the_copilot_refuses_a_non_loopback_address_without_an_explicit_flag(address, insecure, allowed):
+    from grounding.cli.repos import check_ui_address
+
+    if allowed:
+        check_ui_address(address, insecure=insecure)
+    else:
+        with pytest.raises(GroundingError, match="--insecure-no-auth"):
+            check_ui_address(address, insecure=insecure)
+
+
+def test_grounding_ui_on_a_public_address_exits_with_one_line(capsys):
+    assert main(["ui", "--address", "0.0.0.0", "--headless"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no login" in err
+
+
+# What an attacker review of the fix found, each pinned ---------------------------------------------
+
+
+def test_a_user_cannot_choose_the_model_files_a_call_loads(two_teams, tmp_path):
+    from grounding.completion import complete
+    from grounding.retrieve import search
+    from grounding.training.retro_train import load_retro
+
+    t = two_teams
+    with pytest.raises(GroundingError, match="trusted callers"):
+        complete(t["public"], "def ", checkpoint=str(tmp_path / "any.pt"), user=t["alice"])
+    with pytest.raises(GroundingError, match="trusted callers"):
+        search(t["public"], "greet", rerank=str(tmp_path), user=t["alice"])
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    import torch
+
+    torch.save({"config": {}, "model": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(GroundingError, match="not a RETRO checkpoint"):
+        load_retro(tmp_path / "evil.pt")  # a trusted caller's path is read as data, never run
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_vectors_are_not_reused_across_unrelated_repositories(engine, repo_name, hashing, tmp_path):
+    """Reuse counts are shown to users who may re-ingest a repository: they must not reveal another's chunks."""
+    same = {"pay.py": "def pay(amount):\n    return amount * 1.2\n"}
+    ingest(str(tree(tmp_path / "secret", same)), name=f"{repo_name}-secret", embedder=hashing)
+    mine = ingest(str(tree(tmp_path / "mine", same)), name=f"{repo_name}-mine", embedder=hashing)
+    assert (mine.embeddings_computed, mine.embeddings_reused) == (1, 0)
+    derived = ingest(
+        str(tmp_path / "mine"),
+        name=f"{repo_name}-mine~eval-docstrings",
+        embedder=hashing,
+        derived_from=f"{repo_name}-mine",
+    )
+    assert (derived.embeddings_computed, derived.embeddings_reused) == (0, 1), "within a family, still shared"
+
+
+def test_a_password_holding_an_at_sign_is_stripped_whole():
+    from grounding.sources import display_url, scrub
+
+    assert display_url("https://u:p@ss@host/x.git") == "https://host/x.git"
+    assert display_url("ssh://git:p@ss@host/x.git") == "ssh://git@host/x.git"
+    assert "ss@" not in scrub("fatal: could not read https://u:p@ss@host/x.git")
+    with pytest.raises(GroundingError, match="query or fragment"):
+        ingest("https://host/x.git?access_token=abc", name="x")
+
+
+def test_a_busy_repository_tells_nothing_to_a_user_who_may_not_read_it(two_teams, engine):
+    t = two_teams
+    with store.repo_lock(engine, t["payroll"]):
+        with pytest.raises(AccessDenied):
+            ingest(str(t["payroll_dir"]), name=t["payroll"], user=t["alice"], wait=False)
