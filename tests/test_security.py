@@ -388,3 +388,33 @@ def test_a_busy_repository_tells_nothing_to_a_user_who_may_not_read_it(two_teams
     with store.repo_lock(engine, t["payroll"]):
         with pytest.raises(AccessDenied):
             ingest(str(t["payroll_dir"]), name=t["payroll"], user=t["alice"], wait=False)
+
+
+def test_migration_0008_marks_old_eval_indexes_and_strips_stored_credentials(engine, repo_name):
+    """What older releases left in the catalogue, cleaned by the migration's own statements."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "migrations" / "versions" / "0008_derived_from.py"
+    spec = importlib.util.spec_from_file_location("migration_0008", path)
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    with engine.begin() as conn:
+        parent = store.upsert_repo(
+            conn, repo_name, source=f"https://ci:{SECRET_PASSWORD}@git.example.com/a.git", ref=None
+        )
+        store.upsert_repo(conn, f"{repo_name}~eval-docstrings", source="/eval", ref=None)
+        store.upsert_repo(conn, f"{repo_name}~eval-payroll", source="/elsewhere", ref=None)
+        snap = store.begin_snapshot(conn, parent, commit=None, ref=None)
+        store.fail_snapshot(
+            conn, snap, error=f"fatal: could not read https://ci:{SECRET_PASSWORD}@git.example.com/a.git"
+        )
+        for statement in (
+            migration.MARK_DERIVED,
+            migration.STRIP_SOURCE_CREDENTIALS,
+            migration.SCRUB_ERROR_CREDENTIALS,
+        ):
+            conn.execute(sa.text(statement))
+        assert store.repo_record(conn, f"{repo_name}~eval-docstrings").derived_from == repo_name
+        assert store.repo_record(conn, f"{repo_name}~eval-payroll").derived_from is None, "not a harvester's name"
+        assert store.repo_record(conn, repo_name).source == "https://git.example.com/a.git"
+        assert store.snapshot(conn, snap)["error"] == "fatal: could not read https://***@git.example.com/a.git"

@@ -20,23 +20,28 @@ branch_labels = None
 depends_on = None
 
 
+# Module constants so that tests/test_security.py runs the same statements on rows of its own.
+MARK_DERIVED = """
+    UPDATE repositories d SET derived_from = p.id
+    FROM repositories p
+    WHERE d.name IN (p.name || '~eval-docstrings', p.name || '~eval-commits') AND d.derived_from IS NULL
+"""
+STRIP_SOURCE_CREDENTIALS = r"UPDATE repositories SET source = regexp_replace(source, '^(https?://)[^/?#]*@', '\1', 'i')"
+SCRUB_ERROR_CREDENTIALS = (
+    r"UPDATE snapshots SET error = regexp_replace(error, '([a-z][a-z0-9+.-]*://)[^/?#\s]*@', '\1***@', 'gi') "
+    r"WHERE error ~* '[a-z][a-z0-9+.-]*://[^/?#\s]*@'"
+)
+
+
 def upgrade() -> None:
     op.add_column(
         "repositories",
         sa.Column("derived_from", sa.Integer, sa.ForeignKey("repositories.id", ondelete="CASCADE")),
     )
     op.create_index("repositories_derived_from", "repositories", ["derived_from"])
-    op.execute(
-        """
-        UPDATE repositories d SET derived_from = p.id
-        FROM repositories p
-        WHERE d.name IN (p.name || '~eval-docstrings', p.name || '~eval-commits')
-        """
-    )
-    op.execute(r"UPDATE repositories SET source = regexp_replace(source, '^(https?://)[^/?#]*@', '\1', 'i')")
-    op.execute(
-        r"UPDATE snapshots SET error = regexp_replace(error, '([a-z][a-z0-9+.-]*://)[^/?#\s]*@', '\1***@', 'gi')"
-    )
+    op.execute(MARK_DERIVED)
+    op.execute(STRIP_SOURCE_CREDENTIALS)
+    op.execute(SCRUB_ERROR_CREDENTIALS)
 
 
 def downgrade() -> None:
