@@ -14,6 +14,7 @@ redacted text.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +50,10 @@ def default_name(source: str) -> str:
     tail = sources.display_url(source).rstrip("/").replace(":", "/").split("/")[-1]
     if not sources.is_git_url(source):
         tail = Path(source).expanduser().resolve().name or tail
-    return tail[:-4] if tail.endswith(".git") else tail
+    tail = tail[:-4] if tail.endswith(".git") else tail
+    # Made to fit the name grammar: `My Project (old)` becomes `My-Project-old`.
+    fitted = re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-._")[:100].rstrip("-._")
+    return fitted or "repository"
 
 
 def _same_source(stored: str, given: str) -> bool:

@@ -418,3 +418,11 @@ def test_migration_0008_marks_old_eval_indexes_and_strips_stored_credentials(eng
         assert store.repo_record(conn, f"{repo_name}~eval-payroll").derived_from is None, "not a harvester's name"
         assert store.repo_record(conn, repo_name).source == "https://git.example.com/a.git"
         assert store.snapshot(conn, snap)["error"] == "fatal: could not read https://***@git.example.com/a.git"
+
+
+def test_a_default_name_is_made_to_fit_the_grammar():
+    from grounding.ingest import default_name
+    from grounding.validation import repo_name
+
+    for source, expected in (("/srv/My Project (old)", "My-Project-old"), ("https://h/acme/api.git", "api")):
+        assert repo_name(default_name(source)) == expected
