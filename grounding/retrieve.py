@@ -25,6 +25,7 @@ from grounding.filters import (
     parse_query,
     with_inline_filters,
 )
+from grounding.fusion import FusionWeights
 from grounding.records import Chunk, Hit
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -243,6 +244,14 @@ def expands(hit: Hit) -> bool:
 # --- search ------------------------------------------------------------------------------------
 
 
+def hybrid_weights(setting: str) -> FusionWeights:
+    """GROUNDING_FUSION_WEIGHTS, read; a malformed value is an InvalidArgument naming the variable."""
+    try:
+        return FusionWeights.parse(setting)
+    except ValueError as err:
+        raise InvalidArgument(f"GROUNDING_FUSION_WEIGHTS: {err}") from None
+
+
 def configured_reranker(conn, repo: str, setting: str) -> str | None:
     """The cross-encoder GROUNDING_RERANKER gives `repo`: a path, none (`off`), or its promoted one (`promoted`).
 
@@ -331,6 +340,10 @@ def search(
         query_vector = load_embedder(version.question_encoder).embed_batch([question])[0]
     terms = query_terms(question)
     where = chunk_filter(filters)
+    weights = (1.0, 1.0, 1.0)  # one ranker alone (vector or lexical mode) is not reweighted
+    if mode == "hybrid":
+        w = hybrid_weights(settings.fusion_weights)
+        weights = (w.vector, w.lexical, w.trigram)
     used = version.id if version is not None and mode != "lexical" else None
     fetch = k * MERGE_FETCH if merge else k
     if reranker is not None:
@@ -352,6 +365,7 @@ def search(
                 use_lexical=mode in ("hybrid", "lexical"),
                 use_trigram=mode in ("hybrid", "lexical"),
                 filters=where,
+                weights=weights,
             )
         hits = [
             dataclasses.replace(

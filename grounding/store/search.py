@@ -161,9 +161,15 @@ def hybrid_search(
     use_lexical: bool = True,
     use_trigram: bool = True,
     filters: ChunkFilter | None = None,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> list[Hit]:
-    """Vector, full-text and trigram rankings of the visible chunks that pass `filters`, fused by reciprocal rank."""
+    """Vector, full-text and trigram rankings of the visible chunks that pass `filters`, fused by reciprocal
+    rank, each ranking's 1/(rrf_k + rank) times its weight (vector, lexical, trigram); a 0 weight skips it."""
     params: dict = {"r": repo, "n": candidates, "k": k, "rrf": rrf_k}
+    params.update(wv=weights[0], wl=weights[1], wt=weights[2])
+    use_vector = use_vector and weights[0] > 0
+    use_lexical = use_lexical and weights[1] > 0
+    use_trigram = use_trigram and weights[2] > 0
     filters = filters or ChunkFilter()
     where = filters.sql(params)
     ctes, sources = [], []
@@ -182,7 +188,7 @@ def hybrid_search(
         WITH {", ".join(ctes)},
         ranked AS ({" UNION ALL ".join(sources)}),
         fused AS (
-            SELECT id, sum(1.0 / (:rrf + r)) AS score,
+            SELECT id, sum(CASE src WHEN 'v' THEN :wv WHEN 'l' THEN :wl ELSE :wt END / (:rrf + r)) AS score,
                    min(r) FILTER (WHERE src = 'v') AS vr, min(r) FILTER (WHERE src = 'l') AS lr,
                    min(r) FILTER (WHERE src = 't') AS tr
             FROM ranked GROUP BY id ORDER BY score DESC, id LIMIT :k)
