@@ -16,8 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from grounding import validation
 from grounding.config import get_settings
-from grounding.errors import InvalidArgument
-from grounding.filters import SearchFilters, with_inline_filters
+from grounding.filters import with_inline_filters
 from grounding.generate import load_generator
 from grounding.prompt import MarkerFilter, build_prompt
 from grounding.records import Answer, Citation, Hit
@@ -45,12 +44,6 @@ def evidence(repos: Sequence[str], question: str, *, k: int, filters=None) -> tu
     return tuple(hit.citation for hit in fuse(rankings, k=k))
 
 
-def _check_filters(filters: object) -> SearchFilters | None:
-    if filters is not None and not isinstance(filters, SearchFilters):
-        raise InvalidArgument(f"filters must be a grounding.filters.SearchFilters, not {type(filters).__name__}")
-    return filters
-
-
 def ask_stream(
     repos: str | Sequence[str],
     question: str,
@@ -69,7 +62,7 @@ def ask_stream(
         from grounding.access import authorize
 
         authorize(user, names)
-    question, filters = with_inline_filters(question, _check_filters(filters))
+    question, filters = with_inline_filters(question, filters)
     generator = load_generator(backend)
     citations = evidence(names, question, k=k, filters=filters)
     settings = get_settings()

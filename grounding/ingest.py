@@ -118,7 +118,8 @@ def ingest(
         raise InvalidArgument(f"source must be a directory or a git URL, not {source!r}")
     user = validation.user(user)
     ref = validation.git_ref(ref)
-    if sources.is_git_url(source):
+    is_url = sources.is_git_url(source)
+    if is_url:
         sources.check_git_url(source)
     if derived_from is not None:
         if user is not None:
@@ -139,10 +140,10 @@ def ingest(
         with engine.begin() as conn:
             record = store.repo_record(conn, name)
             parent = store.repo_id(conn, derived_from) if derived_from is not None else None
-        is_url = sources.is_git_url(source)
+        checkout = None
         if user is None and not is_url:
             # A trusted caller hears first that the path is wrong; a user must not probe the server's disk.
-            sources.open_source(source, checkouts=settings.checkouts_dir, name="_", ref=ref)
+            checkout = sources.open_source(source, checkouts=settings.checkouts_dir, name="_", ref=ref)
         _check_target(record, name, source, user=user, replace_source=replace_source, derived=parent is not None)
         t = time.perf_counter()
         created = False
@@ -154,7 +155,7 @@ def ingest(
         else:
             repo = record.id
         try:
-            checkout = sources.open_source(
+            checkout = checkout or sources.open_source(
                 source, checkouts=settings.checkouts_dir, name=sources.checkout_key(repo), ref=ref
             )
             listing = sources.list_files(

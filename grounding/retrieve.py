@@ -294,8 +294,6 @@ def search(
     k = validation.count(k, "k")
     if mode not in ("hybrid", "vector", "lexical"):
         raise InvalidArgument(f"mode must be hybrid, vector or lexical, not {mode!r}")
-    if filters is not None and not isinstance(filters, SearchFilters):
-        raise InvalidArgument(f"filters must be a grounding.filters.SearchFilters, not {type(filters).__name__}")
     if index_version is not None:
         index_version = validation.count(index_version, "index_version", maximum=2**31 - 1)
     from grounding.access import authorize
