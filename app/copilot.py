@@ -24,7 +24,7 @@ FILTER_HINT = "filters: path:src/** lang:python kind:function"
 
 def filter_text(filters: SearchFilters) -> str:
     """`path src/** · lang python`: the filters parse_query found, for a caption; empty when none."""
-    shown = {"paths": "path", "exclude_paths": "-path", "languages": "lang", "kinds": "kind"}
+    shown = {"paths": "path", "exclude_paths": "-path", "languages": "lang", "kinds": "kind", "roles": "role"}
     return " · ".join(
         f"{shown.get(name, name)} {', '.join(values)}" for name, values in dataclasses.asdict(filters).items() if values
     )
@@ -32,7 +32,8 @@ def filter_text(filters: SearchFilters) -> str:
 
 def citation_label(n: int, citation: Citation, *, with_repo: bool) -> str:
     # As code: a label is markdown, where `requests/__init__.py` would lose its underscores to bold.
-    return f"[{n}] `{citation.location}`" + (f" · {citation.repo}" if with_repo else "")
+    role = f" · {citation.role}" if citation.role and citation.role != "source" else ""
+    return f"[{n}] `{citation.location}`{role}" + (f" · {citation.repo}" if with_repo else "")
 
 
 def show_citations(citations: Sequence[Citation]) -> None:

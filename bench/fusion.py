@@ -21,18 +21,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import K, by_file, commits_set, cosqa_set, log, paired_interval  # noqa: E402
+from quality import K, by_file, commits_set, cosqa_set, log, matches, paired_interval  # noqa: E402
 
 RRF_KS = (5, 10, 30, 60)
+PRIORS = (1.0, 0.75, 0.5, 0.3, 0.15)
 
 
-def candidates_of(repo: str, questions: list[tuple[str, frozenset[str]]]) -> list[list[tuple[str, dict]]]:
-    """Per question: (path, {ranker: rank}) of every candidate any ranking found."""
+def candidates_of(repo: str, questions: list[tuple[str, frozenset]]) -> list[list[tuple[tuple, dict, float]]]:
+    """Per question: (span, {ranker: rank}, role factor at prior 0) of every candidate any ranking found.
+
+    The factor is 1 for a chunk of a favoured role (implementation, or a role the question asks for), 0
+    otherwise; a prior p then multiplies the others' fused score by p."""
     from grounding import db, store
     from grounding.config import get_settings
     from grounding.embed import load_embedder
     from grounding.filters import chunk_filter
-    from grounding.retrieve import identifier_fragments, query_terms, to_tsquery_text
+    from grounding.lexical import question_tokens
+    from grounding.retrieve import identifier_fragments
+    from grounding.roles import asked_roles
 
     settings = get_settings()
     with db.get_engine().connect() as conn:
@@ -47,29 +53,38 @@ def candidates_of(repo: str, questions: list[tuple[str, frozenset[str]]]) -> lis
                 repo_id,
                 version,
                 query_vector=embedder.embed_batch([query])[0],
-                tsquery=to_tsquery_text(query_terms(query)),
+                terms=question_tokens(query),
                 fragments=identifier_fragments(query),
                 candidates=settings.candidates,
                 rrf_k=60,
                 k=3 * settings.candidates,  # every candidate of every ranking
                 filters=chunk_filter(None),
+                role_prior=1.0,
             )
+        favoured = {"source", *asked_roles(query)}
         out.append(
             [
-                (h.citation.path, {"vector": h.vector_rank, "lexical": h.lexical_rank, "trigram": h.trigram_rank})
+                (
+                    (h.citation.path, h.citation.start_line, h.citation.end_line),
+                    {"vector": h.vector_rank, "lexical": h.lexical_rank, "trigram": h.trigram_rank},
+                    1.0 if h.citation.role in favoured else 0.0,
+                )
                 for h in hits
             ]
         )
     return out
 
 
-def reciprocal_ranks(cands, questions, weights, rrf_k) -> list[float]:
+def reciprocal_ranks(cands, questions, weights, rrf_k, prior=1.0) -> list[float]:
     from grounding.fusion import fuse
 
     rr = []
     for found, (_, gold) in zip(cands, questions):
-        ranked = by_file(fuse(found, weights, rrf_k=rrf_k))[:K]
-        rank = next((i for i, p in enumerate(ranked, 1) if p in gold), 0)
+        factors = {span: 1.0 if f else prior for span, _, f in found}
+        ranked = fuse([(span, ranks) for span, ranks, _ in found], weights, rrf_k=rrf_k, factors=factors)
+        if all(isinstance(g, str) for g in gold):
+            ranked = by_file(ranked)
+        rank = next((i for i, hit in enumerate(ranked[:K], 1) if matches(hit, gold)), 0)
         rr.append(1 / rank if rank else 0.0)
     return rr
 
@@ -100,27 +115,44 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         db.reset()
         db.stop_embedded()
-    results = {}  # (weights, rrf_k) -> {set: (mrr, per-question rr)}
-    for rrf_k in RRF_KS:
-        for w in default_grid():
-            per_set = {}
-            for name, (cands, questions) in sets.items():
-                rr = reciprocal_ranks(cands, questions, w, rrf_k)
-                per_set[name] = (sum(rr) / len(rr), rr)
-            results[(w, rrf_k)] = per_set
+
+    def score(w, rrf_k, prior) -> dict:
+        per_set = {}
+        for name, (cands, questions) in sets.items():
+            rr = reciprocal_ranks(cands, questions, w, rrf_k, prior)
+            per_set[name] = (sum(rr) / len(rr), rr)
+        return per_set
+
+    results: dict = {}  # (weights, rrf_k, prior) -> {set: (mrr, per-question rr)}
 
     def mean(key) -> float:
+        if key not in results:
+            results[key] = score(*key)
         return sum(m for m, _ in results[key].values()) / len(sets)
 
+    # Coordinate ascent: weights and rrf_k at a middle prior, then the prior, then the weights again.
+    best = max(((w, k, 0.5) for k in RRF_KS for w in default_grid()), key=mean)
+    best = max(((best[0], best[1], p) for p in PRIORS), key=mean)
+    best = max(((w, k, best[2]) for k in RRF_KS for w in default_grid()), key=mean)
     ranked = sorted(results, key=lambda key: -mean(key))
-    print(f"{'weights':36}{'rrf_k':>6}{'mean':>8}" + "".join(f"{n:>9}" for n in sets))
-    today, alone = (FusionWeights(1, 1, 1), 5), (FusionWeights(1, 0, 0), 5)
-    for key in [*ranked[:8], today, alone]:
+    print(f"{'weights':36}{'rrf_k':>6}{'prior':>6}{'mean':>8}" + "".join(f"{n:>9}" for n in sets))
+    before, alone, bm25 = (
+        (FusionWeights(1, 0.25, 0.1), 5, 1.0),
+        (FusionWeights(1, 0, 0), 5, 1.0),
+        (FusionWeights(0, 1, 0), 5, 1.0),
+    )
+    for key in dict.fromkeys([*ranked[:8], *((best[0], best[1], p) for p in PRIORS), before, alone, bm25]):
+        total = mean(key)
         row = "".join(f"{results[key][n][0]:>9.3f}" for n in sets)
-        print(f"{str(key[0]):36}{key[1]:>6}{mean(key):>8.3f}{row}")
-    best = ranked[0]
-    print(f"\nchosen: {best[0]} rrf_k={best[1]}")
-    for label, other in (("equal weights, rrf_k=5 (before)", today), ("vector alone", alone)):
+        print(f"{str(key[0]):36}{key[1]:>6}{key[2]:>6}{total:>8.3f}{row}")
+    print(f"\nchosen: {best[0]} rrf_k={best[1]} role_prior={best[2]}")
+    for label, other in (
+        ("the weights before (vector=1,lexical=0.25,trigram=0.1), no prior", before),
+        ("vector alone", alone),
+        ("bm25 alone", bm25),
+        ("the chosen weights without the prior", (best[0], best[1], 1.0)),
+    ):
+        mean(other)
         for name in sets:
             diff, lo, hi = paired_interval(results[best][name][1], results[other][name][1])
             print(f"  {name:8} chosen - {label}: {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")

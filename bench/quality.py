@@ -37,7 +37,11 @@ K = 10
 WINDOW_LINES = 40
 BOOTSTRAP = 2000
 
-Ranker = Callable[[str], list[str]]  # a query -> file paths, best first
+Span = tuple[str, int, int]  # path, first and last line (1-based)
+Ranker = Callable[[str], list[Span]]  # a query -> hits, best first
+# A question's gold: file paths (a file-level set, any chunk of them counts) or line spans (a hit counts
+# when it overlaps one).
+Gold = frozenset
 
 
 def log(message: str) -> None:
@@ -78,19 +82,58 @@ def commits_set(name: str, work: Path) -> tuple[str, Path, list[tuple[str, froze
 # --- rankers --------------------------------------------------------------------------------------
 
 
-def by_file(paths: Sequence[str]) -> list[str]:
-    """Paths in order of their first appearance: a file ranks where its best chunk does."""
-    return list(dict.fromkeys(paths))
+def by_file(hits: Sequence[Span]) -> list[Span]:
+    """Hits in order, one per file: a file ranks where its best chunk does."""
+    seen: dict[str, Span] = {}
+    for h in hits:
+        seen.setdefault(h[0], h)
+    return list(seen.values())
 
 
-def grounding_ranker(repo: str, mode: str) -> Ranker:
+def matches(hit: Span, gold: Gold) -> bool:
+    """A hit answers a file-level question when its file is gold, a span-level one when it overlaps a gold span."""
+    path, start, end = hit
+    return any(g == path if isinstance(g, str) else g[0] == path and start <= g[2] and end >= g[1] for g in gold)
+
+
+def grounding_ranker(repo: str, mode: str, *, rerank: bool = False) -> Ranker:
     from grounding.retrieve import search
 
-    return lambda q: by_file([h.citation.path for h in search(repo, q, k=K * 3, mode=mode, rerank=False)])[:K]
+    def rank(q: str) -> list[Span]:
+        hits = search(repo, q, k=K * 3, mode=mode, rerank=rerank)
+        return [(h.citation.path, h.citation.start_line, h.citation.end_line) for h in hits]
+
+    return rank
 
 
-def stored_chunks(repo: str) -> list[tuple[str, str]]:
-    """(path, text) of every visible chunk of `repo`: the peers read exactly what grounding indexed."""
+def bm25_ranker(repo: str) -> Ranker:
+    """grounding's BM25 alone, straight from Postgres (store.bm25_search): no trigram, no fusion."""
+    from grounding import db, store
+    from grounding.lexical import question_tokens
+
+    with db.get_engine().connect() as conn:
+        repo_id = store.repo_id(conn, repo)
+        spans = {
+            cid: (p, s, e)
+            for cid, p, s, e in conn.execute(
+                __import__("sqlalchemy").text(
+                    "SELECT c.id, f.path, c.start_line, c.end_line FROM chunks c JOIN files f ON f.id = c.file_id "
+                    "WHERE c.repo_id = :r"
+                ),
+                {"r": repo_id},
+            )
+        }
+
+    def rank(q: str) -> list[Span]:
+        with db.get_engine().connect() as conn:
+            found = store.bm25_search(conn, repo_id, question_tokens(q), k=K * 10)
+        return [spans[cid] for cid, _ in found]
+
+    return rank
+
+
+def stored_chunks(repo: str) -> list[tuple[Span, str]]:
+    """(span, text) of every visible chunk of `repo`: the peers read exactly what grounding indexed."""
     import sqlalchemy as sa
 
     from grounding import db
@@ -98,34 +141,57 @@ def stored_chunks(repo: str) -> list[tuple[str, str]]:
     with db.get_engine().connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT f.path, c.text FROM chunks c JOIN files f ON f.id = c.file_id "
+                "SELECT f.path, c.start_line, c.end_line, c.text FROM chunks c JOIN files f ON f.id = c.file_id "
                 "JOIN repositories r ON r.id = f.repo_id "
                 "WHERE r.name = :n AND f.snapshot_id <= r.current_snapshot_id ORDER BY c.id"
             ),
             {"n": repo},
         ).all()
-    return [(p, t) for p, t in rows]
+    return [((p, s, e), t) for p, s, e, t in rows]
 
 
-def bm25s_ranker(chunks: list[tuple[str, str]]) -> Ranker:
+def bm25s_ranker(chunks: list[tuple[Span, str]]) -> Ranker:
+    """The peer: bm25s with its own tokenizer (English stop words, no stemming) over the stored chunks."""
     import bm25s
 
-    paths = [p for p, _ in chunks]
+    spans = [sp for sp, _ in chunks]
     retriever = bm25s.BM25(k1=1.5, b=0.75)
     retriever.index(bm25s.tokenize([t for _, t in chunks], stopwords="en", show_progress=False), show_progress=False)
     depth = min(len(chunks), K * 10)
 
-    def rank(query: str) -> list[str]:
+    def rank(query: str) -> list[Span]:
         tokens = bm25s.tokenize([query], stopwords="en", show_progress=False)
         if not tokens.vocab:
             return []
         found, scores = retriever.retrieve(tokens, k=depth, show_progress=False)
-        return by_file([paths[i] for i, s in zip(found[0], scores[0]) if s > 0])[:K]
+        return [spans[i] for i, s in zip(found[0], scores[0]) if s > 0]
 
     return rank
 
 
-def windows(root: Path) -> list[tuple[str, str]]:
+def bm25s_same_tokens_ranker(chunks: list[tuple[Span, str]]) -> Ranker:
+    """bm25s fed grounding's own tokens (grounding.lexical, path included): the reference the SQL BM25 must match."""
+    import bm25s
+
+    from grounding.lexical import K1, B, chunk_tokens, question_tokens
+
+    spans = [sp for sp, _ in chunks]
+    retriever = bm25s.BM25(k1=K1, b=B)
+    retriever.index([chunk_tokens(sp[0], t) for sp, t in chunks], show_progress=False)
+    vocab = retriever.vocab_dict
+    depth = min(len(chunks), K * 10)
+
+    def rank(query: str) -> list[Span]:
+        tokens = [t for t in question_tokens(query) if t in vocab]
+        if not tokens:
+            return []
+        found, scores = retriever.retrieve([tokens], k=depth, show_progress=False)
+        return [spans[i] for i, s in zip(found[0], scores[0]) if s > 0]
+
+    return rank
+
+
+def windows(root: Path) -> list[tuple[Span, str]]:
     """Every file under root cut into WINDOW_LINES-line windows, without overlap."""
     out = []
     for file in sorted(p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts):
@@ -134,7 +200,7 @@ def windows(root: Path) -> list[tuple[str, str]]:
         for lo in range(0, max(len(lines), 1), WINDOW_LINES):
             text = "\n".join(lines[lo : lo + WINDOW_LINES]).strip()
             if text:
-                out.append((rel, f"{rel}\n{text}"))
+                out.append(((rel, lo + 1, min(lo + WINDOW_LINES, len(lines))), f"{rel}\n{text}"))
     return out
 
 
@@ -149,11 +215,11 @@ def minilm_windows_ranker(root: Path) -> Ranker:
     t = time.perf_counter()
     matrix = np.asarray(embedder.embed([text for _, text in found], batch_size=32))
     log(f"minilm-40: {len(found)} windows embedded in {time.perf_counter() - t:.0f}s")
-    paths = [p for p, _ in found]
+    spans = [sp for sp, _ in found]
 
-    def rank(query: str) -> list[str]:
+    def rank(query: str) -> list[Span]:
         scores = matrix @ np.asarray(embedder.embed_batch([query])[0])
-        return by_file([paths[i] for i in np.argsort(-scores)[: K * 10]])[:K]
+        return [spans[i] for i in np.argsort(-scores)[: K * 10]]
 
     return rank
 
@@ -161,11 +227,16 @@ def minilm_windows_ranker(root: Path) -> Ranker:
 # --- scoring --------------------------------------------------------------------------------------
 
 
-def reciprocal_ranks(ranker: Ranker, questions: list[tuple[str, frozenset[str]]]) -> tuple[list[float], list[int]]:
-    """Per question: 1/rank of the first gold file within K (0 if none), and that rank (0 if none)."""
+def reciprocal_ranks(ranker: Ranker, questions: list[tuple[str, Gold]]) -> tuple[list[float], list[int]]:
+    """Per question: 1/rank of the first gold hit within K (0 if none), and that rank (0 if none).
+
+    On a file-level set a file counts once, at its best hit; on a span-level set every hit counts."""
     rr, ranks = [], []
     for query, gold in questions:
-        rank = next((i for i, path in enumerate(ranker(query), 1) if path in gold), 0)
+        hits = ranker(query)
+        if all(isinstance(g, str) for g in gold):
+            hits = by_file(hits)
+        rank = next((i for i, hit in enumerate(hits[:K], 1) if matches(hit, gold)), 0)
         ranks.append(rank)
         rr.append(1 / rank if rank else 0.0)
     return rr, ranks
@@ -189,21 +260,120 @@ def paired_interval(a: list[float], b: list[float], *, seed: int = 0) -> tuple[f
     return sum(diffs) / n, means[int(0.025 * BOOTSTRAP)], means[int(0.975 * BOOTSTRAP) - 1]
 
 
-def measure(name: str, repo: str, root: Path, questions: list[tuple[str, frozenset[str]]]) -> dict:
-    rankers: dict[str, Ranker] = {mode: grounding_ranker(repo, mode) for mode in ("lexical", "vector", "hybrid")}
-    rankers["bm25s"] = bm25s_ranker(stored_chunks(repo))
-    rankers["minilm-40"] = minilm_windows_ranker(root)
-    per_row = {}
-    for row, ranker in rankers.items():
-        t = time.perf_counter()
-        per_row[row] = reciprocal_ranks(ranker, questions)
-        log(f"{name} {row}: {len(questions)} questions in {time.perf_counter() - t:.1f}s")
+Part = tuple[str, Path, list[tuple[str, Gold]]]  # a repository searched, its tree, its questions
+
+
+def reranker_available(repo: str) -> bool:
+    from grounding import db
+    from grounding.config import get_settings
+    from grounding.retrieve import configured_reranker
+
+    with db.get_engine().connect() as conn:
+        return configured_reranker(conn, repo, get_settings().reranker) is not None
+
+
+def measure(name: str, parts: list[Part], *, rows: Sequence[str] | None = None) -> dict:
+    """Every row over every part of a set; a set's questions are the parts' questions, in order."""
+    per_row: dict[str, tuple[list[float], list[int]]] = {}
+    for repo, root, questions in parts:
+        rankers: dict[str, Ranker] = {mode: grounding_ranker(repo, mode) for mode in ("lexical", "vector", "hybrid")}
+        if reranker_available(repo):
+            rankers["hybrid+rerank"] = grounding_ranker(repo, "hybrid", rerank=True)
+        rankers["bm25"] = bm25_ranker(repo)
+        chunks = stored_chunks(repo)
+        rankers["bm25s"] = bm25s_ranker(chunks)
+        rankers["bm25s-tokens"] = bm25s_same_tokens_ranker(chunks)
+        rankers["minilm-40"] = minilm_windows_ranker(root)
+        for row, ranker in rankers.items():
+            if rows and row not in rows and row != "hybrid":
+                continue
+            t = time.perf_counter()
+            rr, ranks = reciprocal_ranks(ranker, questions)
+            log(f"{name} {repo} {row}: {len(questions)} questions in {time.perf_counter() - t:.1f}s")
+            got = per_row.setdefault(row, ([], []))
+            got[0].extend(rr)
+            got[1].extend(ranks)
+    n = sum(len(q) for _, _, q in parts)
     hybrid = per_row["hybrid"][0]
     table = {}
     for row, (rr, ranks) in per_row.items():
+        if len(rr) != n:
+            continue  # a row some part lacked (no reranker there) is not comparable
         diff, lo, hi = paired_interval(hybrid, rr)
         table[row] = {**metrics(ranks), "hybrid_minus_row": diff, "interval": [lo, hi]}
-    return {"questions": len(questions), "rows": table}
+    return {"questions": n, "rows": table}
+
+
+def handwritten_parts(work: Path) -> list[Part]:
+    """bench/handwritten.json: 30 questions written by hand about three installed codebases, gold line spans."""
+    from grounding.ingest import ingest
+
+    spec = json.loads((ROOT / "bench" / "handwritten.json").read_text())
+    parts = []
+    for repo in spec["repos"]:
+        root = Path(repo["root"])
+        if "extract" in repo:  # the JDK's sources are a zip: unpacked under the work directory
+            target = work / repo["name"]
+            if not target.is_dir():
+                target.mkdir(parents=True)
+                subprocess.run(
+                    [
+                        "unzip",
+                        "-q",
+                        "-o",
+                        "/usr/lib/jvm/temurin-25-jdk-amd64/lib/src.zip",
+                        "java.net.http/*",
+                        "-d",
+                        str(target),
+                    ],
+                    check=True,
+                )
+            root = target / "java.net.http"
+        if not root.is_dir():
+            raise SystemExit(f"{repo['name']}: {root} is not installed here ({repo['version']})")
+        ingest(str(root), name=repo["name"])
+        questions = [
+            (q["question"], frozenset((g["path"], g["start"], g["end"]) for g in q["gold"]))
+            for q in spec["questions"]
+            if q["repo"] == repo["name"]
+        ]
+        parts.append((repo["name"], root, questions))
+    return parts
+
+
+def docstring_parts(repo: str) -> tuple[Part, Part]:
+    """Docstring questions of `repo`'s eval index (docstrings cut out), test functions' apart from the others.
+
+    A question text that repeats, or whose gold function body repeats another's, is dropped with every
+    copy: it has no single answer.
+    """
+    import hashlib
+
+    from grounding.eval_index import build_eval_index, eval_dir
+    from grounding.harvest_git import is_test_path
+
+    index = build_eval_index(repo, harvester="docstrings")
+    tree = eval_dir(repo) / "docstrings-tree"
+    texts: dict[str, int] = {}
+    bodies: dict[str, int] = {}
+    keyed = []
+    for q in index.questions:
+        lines = (tree / q.path).read_text(encoding="utf-8", errors="replace").splitlines()
+        body = hashlib.sha256("\n".join(lines[q.start_line - 1 : q.end_line]).strip().encode()).hexdigest()
+        text = " ".join(q.question.lower().split())
+        texts[text] = texts.get(text, 0) + 1
+        bodies[body] = bodies.get(body, 0) + 1
+        keyed.append((q, text, body))
+    kept = [q for q, text, body in keyed if texts[text] == 1 and bodies[body] == 1]
+    log(f"docstrings {repo}: {len(index.questions)} harvested, {len(kept)} after removing repeated texts and bodies")
+
+    def part(test: bool) -> Part:
+        qs = [
+            (q.question, frozenset({(q.path, q.start_line, q.end_line)})) for q in kept if is_test_path(q.path) == test
+        ]
+        return index.name, tree, qs
+
+    return part(False), part(True)
 
 
 def print_table(name: str, result: dict) -> None:
@@ -217,10 +387,16 @@ def print_table(name: str, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default="cosqa,click,gin,express", help="cosqa and/or click, gin, express")
+    parser.add_argument(
+        "--sets",
+        default="cosqa,click,gin,express,handwritten,docstrings-click,docstrings-werkzeug",
+        help="cosqa, click, gin, express (commits), handwritten, docstrings-REPO (an ingested Python repository)",
+    )
     parser.add_argument("--home", help="GROUNDING_HOME to reuse across runs (default: a temporary one)")
     parser.add_argument("--json", help="write the figures here too")
+    parser.add_argument("--rows", help="only these rows (comma-separated; hybrid is always measured)")
     args = parser.parse_args(argv)
+    rows = args.rows.split(",") if args.rows else None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="grounding-quality-"))
@@ -239,11 +415,19 @@ def main(argv: list[str] | None = None) -> None:
                 root, questions = cosqa_set(work)
                 report = ingest(str(root), name="cosqa")
                 log(f"cosqa: {report.chunks_added} chunks added in {time.perf_counter() - t:.0f}s")
-                repo = "cosqa"
+                results[name] = measure(name, [("cosqa", root, questions)], rows=rows)
+            elif name == "handwritten":
+                results[name] = measure(name, handwritten_parts(work), rows=rows)
+            elif name.startswith("docstrings-"):
+                source, tests = docstring_parts(name.removeprefix("docstrings-"))
+                results[name] = measure(name, [source], rows=rows)
+                print_table(name, results[name])
+                name = f"{name}-tests"
+                results[name] = measure(name, [tests], rows=rows)
             else:
                 repo, root, questions = commits_set(name, work)
                 log(f"{name}: eval index {repo}, {len(questions)} commit questions, {time.perf_counter() - t:.0f}s")
-            results[name] = measure(name, repo, root, questions)
+                results[name] = measure(name, [(repo, root, questions)], rows=rows)
             print_table(name, results[name])
     finally:
         db.reset()

@@ -31,8 +31,9 @@ class Settings:
     embed_batch_size: int
     write_batch_files: int  # files per write transaction during ingest
     rrf_k: int  # the constant of reciprocal-rank fusion
-    fusion_weights: str  # vector=W,lexical=W,trigram=W: each ranking's weight in hybrid fusion (grounding.fusion)
+    fusion_weights: str  # vector=W,lexical=W,trigram=W (grounding.fusion), or auto: the index version's own
     candidates: int  # how many hits each retriever contributes to fusion
+    role_prior: float  # fused score factor of tests, docs, examples... unless the question asks for them
     reranker: str  # `promoted` (the repository's promoted train-reranker model, if any), `off`, or a local path
     rerank_candidates: int  # how many fused hits the reranker scores
     generator: str  # extractive (no model), hf, openai or retro: what writes the answers of `ask`
@@ -65,8 +66,9 @@ _ENV = {
     "write_batch_files": ("GROUNDING_WRITE_BATCH_FILES", int, 200),
     "rrf_k": ("GROUNDING_RRF_K", int, 5),  # 60 flattens a strong ranking into a weak one (bench/retrieval.py)
     # Chosen by bench/fusion.py on CoSQA dev-500 and click/gin/express commit questions (README, Ranking).
-    "fusion_weights": ("GROUNDING_FUSION_WEIGHTS", str, "vector=1,lexical=0.25,trigram=0.1"),
+    "fusion_weights": ("GROUNDING_FUSION_WEIGHTS", str, "auto"),  # auto: the index version's, else the default
     "candidates": ("GROUNDING_CANDIDATES", int, 50),
+    "role_prior": ("GROUNDING_ROLE_PRIOR", float, 0.5),  # chosen by bench/roles.py on dev sets
     "reranker": ("GROUNDING_RERANKER", str, "promoted"),
     # Each candidate is one cross-encoder pass (~30 ms for MiniLM-L6 on a CPU core pair): 20 leave MRR@10 room to move.
     "rerank_candidates": ("GROUNDING_RERANK_CANDIDATES", int, 20),

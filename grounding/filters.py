@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from grounding import store
 from grounding.errors import InvalidArgument
+from grounding.roles import ROLES
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,15 @@ class SearchFilters:
     A chunk passes if its path matches any of `paths` and none of `exclude_paths`, its file's
     language is one of `languages` (names as detected at ingest: python, go, markdown, ...; common
     aliases such as py or js are accepted) and its kind is one of `kinds` (as stored: function,
-    method, class, fragment, section, block, lines).
+    method, class, fragment, section, block, lines) and its file's role is one of `roles`
+    (grounding.roles.ROLES: source, test, docs, example, benchmark, config, generated, vendored).
     """
 
     paths: tuple[str, ...] = ()
     languages: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     exclude_paths: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -43,9 +46,12 @@ class SearchFilters:
             if not all(isinstance(v, str) and v.strip() and "\0" not in v for v in value):
                 raise InvalidArgument(f"SearchFilters.{f.name} takes non-empty strings, not {value!r}")
             object.__setattr__(self, f.name, tuple(value))
+        unknown = [r for r in self.roles if r.lower() not in ROLES]
+        if unknown:
+            raise InvalidArgument(f"unknown role {unknown[0]!r}: roles are {', '.join(ROLES)}")
 
     def __bool__(self) -> bool:
-        return bool(self.paths or self.languages or self.kinds or self.exclude_paths)
+        return bool(self.paths or self.languages or self.kinds or self.exclude_paths or self.roles)
 
 
 LANGUAGE_ALIASES = {
@@ -136,20 +142,21 @@ def chunk_filter(filters: SearchFilters | None) -> store.ChunkFilter:
         exclude_paths=tuple(glob_to_regex(p) for p in filters.exclude_paths),
         languages=tuple(dict.fromkeys(LANGUAGE_ALIASES.get(x.lower(), x.lower()) for x in filters.languages)),
         kinds=tuple(dict.fromkeys(x.lower() for x in filters.kinds)),
+        roles=tuple(dict.fromkeys(x.lower() for x in filters.roles)),
     )
 
 
-_FILTER_TOKEN = re.compile(r'(?<!\S)(-path|path|lang|language|kind):(?:"([^"]+)"|(\S+))')
+_FILTER_TOKEN = re.compile(r'(?<!\S)(-path|path|lang|language|kind|role):(?:"([^"]+)"|(\S+))')
 
 
 def parse_query(text: str) -> tuple[str, SearchFilters]:
-    """Split inline filters off a question: `path:GLOB`, `-path:GLOB`, `lang:NAME`, `kind:KIND`.
+    """Split inline filters off a question: `path:GLOB`, `-path:GLOB`, `lang:NAME`, `kind:KIND`, `role:ROLE`.
 
-    A token may repeat; lang and kind also take comma-separated values (`lang:python,go`); a glob
+    A token may repeat; lang, kind and role also take comma-separated values (`lang:python,go`); a glob
     with spaces goes in double quotes (`path:"my docs/*"`). Other words, `foo:bar` included, stay
     in the question.
     """
-    found: dict[str, list[str]] = {"path": [], "-path": [], "lang": [], "kind": []}
+    found: dict[str, list[str]] = {"path": [], "-path": [], "lang": [], "kind": [], "role": []}
     for key, quoted, bare in _FILTER_TOKEN.findall(text):
         value = quoted or bare
         key = "lang" if key == "language" else key
@@ -160,6 +167,7 @@ def parse_query(text: str) -> tuple[str, SearchFilters]:
         languages=tuple(found["lang"]),
         kinds=tuple(found["kind"]),
         exclude_paths=tuple(found["-path"]),
+        roles=tuple(found["role"]),
     )
 
 

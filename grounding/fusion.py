@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 RANKERS = ("vector", "lexical", "trigram")
+DEFAULT_WEIGHTS = "vector=1,lexical=0.25,trigram=0.1"  # chosen by bench/fusion.py on public dev sets
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,21 @@ class FusionWeights:
 Candidate = tuple[object, Mapping[str, int | None]]
 
 
-def fuse(candidates: Iterable[Candidate], weights: FusionWeights, *, rrf_k: int) -> list[object]:
-    """Candidate ids by fused score, best first; ties keep the order the candidates came in."""
+def fuse(
+    candidates: Iterable[Candidate],
+    weights: FusionWeights,
+    *,
+    rrf_k: int,
+    factors: Mapping[object, float] | None = None,
+) -> list[object]:
+    """Candidate ids by fused score, best first; ties keep the order the candidates came in.
+
+    `factors` multiplies some candidates' fused scores (the role prior: store.hybrid_search does the same)."""
     scored = []
     for order, (cid, ranks) in enumerate(candidates):
         score = sum(getattr(weights, n) / (rrf_k + r) for n, r in ranks.items() if r is not None)
+        if factors:
+            score *= factors.get(cid, 1.0)
         if score > 0:
             scored.append((-score, order, cid))
     return [cid for *_, cid in sorted(scored)]
@@ -88,6 +99,8 @@ def choose_weights(
 
 
 def default_grid() -> list[FusionWeights]:
-    """Vector alone first, then lexical and trigram weights from 0 to 1 beside it."""
+    """Vector alone first, then lexical and trigram weights from 0 to 1 beside it, then the lexical side alone."""
     steps = (0.0, 0.1, 0.25, 0.5, 1.0)
-    return [FusionWeights(1.0, lex, tri) for lex in steps for tri in steps]
+    return [FusionWeights(1.0, lex, tri) for lex in steps for tri in steps] + [
+        FusionWeights(0.0, 1.0, tri) for tri in steps
+    ]

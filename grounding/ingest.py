@@ -36,7 +36,6 @@ from grounding.errors import (
     SourceConflict,
 )
 from grounding.records import IngestReport, SourceFile
-from grounding.retrieve import lexical_terms
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +270,7 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
             t = time.perf_counter()
             matrix = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, version.dim), np.float32)
             with engine.begin() as conn:
-                keep.extend(
-                    store.write_files(
-                        conn, repo, snapshot, version, files=chunked, vectors=matrix, lexical_terms=lexical_terms
-                    )
-                )
+                keep.extend(store.write_files(conn, repo, snapshot, version, files=chunked, vectors=matrix))
             chunks_added += len(all_chunks)
             seconds["write"] += time.perf_counter() - t
             if progress:

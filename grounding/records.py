@@ -30,6 +30,13 @@ class SourceFile:
         return len(self.data)
 
     @property
+    def role(self) -> str:
+        """What the file is for (grounding.roles): its path's conventions, then its head's generated-code marker."""
+        from grounding.roles import SNIFF_BYTES, classify
+
+        return classify(self.path, self.language, self.data[:SNIFF_BYTES])
+
+    @property
     def content_hash(self) -> str:
         return content_hash(self.data)
 
@@ -87,11 +94,17 @@ class Citation:
     symbol: str | None = None
     kind: str | None = None
     language: str | None = None
+    role: str | None = None  # what the file is for (grounding.roles): source, test, docs, ...
 
     @property
     def location(self) -> str:
         at = f"@{self.commit[:12]}" if self.commit else ""
         return f"{self.path}:{self.start_line}-{self.end_line}{at}"
+
+    @property
+    def role_tag(self) -> str:
+        """` (test)`, ` (docs)`, ...: the file's role when it is not implementation; empty for source."""
+        return f" ({self.role})" if self.role and self.role != "source" else ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,7 @@ class IndexVersion:
     dim: int
     status: str  # building, active, candidate, shadow, retired, failed
     query_encoder: str | None = None  # a trained query tower; None: questions use `encoder` too
+    fusion_weights: str | None = None  # chosen on this version's validation questions (grounding.tuning)
 
     @property
     def question_encoder(self) -> str:

@@ -1,9 +1,9 @@
-"""Question -> ranked hits: vector and lexical search over one repository's visible chunks, fused by rank.
+"""Question -> ranked hits: vector, BM25 and trigram search over one repository's visible chunks, fused by rank.
 
-The text side is pure and lives here: identifiers are split on snake_case and camelCase so that a
-question's words meet the code's names, for both the stored tsvector and the query. So is what
-sharpens the fused list: filters (grounding/filters.py), joining the parts of a split
-definition back into one citation, and merging citations that overlap.
+BM25's tokens are grounding.lexical's; the question's identifier fragments (for the trigram ranking)
+and what sharpens the fused list are here: filters (grounding/filters.py), the role prior that puts
+implementation first unless the question asks for tests, docs or examples (grounding/roles.py),
+joining the parts of a split definition back into one citation, and merging citations that overlap.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
-from pathlib import PurePosixPath
 
 from grounding import db, store, validation
 from grounding.config import get_settings
@@ -25,12 +24,14 @@ from grounding.filters import (
     parse_query,
     with_inline_filters,
 )
-from grounding.fusion import FusionWeights
-from grounding.records import Chunk, Hit
+from grounding.fusion import DEFAULT_WEIGHTS, FusionWeights
+from grounding.lexical import question_tokens
+from grounding.records import Hit, IndexVersion
+from grounding.roles import IMPLEMENTATION, asked_roles
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
-MAX_TERMS_CHARS = 200_000  # a tsvector is limited to 1 MB; a chunk's terms stay far below it
+MAX_TERMS_CHARS = 200_000
 MAX_QUERY_TERMS = 32
 MAX_FRAGMENTS = 6
 STOPWORDS = frozenset(
@@ -57,13 +58,6 @@ def identifier_terms(text: str) -> str:
     return " ".join(out)
 
 
-def lexical_terms(chunk: Chunk) -> tuple[str, str, str]:
-    """(symbol, path, body) terms of a chunk: weighted A, B and D in its tsvector."""
-    # Without the extension: "py" in every chunk's terms would make "SymPy" match everything.
-    path_terms = identifier_terms(str(PurePosixPath(chunk.path).with_suffix("")).replace("/", " "))
-    return identifier_terms(chunk.symbol or ""), path_terms, identifier_terms(chunk.text)
-
-
 def query_terms(question: str) -> list[str]:
     """The question's distinct search terms: identifiers split, stop words dropped, order kept."""
     seen: dict[str, None] = {}
@@ -71,11 +65,6 @@ def query_terms(question: str) -> list[str]:
         if len(term) > 1 and term not in STOPWORDS and not term.isdigit():
             seen.setdefault(term, None)
     return list(seen)[:MAX_QUERY_TERMS]
-
-
-def to_tsquery_text(terms: list[str]) -> str:
-    """An OR query over the terms for to_tsquery('english', ...): any term may match, rank sorts it out."""
-    return " | ".join(terms)
 
 
 _CODE_WORD = re.compile(r"`+([^`\s]+)`+|([A-Za-z_][\w.]*[A-Za-z0-9])")  # `name`, ``name`` (RST), or a word
@@ -244,8 +233,11 @@ def expands(hit: Hit) -> bool:
 # --- search ------------------------------------------------------------------------------------
 
 
-def hybrid_weights(setting: str) -> FusionWeights:
-    """GROUNDING_FUSION_WEIGHTS, read; a malformed value is an InvalidArgument naming the variable."""
+def hybrid_weights(setting: str, version: IndexVersion | None = None) -> FusionWeights:
+    """The weights hybrid search fuses by: GROUNDING_FUSION_WEIGHTS, or with `auto` the ones chosen for the index
+    version (grounding.tuning), else DEFAULT_WEIGHTS. A malformed value is an InvalidArgument naming the variable."""
+    if setting.strip().lower() == "auto":
+        return FusionWeights.parse(version.fusion_weights if version and version.fusion_weights else DEFAULT_WEIGHTS)
     try:
         return FusionWeights.parse(setting)
     except ValueError as err:
@@ -336,11 +328,12 @@ def search(
     query_vector = None
     if mode != "lexical" and version is not None:
         query_vector = load_embedder(version.question_encoder).embed_batch([question])[0]
-    terms = query_terms(question)
+    terms = question_tokens(question)
     where = chunk_filter(filters)
+    favoured = where.roles or (IMPLEMENTATION, *sorted(asked_roles(question)))
     weights = (1.0, 1.0, 1.0)  # one ranker alone (vector or lexical mode) is not reweighted
     if mode == "hybrid":
-        w = hybrid_weights(settings.fusion_weights)
+        w = hybrid_weights(settings.fusion_weights, version)
         weights = (w.vector, w.lexical, w.trigram)
     used = version.id if version is not None and mode != "lexical" else None
     fetch = k * MERGE_FETCH if merge else k
@@ -354,7 +347,7 @@ def search(
                 repo_id,
                 version,
                 query_vector=query_vector,
-                tsquery=to_tsquery_text(terms),
+                terms=terms,
                 fragments=identifier_fragments(question),
                 candidates=max(settings.candidates, fetch),
                 rrf_k=settings.rrf_k,
@@ -364,6 +357,8 @@ def search(
                 use_trigram=mode in ("hybrid", "lexical"),
                 filters=where,
                 weights=weights,
+                favoured_roles=favoured,
+                role_prior=settings.role_prior,
             )
         hits = [
             dataclasses.replace(

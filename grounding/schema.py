@@ -32,7 +32,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -47,6 +47,9 @@ repositories = Table(
     # Set on an eval index grounding derived from another repository: it is read under that one's grants.
     Column("derived_from", Integer, ForeignKey("repositories.id", ondelete="CASCADE")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # BM25's corpus statistics over the visible chunks, kept by store.finish_snapshot.
+    Column("bm25_docs", BigInteger, nullable=False, server_default=text("0")),
+    Column("bm25_length", BigInteger, nullable=False, server_default=text("0")),
     Index("repositories_derived_from", "derived_from"),
 )
 
@@ -85,6 +88,7 @@ files = Table(
     Column("content_hash", Text, nullable=False),  # SourceFile.index_hash: the bytes under INDEXING_VERSION
     Column("size", Integer, nullable=False),
     Column("decode_errors", Boolean, nullable=False, server_default=text("false")),
+    Column("role", Text, nullable=False, server_default=text("'source'")),  # grounding.roles.ROLES
     UniqueConstraint("repo_id", "path", "content_hash", name="files_repo_path_hash"),
 )
 
@@ -105,11 +109,10 @@ chunks = Table(
     Column("text", Text, nullable=False),
     Column("token_count", Integer, nullable=False),
     Column("content_hash", Text, nullable=False),  # of context + text: equal hashes share an embedding
-    Column("search", TSVECTOR, nullable=False),  # symbol (A), path (B), identifiers split (D)
+    Column("bm25_length", Integer, nullable=False, server_default=text("0")),  # tokens (grounding.lexical)
     Index("chunks_file", "file_id"),
     Index("chunks_repo_hash", "repo_id", "content_hash"),
     Index("chunks_content_hash", "content_hash"),  # equal chunks of other repositories share vectors
-    Index("chunks_search", "search", postgresql_using="gin"),
     Index(
         "chunks_symbol_trgm",
         "symbol",
@@ -131,12 +134,36 @@ index_versions = Table(
     Column("activated_at", DateTime(timezone=True)),
     Column("retired_at", DateTime(timezone=True)),
     Column("note", Text),
+    Column("fusion", JSONB),  # weights chosen on this version's own validation questions (grounding.tuning)
     Index(
         "index_versions_one_active",
         "repo_id",
         unique=True,
         postgresql_where=text("status = 'active'"),
     ),
+)
+
+# BM25 (grounding.lexical): one row per (term, chunk), with the chunk's length and its file's snapshot
+# so that a search reads the postings alone; document frequencies over the visible chunks per term.
+bm25_postings = Table(
+    "bm25_postings",
+    metadata,
+    Column("repo_id", Integer, nullable=False),
+    Column("term", Text, nullable=False),
+    Column("chunk_id", BigInteger, ForeignKey("chunks.id", ondelete="CASCADE"), nullable=False),
+    Column("snapshot_id", Integer, nullable=False),
+    Column("tf", Integer, nullable=False),
+    Column("dl", Integer, nullable=False),
+    Index("bm25_postings_term", "repo_id", "term", postgresql_include=["chunk_id", "snapshot_id", "tf", "dl"]),
+    Index("bm25_postings_chunk", "chunk_id"),
+)
+
+bm25_terms = Table(
+    "bm25_terms",
+    metadata,
+    Column("repo_id", Integer, ForeignKey("repositories.id", ondelete="CASCADE"), primary_key=True),
+    Column("term", Text, primary_key=True),
+    Column("df", Integer, nullable=False),
 )
 
 embeddings = Table(

@@ -1,5 +1,5 @@
 """What the copilot UI shows, as frozen views: repositories and who may see them, snapshots, index versions,
-skipped files, training runs with their per-step metrics, evaluations, and the tidy rows its charts plot.
+skipped files, file roles, training runs with their per-step metrics, evaluations, and the tidy rows its charts plot.
 
 Everything here reads through `store`; nothing imports Streamlit.
 """
@@ -193,6 +193,23 @@ def skipped_files(repo: str, *, snapshot_id: int | None = None, limit: int | Non
         reasons = store.skipped_reasons(conn, snapshot_id)
         files = store.skipped_files_of(conn, snapshot_id, limit=limit)
     return SkippedFiles(snapshot_id, reasons, tuple(SkippedFile(path, reason) for path, reason in files))
+
+
+@dataclass(frozen=True)
+class FileRoles:
+    """What each file of the current snapshot is for (grounding.roles), and how many files of each role."""
+
+    by_role: dict[str, int]
+    files: tuple[tuple[str, str, str, int], ...]  # path, role, language, chunks
+
+
+def file_roles(repo: str) -> FileRoles:
+    with db.get_engine().connect() as conn:
+        files = store.visible_roles(conn, store.repo_id(conn, repo))
+    counts: dict[str, int] = {}
+    for _, role, _, _ in files:
+        counts[role] = counts.get(role, 0) + 1
+    return FileRoles(dict(sorted(counts.items(), key=lambda kv: -kv[1])), tuple(files))
 
 
 # --- training and evaluation ------------------------------------------------------------------------

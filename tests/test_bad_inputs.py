@@ -142,6 +142,18 @@ def case_cli_unexpected(ctx):
         main(["-v", "ask", ctx.repo, Q])
 
 
+def case_fusion_weights(ctx):
+    from grounding.config import reset_settings
+
+    ctx.monkeypatch.setenv("GROUNDING_FUSION_WEIGHTS", "vector=x")
+    reset_settings()
+    raises(
+        InvalidArgument, "GROUNDING_FUSION_WEIGHTS: fusion weight vector must be a number", lambda: search(ctx.repo, Q)
+    )
+    ctx.monkeypatch.delenv("GROUNDING_FUSION_WEIGHTS")
+    reset_settings()  # the cached settings would keep the bad value past the case
+
+
 def case_filters_items(ctx):
     for kw in ({"languages": (1,)}, {"paths": [None]}):
         raises(InvalidArgument, "non-empty strings", lambda kw=kw: SearchFilters(**kw))
@@ -174,6 +186,12 @@ CASES = {
         InvalidArgument, "not a valid glob", lambda: grounding.ask(c.repo, f"path:[z-a] {Q}")
     ),
     "filters-items": case_filters_items,
+    "role-unknown": lambda c: raises(
+        InvalidArgument,
+        "unknown role 'tests'.*roles are source, test",
+        lambda: grounding.ask(c.repo, f"role:tests {Q}"),
+    ),
+    "fusion-weights": case_fusion_weights,
     "backend-type": lambda c: raises(
         GeneratorUnavailable, "backend must be", lambda: grounding.ask(c.repo, Q, backend=1)
     ),

@@ -25,7 +25,6 @@ from grounding.retrieve import (
     search,
 )
 from grounding.store import ChunkSpan
-from grounding.store import search as search_sql
 from tests.conftest import copy_tree, drop_repos, module_environment
 
 COOKIE_QUESTION = "extract cookies into the cookie jar of a session"
@@ -174,8 +173,12 @@ def test_parse_query():
 
 
 @pytest.mark.parametrize("mode", ["vector", "lexical", "hybrid"])
-def test_a_selective_filter_still_returns_k_hits(repo, mode):
+def test_a_selective_filter_still_returns_k_hits(repo, mode, monkeypatch):
+    from grounding.config import reset_settings
+
     name, _ = repo
+    monkeypatch.setenv("GROUNDING_ROLE_PRIOR", "1")  # the tree's tests and docs keep their places
+    reset_settings()
     # Unfiltered, Go code is nowhere near the top: cutting the fused list afterwards would leave nothing.
     unfiltered = search(name, COOKIE_QUESTION, k=15, mode=mode, merge=False, expand=False)
     assert len(unfiltered) == 15 and not [h for h in unfiltered if h.citation.language == "go"]
@@ -199,7 +202,7 @@ def test_the_vector_index_scan_keeps_walking_until_k_rows_pass_the_filter(repo, 
             repo_id,
             version,
             query_vector=HashingEmbedder(64).embed_batch([COOKIE_QUESTION])[0],
-            tsquery="",
+            terms=[],
             fragments=[],
             candidates=5,
             rrf_k=5,
@@ -211,24 +214,6 @@ def test_the_vector_index_scan_keeps_walking_until_k_rows_pass_the_filter(repo, 
             filters=chunk_filter(SearchFilters(paths=("gen/**",))),
         )
     assert len(hits) == 5 and {h.citation.path for h in hits} == {"gen/big.py"}
-
-
-def test_a_narrowing_filter_is_not_starved_by_the_rare_lexeme_gate(repo, engine, monkeypatch):
-    """The rarest lexemes of the question (jar, cooki) occur only in Python: Go code holds `session` alone."""
-    with engine.begin() as conn:
-        conn.execute(sa.text("ANALYZE chunks"))  # the gate reads lexeme frequencies from the statistics
-    monkeypatch.setattr(search_sql, "RARE_ROWS", 1)  # a gate this tight keeps only lexemes rarer than `session`
-    name, _ = repo
-    unfiltered = search(name, COOKIE_QUESTION, k=30, mode="lexical", merge=False, expand=False)
-
-    def holds_a_rare_lexeme(c: Citation) -> bool:
-        return bool(re.search("cookie|jar|extract", f"{c.path} {c.symbol} {c.snippet}", re.I))
-
-    assert unfiltered and all(holds_a_rare_lexeme(h.citation) for h in unfiltered), "the gate is in force"
-    hits = search(
-        name, COOKIE_QUESTION, k=5, mode="lexical", filters=SearchFilters(languages=("go",)), merge=False, expand=False
-    )
-    assert len(hits) == 5 and {h.citation.language for h in hits} == {"go"}
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from grounding import store
 from grounding.ingest import ingest
-from grounding.retrieve import identifier_terms, search
+from grounding.lexical import tokens
+from grounding.retrieve import search
 from grounding.retro_db import repository_texts
 from grounding.secrets import find_secrets, is_secret_file, redact, redact_bytes
 from tests.conftest import copy_tree, package_tree
@@ -250,10 +251,9 @@ def seeded(tmp_path):
 
 
 def lexeme_count(conn, repo: int, term: str) -> int:
-    """Chunks of `repo` whose tsvector holds `term`, parsed and stemmed as the ingest did."""
+    """Chunks of `repo` whose BM25 postings hold `term`, tokenised as the ingest did."""
     return conn.execute(
-        sa.text("SELECT count(*) FROM chunks WHERE repo_id = :r AND search @@ plainto_tsquery('english', :t)"),
-        {"r": repo, "t": term},
+        sa.text("SELECT count(*) FROM bm25_postings WHERE repo_id = :r AND term = :t"), {"r": repo, "t": term}
     ).scalar_one()
 
 
@@ -294,8 +294,8 @@ def test_ingest_stores_no_secret_and_keeps_lines(engine, repo_name, hashing, see
                 {"r": rid, "v": value},
             ).scalar_one()
             assert elsewhere == 0, name
-            # Nor the lexical index: none of the terms the secret would have given is a lexeme.
-            for term in identifier_terms(value).split():
+            # Nor the lexical index: none of the terms the secret would have given is a BM25 term.
+            for term in tokens(value):
                 if len(term) >= 6 and any(c.isdigit() for c in term):
                     assert lexeme_count(conn, rid, term) == 0, (name, term)
         assert lexeme_count(conn, rid, "redacted") >= 2

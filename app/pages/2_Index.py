@@ -1,11 +1,11 @@
-"""The index of each repository: freshness, counts, snapshots, index versions and the files it skipped."""
+"""The index of each repository: freshness, counts, snapshots, index versions, file roles and the files it skipped."""
 
 from __future__ import annotations
 
 import streamlit as st
 from ui_common import errors_as_messages, scope_or_stop, when
 
-from grounding.status import index_versions, skipped_files, snapshots
+from grounding.status import file_roles, index_versions, skipped_files, snapshots
 
 st.set_page_config(page_title="Index · grounding copilot", page_icon=":material/database:", layout="wide")
 st.title("Index")
@@ -47,7 +47,7 @@ if repo.last_status == "failed" and repo.last_error:
 elif repo.last_status == "running":
     st.info("An ingest of this repository is running.")
 
-history, versions, skipped = st.tabs(["Snapshots", "Index versions", "Skipped files"])
+history, versions, roles, skipped = st.tabs(["Snapshots", "Index versions", "File roles", "Skipped files"])
 with history, errors_as_messages("Reading the snapshots"):
     rows = []
     for s in snapshots(repo.name):
@@ -87,6 +87,23 @@ with versions, errors_as_messages("Reading the index versions"):
                 "note": v.note or "",
             }
             for v in reversed(index_versions(repo.name))
+        ],
+        hide_index=True,
+    )
+
+with roles, errors_as_messages("Reading the file roles"):
+    found_roles = file_roles(repo.name)
+    st.caption(
+        "What each file is for. Answers cite implementation first unless a question asks for tests, docs or "
+        "examples; `role:test` (or docs, example, ...) in a question keeps only that role."
+    )
+    st.dataframe([{"role": r, "files": n} for r, n in found_roles.by_role.items()], hide_index=True)
+    role = st.selectbox("Show", ["every role", *found_roles.by_role], key="file_role")
+    st.dataframe(
+        [
+            {"path": path, "role": r, "language": language, "chunks": chunks}
+            for path, r, language, chunks in found_roles.files
+            if role in ("every role", r)
         ],
         hide_index=True,
     )

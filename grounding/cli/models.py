@@ -1,4 +1,4 @@
-"""Subcommands that measure and train: eval, train (REALM), train-reranker, runs, train-retro (RETRO), complete."""
+"""Subcommands that measure and train: eval, tune-fusion, train (REALM), train-reranker, runs, train-retro, complete."""
 
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"{'mode':{width}}" + "".join(f"{m:>11}" for m in metrics) + f"{'run':>7}")
     for result, run_id in zip(report.results, report.run_ids):
         print(f"{result.mode:{width}}" + "".join(f"{result.metrics[m]:>11.3f}" for m in metrics) + f"{run_id:>7}")
+    return 0
+
+
+def _cmd_tune_fusion(args: argparse.Namespace) -> int:
+    from grounding.tuning import tune_fusion
+
+    choice = tune_fusion(args.repo, harvester=args.harvest, max_questions=args.max_questions)
+    print(choice.describe())
+    if choice.stored and args.verbose_table:
+        for weights, mrr in sorted(choice.table.items(), key=lambda item: -item[1]):
+            print(f"  {weights:40} {mrr:.3f}")
     return 0
 
 
@@ -179,6 +190,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "figures without and with it side by side",
     )
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "tune-fusion", help="choose the hybrid fusion weights of a repository's index version on its own questions"
+    )
+    p.add_argument("repo")
+    p.add_argument("--harvest", choices=["docstrings", "commits"], default="docstrings", help="validation questions")
+    p.add_argument("--max-questions", type=int, default=300, help="validation questions asked (default 300)")
+    p.add_argument("--table", dest="verbose_table", action="store_true", help="print every grid entry's MRR@10")
+    p.set_defaults(func=_cmd_tune_fusion)
 
     p = sub.add_parser("train", help="train a REALM retriever; promote it only if held-out MRR improves")
     p.add_argument("repo")

@@ -68,7 +68,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     print()
     several = len(answer.repos) > 1
     for i, c in enumerate(answer.citations, 1):
-        print(f"\n[{i}] {c.repo + ': ' if several else ''}{c.location}  (score {c.score:.4f})")
+        print(f"\n[{i}] {c.repo + ': ' if several else ''}{c.location}{c.role_tag}  (score {c.score:.4f})")
         if not args.no_code:
             width = len(str(c.end_line))
             for n, line in enumerate(c.snippet.split("\n"), c.start_line):

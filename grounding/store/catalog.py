@@ -33,6 +33,9 @@ __all__ = [
     "list_repos",
     "current_snapshot",
     "snapshot",
+    "update_bm25_stats",
+    "rebuild_bm25_stats",
+    "REBUILD_BM25_STATS",
 ]
 
 
@@ -167,7 +170,13 @@ def finish_snapshot(
     stats: dict,
     skipped: Sequence[SkippedFile],
 ) -> int:
-    """Make the snapshot current: drop every file row it does not keep, move the pointer. Returns chunks removed."""
+    """Make the snapshot current: drop every file row it does not keep, move the pointer. Returns chunks removed.
+
+    BM25's statistics move with it, in the same transaction: the chunks of files that become visible
+    (written by this run, or by a failed one and kept) are counted in, those of visible files that go
+    are counted out; files a failed run left and this one drops were never counted.
+    """
+    update_bm25_stats(conn, repo, keep_file_ids)
     removed = conn.execute(
         sa.text(
             "SELECT count(*) FROM chunks c JOIN files f ON f.id = c.file_id "
@@ -235,3 +244,59 @@ def snapshot(conn: Connection, snapshot_id: int) -> dict:
 def analyze_chunks(conn: Connection) -> None:
     """Refresh the planner's statistics of chunks: lexical search reads lexeme frequencies from them."""
     conn.execute(sa.text("ANALYZE chunks"))
+
+
+_BM25_MOVES = """
+    WITH cur AS (SELECT coalesce(current_snapshot_id, 0) AS s FROM repositories WHERE id = :r),
+    moved AS (
+        SELECT f.id, CASE WHEN f.snapshot_id > cur.s THEN 1 ELSE -1 END AS d FROM files f, cur
+        WHERE f.repo_id = :r AND ((f.snapshot_id > cur.s AND f.id = ANY(:keep))
+                                  OR (f.snapshot_id <= cur.s AND NOT f.id = ANY(:keep)))),
+    chunk_moves AS (SELECT c.id, c.bm25_length, m.d FROM chunks c JOIN moved m ON m.id = c.file_id)
+"""
+
+
+def update_bm25_stats(conn: Connection, repo: int, keep_file_ids: Sequence[int]) -> None:
+    """BM25's document frequencies and corpus size after the repository's visible files become `keep_file_ids`."""
+    params = {"r": repo, "keep": list(keep_file_ids)}
+    conn.execute(
+        sa.text(
+            _BM25_MOVES
+            + """
+            , totals AS (SELECT coalesce(sum(d), 0) AS n, coalesce(sum(d * bm25_length), 0) AS len FROM chunk_moves)
+            UPDATE repositories SET bm25_docs = bm25_docs + totals.n, bm25_length = bm25_length + totals.len
+            FROM totals WHERE id = :r"""
+        ),
+        params,
+    )
+    conn.execute(
+        sa.text(
+            _BM25_MOVES
+            + """
+            INSERT INTO bm25_terms (repo_id, term, df)
+            SELECT :r, p.term, sum(m.d) FROM chunk_moves m JOIN bm25_postings p ON p.chunk_id = m.id
+            GROUP BY p.term HAVING sum(m.d) <> 0
+            ON CONFLICT (repo_id, term) DO UPDATE SET df = bm25_terms.df + EXCLUDED.df"""
+        ),
+        params,
+    )
+    conn.execute(sa.text("DELETE FROM bm25_terms WHERE repo_id = :r AND df <= 0"), {"r": repo})
+
+
+REBUILD_BM25_STATS = """
+    DELETE FROM bm25_terms WHERE repo_id = :r;
+    INSERT INTO bm25_terms (repo_id, term, df)
+    SELECT p.repo_id, p.term, count(*) FROM bm25_postings p JOIN repositories r ON r.id = p.repo_id
+    WHERE p.repo_id = :r AND p.snapshot_id <= r.current_snapshot_id GROUP BY p.repo_id, p.term;
+    UPDATE repositories r SET bm25_docs = s.n, bm25_length = s.len
+    FROM (SELECT count(*) AS n, coalesce(sum(c.bm25_length), 0) AS len
+          FROM chunks c JOIN files f ON f.id = c.file_id JOIN repositories x ON x.id = f.repo_id
+          WHERE f.repo_id = :r AND f.snapshot_id <= x.current_snapshot_id) s
+    WHERE r.id = :r
+"""  # migration 0009 runs it for every repository
+
+
+def rebuild_bm25_stats(conn: Connection, repo: int) -> None:
+    """BM25's statistics of one repository counted again from its visible postings."""
+    for statement in filter(str.strip, REBUILD_BM25_STATS.split(";")):
+        conn.execute(sa.text(statement), {"r": repo})

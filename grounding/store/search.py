@@ -1,4 +1,4 @@
-"""Hybrid search in one SQL statement: HNSW, full-text and trigram rankings fused by reciprocal rank.
+"""Hybrid search in one SQL statement: HNSW, BM25 and trigram rankings fused by weighted reciprocal rank.
 
 Each ranking is a CTE over the repository's visible chunks, cut to `candidates` rows; `fused` sums
 1 / (rrf_k + rank) per chunk. The costs were measured with bench/query.py over 100k chunks.
@@ -15,12 +15,12 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from grounding.lexical import K1, B
 from grounding.records import Citation, Hit, IndexVersion
 from grounding.store.writes import vector_literal
 
-__all__ = ["hybrid_search", "symbol_parts", "ChunkSpan", "ChunkFilter"]
+__all__ = ["hybrid_search", "bm25_search", "symbol_parts", "ChunkSpan", "ChunkFilter"]
 
-RARE_ROWS = 2000  # lexical candidates come from the rarest query lexemes, up to about this many rows
 TRIGRAM_POOL = 4  # times `candidates`: symbols scored with word_similarity
 EF_SEARCH = 100  # HNSW candidate list; raised to the LIMIT when more rows are asked for (pgvector caps it at 1000)
 FILTERED_MAX_SCAN_TUPLES = 50_000  # how far an iterative scan may walk for a selective filter (default 20,000)
@@ -40,11 +40,12 @@ class ChunkFilter:
     exclude_paths: tuple[str, ...] = ()
     languages: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
 
     @property
     def narrows(self) -> bool:
         """Whether it keeps only some chunks (an exclusion alone leaves most of a repository)."""
-        return bool(self.paths or self.languages or self.kinds)
+        return bool(self.paths or self.languages or self.kinds or self.roles)
 
     def sql(self, params: dict) -> str:
         """` AND ...` conditions on chunks c and files f; binds its values into params."""
@@ -54,6 +55,7 @@ class ChunkFilter:
             ("fxpaths", self.exclude_paths, "NOT (f.path ~ ANY(:fxpaths))"),
             ("flangs", self.languages, "f.language = ANY(:flangs)"),
             ("fkinds", self.kinds, "c.kind = ANY(:fkinds)"),
+            ("froles", self.roles, "f.role = ANY(:froles)"),
         ):
             if value:
                 params[name] = list(value)
@@ -92,37 +94,31 @@ def _vector_cte(conn: Connection, version: IndexVersion, query_vector: np.ndarra
             ORDER BY d LIMIT :n) s)"""
 
 
-def _lexical_ctes(tsquery: str, where: str, narrowed: bool, params: dict) -> str:
-    """Full-text ranking by ts_rank over the whole OR query, of candidates that hold one of its rarest lexemes.
+def _bm25_ctes(terms: Sequence[str], where: str, params: dict) -> str:
+    """BM25 (grounding.lexical) of the visible chunks holding any question token, from postings and kept statistics.
 
-    A lexeme in a third of all chunks ("test", "valu") would otherwise make ts_rank read and score tens
-    of thousands of rows. Frequencies come from the planner's statistics of chunks.search; before the
-    first ANALYZE every estimate is 0 and every lexeme is kept, which is the plain OR query.
-    When a filter narrows the search, the rarest lexemes may occur only outside it, so the whole OR
-    query selects the candidates: the filter, not the rarity, keeps the row count down.
+    Without filters the postings alone answer (their covering index holds tf, the chunk's length and
+    its file's snapshot); filters join the chunk and its file.
     """
-    params["tsq"] = tsquery
-    params["rare_rows"] = RARE_ROWS
-    gate = "q" if narrowed else "(SELECT q FROM lex_rare)"
-    return f"""lex_df AS (
-        SELECT l.lexeme, coalesce(s.freq, 0) * greatest((SELECT reltuples FROM pg_class
-                                                         WHERE oid = 'chunks'::regclass), 0) AS est
-        FROM unnest(tsvector_to_array(to_tsvector('english', replace(:tsq, ' | ', ' ')))) AS l(lexeme)
-        LEFT JOIN (SELECT e.lexeme, e.freq FROM pg_stats p,
-                          unnest(p.most_common_elems::text::text[], p.most_common_elem_freqs) AS e(lexeme, freq)
-                   WHERE p.schemaname = current_schema() AND p.tablename = 'chunks' AND p.attname = 'search') s
-               USING (lexeme)),
-    lex_rare AS (
-        SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery AS q FROM (
-            SELECT lexeme, row_number() OVER w AS i, sum(est) OVER w AS cum
-            FROM lex_df WINDOW w AS (ORDER BY est, lexeme)) t
-        WHERE i = 1 OR cum <= :rare_rows),
+    params["bterms"] = list(terms)
+    params["k1"], params["b"] = K1, B
+    join = " JOIN chunks c ON c.id = p.chunk_id JOIN files f ON f.id = c.file_id" if where else ""
+    return f"""bm25_q AS (
+        SELECT t.term, count(*) AS qtf FROM unnest(CAST(:bterms AS text[])) AS t(term) GROUP BY t.term),
+    bm25_corpus AS (
+        SELECT current_snapshot_id AS s, greatest(bm25_docs, 1)::float8 AS n,
+               greatest(bm25_length::float8 / greatest(bm25_docs, 1), 1) AS avgdl
+        FROM repositories WHERE id = :r),
+    bm25_idf AS (
+        SELECT q.term, q.qtf * ln(1 + (bc.n - t.df + 0.5) / (t.df + 0.5)) AS w
+        FROM bm25_q q JOIN bm25_terms t ON t.repo_id = :r AND t.term = q.term, bm25_corpus bc),
     lex AS (
-        SELECT id, row_number() OVER (ORDER BY rank DESC, id) AS r FROM (
-            SELECT c.id, ts_rank(c.search, q) AS rank
-            FROM chunks c JOIN files f ON f.id = c.file_id, to_tsquery('english', :tsq) q
-            WHERE c.repo_id = :r AND c.search @@ {gate} AND {_VISIBLE}{where}
-            ORDER BY rank DESC, c.id LIMIT :n) s)"""
+        SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS r FROM (
+            SELECT p.chunk_id AS id,
+                   sum(i.w * p.tf / (p.tf + :k1 * (1 - :b + :b * p.dl / bc.avgdl))) AS score
+            FROM bm25_idf i JOIN bm25_postings p ON p.repo_id = :r AND p.term = i.term{join}, bm25_corpus bc
+            WHERE p.snapshot_id <= bc.s{where}
+            GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT :n) s)"""
 
 
 def _trigram_cte(fragments: Sequence[str], candidates: int, where: str, params: dict) -> str:
@@ -152,7 +148,7 @@ def hybrid_search(
     version: IndexVersion | None,
     *,
     query_vector: np.ndarray | None,
-    tsquery: str,
+    terms: Sequence[str],
     fragments: Sequence[str],
     candidates: int,
     rrf_k: int,
@@ -162,11 +158,17 @@ def hybrid_search(
     use_trigram: bool = True,
     filters: ChunkFilter | None = None,
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    favoured_roles: Sequence[str] = ("source",),
+    role_prior: float = 1.0,
 ) -> list[Hit]:
-    """Vector, full-text and trigram rankings of the visible chunks that pass `filters`, fused by reciprocal
-    rank, each ranking's 1/(rrf_k + rank) times its weight (vector, lexical, trigram); a 0 weight skips it."""
+    """Vector, BM25 and trigram rankings of the visible chunks that pass `filters`, fused by reciprocal rank.
+
+    Each ranking adds its weight (vector, lexical, trigram) / (rrf_k + rank) to a chunk's score; a 0
+    weight skips it. A chunk whose file's role is not among `favoured_roles` has its fused score
+    multiplied by `role_prior` (1 leaves the roles alone)."""
     params: dict = {"r": repo, "n": candidates, "k": k, "rrf": rrf_k}
     params.update(wv=weights[0], wl=weights[1], wt=weights[2])
+    params.update(favoured=list(favoured_roles), prior=float(role_prior))
     use_vector = use_vector and weights[0] > 0
     use_lexical = use_lexical and weights[1] > 0
     use_trigram = use_trigram and weights[2] > 0
@@ -176,8 +178,8 @@ def hybrid_search(
     if use_vector and version is not None and query_vector is not None:
         ctes.append(_vector_cte(conn, version, query_vector, where, params))
         sources.append("SELECT id, r, 'v' AS src FROM vec")
-    if use_lexical and tsquery:
-        ctes.append(_lexical_ctes(tsquery, where, filters.narrows, params))
+    if use_lexical and terms:
+        ctes.append(_bm25_ctes(terms, where, params))
         sources.append("SELECT id, r, 'l' AS src FROM lex")
     if use_trigram and fragments:
         ctes.append(_trigram_cte(fragments, candidates, where, params))
@@ -187,12 +189,17 @@ def hybrid_search(
     sql = f"""
         WITH {", ".join(ctes)},
         ranked AS ({" UNION ALL ".join(sources)}),
-        fused AS (
+        rrf AS (
             SELECT id, sum(CASE src WHEN 'v' THEN :wv WHEN 'l' THEN :wl ELSE :wt END / (:rrf + r)) AS score,
                    min(r) FILTER (WHERE src = 'v') AS vr, min(r) FILTER (WHERE src = 'l') AS lr,
                    min(r) FILTER (WHERE src = 't') AS tr
-            FROM ranked GROUP BY id ORDER BY score DESC, id LIMIT :k)
-        SELECT c.id, f.path, c.start_line, c.end_line, c.text, c.symbol, c.kind, f.language,
+            FROM ranked GROUP BY id),
+        fused AS (
+            SELECT rrf.id, rrf.vr, rrf.lr, rrf.tr,
+                   rrf.score * CASE WHEN f.role = ANY(:favoured) THEN 1 ELSE :prior END AS score
+            FROM rrf JOIN chunks c ON c.id = rrf.id JOIN files f ON f.id = c.file_id
+            ORDER BY score DESC, rrf.id LIMIT :k)
+        SELECT c.id, f.path, c.start_line, c.end_line, c.text, c.symbol, c.kind, f.language, f.role,
                fused.score, fused.vr, fused.lr, fused.tr
         FROM fused JOIN chunks c ON c.id = fused.id JOIN files f ON f.id = c.file_id
         ORDER BY fused.score DESC, c.id
@@ -212,14 +219,26 @@ def hybrid_search(
                 symbol=symbol,
                 kind=kind,
                 language=language,
+                role=role,
             ),
             score=float(score),
             vector_rank=vr,
             lexical_rank=lr,
             trigram_rank=tr,
         )
-        for cid, path, sl, el, text, symbol, kind, language, score, vr, lr, tr in rows
+        for cid, path, sl, el, text, symbol, kind, language, role, score, vr, lr, tr in rows
     ]
+
+
+def bm25_search(
+    conn: Connection, repo: int, terms: Sequence[str], *, k: int, filters: ChunkFilter | None = None
+) -> list[tuple[int, float]]:
+    """(chunk id, BM25 score) of the k best visible chunks for tokenised `terms`: the lexical ranking alone."""
+    params: dict = {"r": repo, "n": k}
+    sql = (
+        f"WITH {_bm25_ctes(terms, (filters or ChunkFilter()).sql(params), params)} SELECT id, score FROM lex ORDER BY r"
+    )
+    return [(cid, float(score)) for cid, score in conn.execute(sa.text(sql), params)]
 
 
 def symbol_parts(conn: Connection, chunk_ids: Sequence[int], *, within_lines: int) -> dict[int, list[ChunkSpan]]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["repo_statuses", "snapshot_history", "latest_snapshot", "skipped_reasons", "skipped_files_of"]
+__all__ = [
+    "repo_statuses",
+    "snapshot_history",
+    "latest_snapshot",
+    "skipped_reasons",
+    "skipped_files_of",
+    "visible_roles",
+]
 
 
 def repo_statuses(conn: Connection) -> list[dict]:
@@ -86,3 +93,16 @@ def skipped_files_of(conn: Connection, snapshot: int, *, limit: int | None = Non
         {"s": snapshot, "n": limit},
     )
     return [(path, reason) for path, reason in rows]
+
+
+def visible_roles(conn: Connection, repo: int) -> list[tuple[str, str, str, int]]:
+    """(path, role, language, chunks) of every file the repository's current snapshot holds, by path."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT f.path, f.role, f.language, (SELECT count(*) FROM chunks c WHERE c.file_id = f.id) "
+            "FROM files f JOIN repositories r ON r.id = f.repo_id "
+            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id ORDER BY f.path"
+        ),
+        {"r": repo},
+    )
+    return [tuple(row) for row in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,13 +30,15 @@ __all__ = [
     "drop_index_version",
     "collect_index_versions",
     "index_versions",
+    "set_fusion",
+    "fusion_choice",
 ]
 
 
 # --- index versions ----------------------------------------------------------------------------
 
 
-_COLUMNS = "id, repo_id, encoder, dim, status, query_encoder"
+_COLUMNS = "id, repo_id, encoder, dim, status, query_encoder, fusion->>'weights'"
 
 
 def active_index_version(conn: Connection, repo: int) -> IndexVersion | None:
@@ -63,6 +66,18 @@ def building_index_version(conn: Connection, repo: int, *, encoder: str) -> Inde
         {"r": repo, "e": encoder},
     ).one_or_none()
     return IndexVersion(*row) if row else None
+
+
+def set_fusion(conn: Connection, version: int, choice: dict) -> None:
+    """Record the fusion weights chosen for a version, with the table that chose them (`choice["weights"]`)."""
+    conn.execute(
+        sa.text("UPDATE index_versions SET fusion = CAST(:c AS jsonb) WHERE id = :v"),
+        {"v": version, "c": json.dumps(choice)},
+    )
+
+
+def fusion_choice(conn: Connection, version: int) -> dict | None:
+    return conn.execute(sa.text("SELECT fusion FROM index_versions WHERE id = :v"), {"v": version}).scalar()
 
 
 def create_index_version(

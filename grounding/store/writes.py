@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from grounding.lexical import chunk_tokens
 from grounding.records import Chunk, IndexVersion, SourceFile
 
 __all__ = [
@@ -109,34 +111,35 @@ def write_files(
     *,
     files: Sequence[tuple[SourceFile, Sequence[Chunk]]],
     vectors: np.ndarray,
-    lexical_terms,
 ) -> list[int]:
-    """Bulk-write files, their chunks and one vector per chunk (in order) with COPY. Returns the file ids."""
+    """Bulk-write files (with their role), their chunks, each chunk's BM25 postings and one vector per chunk
+    (in order) with COPY. Returns the file ids. The BM25 statistics change when the snapshot becomes current."""
     file_ids = _next_ids(conn, "files", len(files))
     n_chunks = sum(len(chunks) for _, chunks in files)
     chunk_ids = _next_ids(conn, "chunks", n_chunks)
     raw = conn.connection.driver_connection
     cur = raw.cursor()
     with cur.copy(
-        "COPY files (id, repo_id, snapshot_id, path, language, content_hash, size, decode_errors) FROM STDIN"
+        "COPY files (id, repo_id, snapshot_id, path, language, content_hash, size, decode_errors, role) FROM STDIN"
     ) as copy:
         for fid, (f, _) in zip(file_ids, files):
-            copy.write_row((fid, repo, snapshot, f.path, f.language, f.index_hash, f.size, f.decode_errors))
-    cur.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS chunk_stage (id bigint, file_id bigint, ordinal int, start_byte int, "
-        "end_byte int, start_line int, end_line int, kind text, symbol text, context text, text text, "
-        "token_count int, content_hash text, symbol_terms text, path_terms text, body_terms text) "
-        "ON COMMIT DELETE ROWS"
-    )
+            copy.write_row((fid, repo, snapshot, f.path, f.language, f.index_hash, f.size, f.decode_errors, f.role))
     ids = iter(chunk_ids)
-    with cur.copy("COPY chunk_stage FROM STDIN") as copy:
+    postings: list[tuple] = []
+    with cur.copy(
+        "COPY chunks (id, file_id, repo_id, ordinal, start_byte, end_byte, start_line, end_line, kind, symbol, "
+        "context, text, token_count, content_hash, bm25_length) FROM STDIN"
+    ) as copy:
         for fid, (f, chunks) in zip(file_ids, files):
             for ordinal, c in enumerate(chunks):
-                symbol_terms, path_terms, body_terms = lexical_terms(c)
+                cid = next(ids)
+                terms = chunk_tokens(f.path, c.text)
+                postings.extend((repo, t, cid, snapshot, tf, len(terms)) for t, tf in Counter(terms).items())
                 copy.write_row(
                     (
-                        next(ids),
+                        cid,
                         fid,
+                        repo,
                         ordinal,
                         c.start_byte,
                         c.end_byte,
@@ -148,21 +151,12 @@ def write_files(
                         c.text,
                         c.token_count,
                         c.content_hash,
-                        symbol_terms,
-                        path_terms,
-                        body_terms,
+                        len(terms),
                     )
                 )
-    cur.execute(
-        "INSERT INTO chunks (id, file_id, repo_id, ordinal, start_byte, end_byte, start_line, end_line, kind, "
-        "symbol, context, text, token_count, content_hash, search) "
-        "SELECT id, file_id, %s, ordinal, start_byte, end_byte, start_line, end_line, kind, symbol, context, "
-        "text, token_count, content_hash, "
-        "setweight(to_tsvector('english', symbol_terms), 'A') || "
-        "setweight(to_tsvector('english', path_terms), 'B') || "
-        "setweight(to_tsvector('english', body_terms), 'D') FROM chunk_stage",
-        (repo,),
-    )
+    with cur.copy("COPY bm25_postings (repo_id, term, chunk_id, snapshot_id, tf, dl) FROM STDIN") as copy:
+        for row in postings:
+            copy.write_row(row)
     with cur.copy("COPY embeddings (index_version_id, chunk_id, embedding) FROM STDIN") as copy:
         for cid, vec in zip(chunk_ids, vectors):
             copy.write_row((version.id, cid, vector_literal(vec)))

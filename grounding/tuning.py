@@ -1,0 +1,125 @@
+"""Fusion weights chosen for one index version on validation questions its own repository yields.
+
+The defaults (grounding.fusion.DEFAULT_WEIGHTS) were chosen on public dev data; a repository may differ
+(more identifiers in its questions, fewer docstrings, another language). `tune_fusion` harvests the
+repository's questions into its eval index (grounding.eval_index: docstrings cut out, or commit
+subjects asked of the tree before them), takes the train split (the held-out split stays for the
+promotion gate), fetches each question's candidates once with every ranker's rank, and picks the grid
+entry that ranks the gold chunks best (grounding.fusion.choose_weights): a ranker that does not help
+gets weight 0. The choice is stored with the repository's active index version, with the table that
+made it, and hybrid search uses it while GROUNDING_FUSION_WEIGHTS is `auto` (the default).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from grounding import db, store, validation
+from grounding.config import get_settings
+from grounding.embed import load_embedder
+from grounding.errors import NotIndexed
+from grounding.fusion import DEFAULT_WEIGHTS, FusionWeights, choose_weights, default_grid
+from grounding.lexical import question_tokens
+
+log = logging.getLogger(__name__)
+
+MAX_QUESTIONS = 300
+MIN_QUESTIONS = 20  # fewer than this and the table is noise: the defaults stay
+
+
+@dataclass(frozen=True)
+class FusionChoice:
+    repo: str
+    index_version: int
+    weights: FusionWeights
+    questions: int
+    table: dict[str, float]  # MRR@10 on the validation questions, by weights
+    stored: bool  # False when too few questions: the defaults stay
+
+    def describe(self) -> str:
+        if not self.stored:
+            return (
+                f"{self.repo}: {self.questions} validation questions (fewer than {MIN_QUESTIONS}); "
+                f"index version {self.index_version} keeps the defaults ({DEFAULT_WEIGHTS})"
+            )
+        best = self.table[str(self.weights)]
+        alone = self.table.get(str(FusionWeights(1, 0, 0)), 0.0)
+        return (
+            f"{self.repo}: index version {self.index_version} fuses by {self.weights} "
+            f"(MRR@10 {best:.3f} on {self.questions} validation questions; vector alone {alone:.3f})"
+        )
+
+
+def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int = MAX_QUESTIONS) -> FusionChoice:
+    """Choose and store the fusion weights of `repo`'s active index version (a trusted caller's operation)."""
+    from grounding.eval_index import build_eval_index
+    from grounding.evaluation import select_split
+    from grounding.retrieve import identifier_fragments
+
+    repo = validation.repo_name(repo)
+    max_questions = validation.count(max_questions, "max_questions", maximum=10_000)
+    index = build_eval_index(repo, harvester=harvester)
+    questions = select_split(index.questions, "train")
+    if len(questions) > max_questions:
+        questions = random.Random(0).sample(questions, max_questions)
+    settings = get_settings()
+    engine = db.get_engine()
+    with engine.connect() as conn:
+        target = store.active_index_version(conn, store.repo_id(conn, repo))
+        derived_id = store.repo_id(conn, index.name)
+        derived = store.active_index_version(conn, derived_id)
+    if target is None or derived is None:
+        raise NotIndexed(f"repository {repo!r} has no active index version; ingest it first")
+    embedder = load_embedder(derived.question_encoder)
+    vectors = embedder.embed([q.question for q in questions], batch_size=settings.embed_batch_size)
+    candidates, gold = [], []
+    for q, vector in zip(questions, vectors):
+        with engine.begin() as conn:
+            hits = store.hybrid_search(
+                conn,
+                derived_id,
+                derived,
+                query_vector=vector,
+                terms=question_tokens(q.question),
+                fragments=identifier_fragments(q.question),
+                candidates=settings.candidates,
+                rrf_k=settings.rrf_k,
+                k=3 * settings.candidates,  # every candidate of every ranking
+            )
+        candidates.append(
+            [
+                (h.chunk_id, {"vector": h.vector_rank, "lexical": h.lexical_rank, "trigram": h.trigram_rank})
+                for h in hits
+            ]
+        )
+        gold.append(
+            {
+                h.chunk_id
+                for h in hits
+                if h.citation.path == q.path
+                and h.citation.start_line <= q.end_line
+                and h.citation.end_line >= q.start_line
+            }
+        )
+    if len(questions) < MIN_QUESTIONS:
+        log.info("%s: %d validation questions; the default fusion weights stay", repo, len(questions))
+        return FusionChoice(repo, target.id, FusionWeights.parse(DEFAULT_WEIGHTS), len(questions), {}, stored=False)
+    best, scores = choose_weights(candidates, gold, default_grid(), rrf_k=settings.rrf_k)
+    table = {str(w): round(m, 4) for w, m in scores.items()}
+    with engine.begin() as conn:
+        store.set_fusion(
+            conn,
+            target.id,
+            {
+                "weights": str(best),
+                "rrf_k": settings.rrf_k,
+                "harvester": harvester,
+                "questions": len(questions),
+                "mrr@10": table,
+            },
+        )
+    choice = FusionChoice(repo, target.id, best, len(questions), table, stored=True)
+    log.info("%s", choice.describe())
+    return choice

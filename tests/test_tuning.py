@@ -1,0 +1,62 @@
+"""Fusion weights chosen per index version on the repository's own harvested questions, stored and then used."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from grounding import store
+from grounding.fusion import DEFAULT_WEIGHTS, FusionWeights
+from grounding.retrieve import hybrid_weights
+
+
+def test_tune_fusion_stores_the_choice_with_the_index_version_and_search_uses_it(
+    engine, repo_name, hashing, tmp_path, monkeypatch
+):
+    from grounding.ingest import ingest
+    from grounding.retrieve import search
+    from grounding.tuning import tune_fusion
+    from tests.conftest import copy_tree
+
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
+    with engine.connect() as conn:
+        before = store.active_index_version(conn, store.repo_id(conn, repo_name))
+    assert before.fusion_weights is None and hybrid_weights("auto", before) == FusionWeights.parse(DEFAULT_WEIGHTS)
+
+    choice = tune_fusion(repo_name)
+    assert choice.stored and choice.questions >= 20 and choice.index_version == before.id
+    assert str(choice.weights) in choice.table and choice.table[str(choice.weights)] == max(choice.table.values())
+    with engine.connect() as conn:
+        after = store.active_index_version(conn, store.repo_id(conn, repo_name))
+        stored = store.fusion_choice(conn, after.id)
+    assert after.fusion_weights == str(choice.weights) and stored["harvester"] == "docstrings"
+    assert hybrid_weights("auto", after) == choice.weights
+    assert hybrid_weights("vector=1,lexical=0,trigram=0", after) == FusionWeights(1, 0, 0), "an explicit setting wins"
+
+    # Search fuses by the stored weights: forcing the same weights by hand gives the same ranking.
+    question = "how are cookies merged into the request"
+    auto = [(h.citation.path, h.citation.start_line) for h in search(repo_name, question, k=8)]
+    monkeypatch.setenv("GROUNDING_FUSION_WEIGHTS", str(choice.weights))
+    from grounding.config import reset_settings
+
+    reset_settings()
+    assert [(h.citation.path, h.citation.start_line) for h in search(repo_name, question, k=8)] == auto
+    # A version with other weights stored ranks by those instead.
+    other = (
+        "vector=0,lexical=1,trigram=0"
+        if str(choice.weights) != "vector=0,lexical=1,trigram=0"
+        else "vector=1,lexical=0,trigram=0"
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE index_versions SET fusion = jsonb_set(fusion, '{weights}', to_jsonb(CAST(:w AS text))) "
+                "WHERE id = :v"
+            ),
+            {"w": other, "v": after.id},
+        )
+    monkeypatch.setenv("GROUNDING_FUSION_WEIGHTS", "auto")
+    reset_settings()
+    stored_other = [(h.citation.path, h.citation.start_line) for h in search(repo_name, question, k=8)]
+    monkeypatch.setenv("GROUNDING_FUSION_WEIGHTS", other)
+    reset_settings()
+    assert [(h.citation.path, h.citation.start_line) for h in search(repo_name, question, k=8)] == stored_other
