@@ -205,6 +205,8 @@ def windows(root: Path) -> list[tuple[Span, str]]:
 
 
 def minilm_windows_ranker(root: Path) -> Ranker:
+    import hashlib
+
     import numpy as np
 
     from grounding.config import get_settings
@@ -212,8 +214,16 @@ def minilm_windows_ranker(root: Path) -> Ranker:
 
     embedder = load_embedder(get_settings().encoder)
     found = windows(root)
+    # Cached under GROUNDING_HOME by the windows' text: a rerun over the same trees embeds nothing.
+    key = hashlib.sha256("\0".join(text for _, text in found).encode()).hexdigest()[:20]
+    cache = Path(os.environ["GROUNDING_HOME"]) / "minilm-40" / f"{key}.npy"
     t = time.perf_counter()
-    matrix = np.asarray(embedder.embed([text for _, text in found], batch_size=32))
+    if cache.is_file():
+        matrix = np.load(cache)
+    else:
+        matrix = np.asarray(embedder.embed([text for _, text in found], batch_size=32))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, matrix)
     log(f"minilm-40: {len(found)} windows embedded in {time.perf_counter() - t:.0f}s")
     spans = [sp for sp, _ in found]
 
@@ -423,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
                 results[name] = measure(name, [source], rows=rows)
                 print_table(name, results[name])
                 name = f"{name}-tests"
+                if not tests[2]:
+                    log(f"{name}: no question from a test function")
+                    continue
                 results[name] = measure(name, [tests], rows=rows)
             else:
                 repo, root, questions = commits_set(name, work)

@@ -99,6 +99,35 @@ def publish_report(report: IngestReport) -> None:
     create_markdown_artifact("\n".join(lines), key=key, description=f"ingest of {report.repo}")
 
 
+@task
+def tune_fusion_task(repo: str, *, only_if_untuned: bool) -> dict | None:
+    """Choose the active index version's fusion weights on the repository's own questions (grounding.tuning).
+
+    Skipped when the version already has them (`only_if_untuned`); a repository with no question to
+    harvest keeps the defaults. Tuning never fails the ingest or reindex it follows."""
+    from grounding import db, store
+    from grounding.errors import GroundingError
+    from grounding.evaluation import DatasetError
+    from grounding.tuning import tune_fusion
+
+    logger = get_run_logger()
+    if only_if_untuned:
+        with db.get_engine().connect() as conn:
+            version = store.active_index_version(conn, store.repo_id(conn, repo))
+        if version is None or version.fusion_weights is not None:
+            return None
+    try:
+        choice = tune_fusion(repo)
+    except DatasetError as err:
+        logger.info("fusion weights of %s stay the defaults: %s", repo, err)
+        return None
+    except GroundingError as err:
+        logger.warning("could not tune the fusion weights of %s: %s", repo, err)
+        return None
+    logger.info("%s", choice.describe())
+    return {"weights": str(choice.weights), "questions": choice.questions, "stored": choice.stored}
+
+
 @flow(name="ingest-repo", log_prints=True)
 def ingest_repo(
     source: str,
@@ -106,15 +135,19 @@ def ingest_repo(
     ref: str | None = None,
     user: str | None = None,
     replace_source: bool = False,
+    tune_fusion: bool = True,
 ) -> dict:
     """Ingest `source` (a directory or git URL) as repository `name` (default: its last path segment).
 
     With `user` (the copilot passes its user), the repository must be granted to them and is only
     re-ingested from its registered source (grounding.ingest.ingest); `replace_source` re-points an
-    existing repository at `source`, for a trusted caller only.
+    existing repository at `source`, for a trusted caller only. With `tune_fusion`, an index version
+    that has no fusion weights of its own yet gets them, chosen on the repository's harvested questions.
     """
     report = ingest_task(source, name, ref, user, replace_source)
     publish_report(report)
     summary = dataclasses.asdict(report)
     summary["skipped"] = report.skipped_by_reason()
+    if tune_fusion:
+        summary["fusion"] = tune_fusion_task(report.repo, only_if_untuned=True)
     return summary

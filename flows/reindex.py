@@ -7,7 +7,7 @@ import dataclasses
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.ingest import retry_on_io
+from flows.ingest import retry_on_io, tune_fusion_task
 from grounding.reindex import ReindexReport, reindex
 
 
@@ -17,9 +17,11 @@ def reindex_task(repo: str, encoder: str | None, grace_seconds: float) -> Reinde
 
 
 @flow(name="reindex", log_prints=True)
-def reindex_repo(repo: str, encoder: str | None = None, grace_seconds: float = 600.0) -> dict:
-    """Build `repo`'s index with `encoder` (a local model path; default: the configured encoder) and activate it."""
+def reindex_repo(repo: str, encoder: str | None = None, grace_seconds: float = 600.0, tune_fusion: bool = True) -> dict:
+    """Build `repo`'s index with `encoder` (a local model path; default: the configured encoder) and activate it;
+    with `tune_fusion`, the new version's fusion weights are chosen on the repository's own questions."""
     report = reindex_task(repo, encoder, grace_seconds)
+    fusion = tune_fusion_task(report.repo, only_if_untuned=True) if tune_fusion else None
     stages = "\n".join(f"| {k} | {v:.2f} |" for k, v in report.seconds.items())
     create_markdown_artifact(
         f"# Reindex of `{report.repo}`\n\nversion {report.previous_version} -> **{report.version}** "
@@ -27,4 +29,4 @@ def reindex_repo(repo: str, encoder: str | None = None, grace_seconds: float = 6
         f"collected versions: {list(report.collected) or 'none'}\n\n| stage | seconds |\n|---|---|\n{stages}\n",
         key="reindex-" + "".join(ch if ch.isalnum() else "-" for ch in report.repo.lower()),
     )
-    return dataclasses.asdict(report)
+    return {**dataclasses.asdict(report), "fusion": fusion}

@@ -68,7 +68,7 @@ _ENV = {
     # Chosen by bench/fusion.py on CoSQA dev-500 and click/gin/express commit questions (README, Ranking).
     "fusion_weights": ("GROUNDING_FUSION_WEIGHTS", str, "auto"),  # auto: the index version's, else the default
     "candidates": ("GROUNDING_CANDIDATES", int, 50),
-    "role_prior": ("GROUNDING_ROLE_PRIOR", float, 0.5),  # chosen by bench/roles.py on dev sets
+    "role_prior": ("GROUNDING_ROLE_PRIOR", float, 0.15),  # chosen by bench/fusion.py on dev sets
     "reranker": ("GROUNDING_RERANKER", str, "promoted"),
     # Each candidate is one cross-encoder pass (~30 ms for MiniLM-L6 on a CPU core pair): 20 leave MRR@10 room to move.
     "rerank_candidates": ("GROUNDING_RERANK_CANDIDATES", int, 20),

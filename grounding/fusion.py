@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 RANKERS = ("vector", "lexical", "trigram")
-DEFAULT_WEIGHTS = "vector=1,lexical=0.25,trigram=0.1"  # chosen by bench/fusion.py on public dev sets
+DEFAULT_WEIGHTS = "vector=1,lexical=0.5,trigram=0.25"  # chosen by bench/fusion.py on public dev sets
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,10 @@ def test_index_page_shows_snapshots_versions_and_skipped_reasons(engine, ingeste
     assert "binary" in reasons["reason"].tolist()
     skipped = next(t for t in tables if list(t.columns) == ["path", "reason"])
     assert "logo.bin" in skipped["path"].tolist()
+    by_role = next(t for t in tables if list(t.columns) == ["role", "files"])
+    files = next(t for t in tables if list(t.columns) == ["path", "role", "language", "chunks"])
+    assert dict(zip(by_role["role"], by_role["files"])) == files["role"].value_counts().to_dict()
+    assert files.set_index("path").loc["sessions.py", "role"] == "source" and files["chunks"].sum() > 100
 
 
 def charts(at: AppTest) -> dict[str, int]:

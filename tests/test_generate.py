@@ -67,6 +67,21 @@ def test_extractive_says_where_and_quotes_the_lines_that_share_the_question_term
         assert f"- `sessions.py:{c.start_line}-{c.end_line}` [{n}]" in text
 
 
+def test_extractive_lists_tests_and_docs_under_their_own_heading():
+    import dataclasses
+
+    as_test = dataclasses.replace(EVIDENCE[1], path="tests/test_sessions.py", role="test")
+    evidence = [EVIDENCE[0], as_test, dataclasses.replace(EVIDENCE[2], role="source")]
+    text = ExtractiveGenerator().generate(prompt_for(evidence=evidence))
+    implementation, _, others = text.partition("Tests, docs and examples:")
+    assert (
+        f"`sessions.py:{EVIDENCE[2].start_line}-{EVIDENCE[2].end_line}` [3]"
+        in implementation.split("Also relevant:")[1]
+    )
+    assert f"- `tests/test_sessions.py:{as_test.start_line}-{as_test.end_line}` [2] (test)" in others
+    assert set(cited_numbers(text)) == {1, 2, 3}
+
+
 def test_best_lines_is_the_window_with_most_shared_terms():
     snippet = "def f():\n    a = 1\n    b = 2\n    cookie = jar.cookie\n    return cookie\n    c = 3"
     assert best_lines(snippet, ["cookie", "jar"], width=3) == (3, 6), "from the first matching line on"

@@ -1,8 +1,8 @@
 """The extractive generator: no model, the answer is built from the evidence alone.
 
 It says where the answer is (the best evidence's location and symbol), quotes that evidence's lines
-that share most terms with the question, and lists the rest of the evidence; every claim carries
-its [n].
+that share most terms with the question, and lists the rest of the evidence, tests, docs and
+examples under their own heading; every claim carries its [n].
 """
 
 from __future__ import annotations
@@ -105,11 +105,17 @@ def extractive_lines(prompt: Prompt) -> list[str]:
     fence = "````" if any("```" in line for line in quoted) else "```"
     path = f"{top.repo}/{top.path}" if qualify else top.path
     out += ["", f"{lines} of `{path}` [1]{why}:", f"{fence}{top.language or ''}", *quoted, fence]
-    if len(citations) > 1:
-        out += ["", "Also relevant:"]
-        for n, c in enumerate(citations[1:], 2):
+    # The rest of the evidence: implementation first, then tests, docs and examples under their own heading.
+    rest = list(enumerate(citations[1:], 2))
+    for heading, group in (
+        ("Also relevant:", [(n, c) for n, c in rest if not c.role_tag]),
+        ("Tests, docs and examples:", [(n, c) for n, c in rest if c.role_tag]),
+    ):
+        if group:
+            out += ["", heading]
+        for n, c in group:
             detail = ", ".join(x for x in (_what(c), _mentions_clause(c, wanted)) if x)
-            out.append(f"- `{where(c, qualify=qualify)}` [{n}]{': ' + detail if detail else ''}")
+            out.append(f"- `{where(c, qualify=qualify)}` [{n}]{c.role_tag}{': ' + detail if detail else ''}")
     return out
 
 
