@@ -2,7 +2,7 @@
 
 The sets are bench/quality.py's: CoSQA dev-500 and commit-message localisation on click, gin and
 express. The choice maximises the mean of the sets' MRR@10 (each set counts once, whatever its size).
-Each question's candidates (the vector, full-text and trigram rankings' first GROUNDING_CANDIDATES,
+Each question's candidates (the vector, BM25 and trigram rankings' first GROUNDING_CANDIDATES,
 with each one's rank in each) are fetched once from Postgres; every (weights, rrf_k) of the grid then
 fuses them in Python (grounding.fusion.fuse, the same arithmetic as the SQL). Prints the grid's best
 entries, and the chosen one against equal weights and against the vector ranking alone, each with a

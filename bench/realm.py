@@ -5,7 +5,7 @@ and ingested with the real encoder. Its documented functions give the questions 
 construction: the docstring's first sentence asks for the function, indexed without its docstring),
 split into train and held-out by file. Then, in the same process:
 
-- Postgres full-text search (the lexical mode: ts_rank over identifier-split terms, plus trigrams);
+- the lexical mode (BM25 in Postgres over bm25s tokens plus identifier parts, plus trigrams);
 - the frozen encoder (vector mode) and the service's hybrid fusion over it;
 - the trained retriever: `train_retriever` (fine-tuning on the train split, optional REALM
   pre-training first) builds a candidate index version and measures it in vector and hybrid mode.

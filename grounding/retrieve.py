@@ -47,7 +47,7 @@ def split_identifier(word: str) -> list[str]:
 
 
 def identifier_terms(text: str) -> str:
-    """Every identifier as written (lower-cased) and its parts, space-separated, for to_tsvector."""
+    """Every identifier as written (lower-cased) and its parts, space-separated."""
     out: list[str] = []
     for word in _IDENT.findall(text[:MAX_TERMS_CHARS]):
         lower = word.lower().strip("_")
@@ -304,6 +304,11 @@ def search(
             version = store.index_version(conn, index_version)
             if version is None or version.repo_id != repo_id:
                 raise InvalidArgument(f"index version {index_version} does not belong to repository {repo!r}")
+        if version is not None and version.fusion_weights is None and (parent := store.derived_parent(conn, repo)):
+            # An eval index is searched as its parent is: by the weights chosen for the parent's version.
+            chosen = store.active_index_version(conn, store.repo_id(conn, parent))
+            if chosen is not None and chosen.fusion_weights:
+                version = dataclasses.replace(version, fusion_weights=chosen.fusion_weights)
         snapshot, commit = store.current_snapshot(conn, repo_id)
         if snapshot is None:
             last = store.latest_snapshot(conn, repo)

@@ -162,7 +162,7 @@ def _is_code_sample(name: str, language: str | None) -> bool:
 _ASKS = {
     "test": re.compile(
         r"\b(?:tests?|unit ?tests?|test (?:case|suite|file)s?|testing|tested|specs?|fixtures?|conftest)\b"
-        r"(?! (?:whether|if|for whether|that the))",
+        r"(?! (?:whether|if|for whether))",
         re.I,
     ),
     "example": re.compile(r"\b(?:examples?|samples?|demos?|tutorials?|snippets? showing|usage of)\b", re.I),

@@ -60,3 +60,29 @@ def test_tune_fusion_stores_the_choice_with_the_index_version_and_search_uses_it
     monkeypatch.setenv("GROUNDING_FUSION_WEIGHTS", other)
     reset_settings()
     assert [(h.citation.path, h.citation.start_line) for h in search(repo_name, question, k=8)] == stored_other
+
+
+def test_an_eval_index_is_searched_by_its_parents_weights(engine, repo_name, hashing, tmp_path, monkeypatch):
+    from grounding.config import reset_settings
+    from grounding.eval_index import eval_index_name
+    from grounding.ingest import ingest
+    from grounding.retrieve import search
+    from grounding.tuning import tune_fusion
+    from tests.conftest import copy_tree
+
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
+    tune_fusion(repo_name)
+    derived = eval_index_name(repo_name, "docstrings")
+    with engine.begin() as conn:  # the parent's choice, set to something the defaults are not
+        conn.execute(
+            sa.text("UPDATE index_versions SET fusion = CAST(:f AS jsonb) WHERE repo_id = :r AND status = 'active'"),
+            {"f": '{"weights": "vector=0,lexical=1,trigram=0"}', "r": store.repo_id(conn, repo_name)},
+        )
+    question = "how are cookies merged into the request"
+    inherited = [(h.citation.path, h.citation.start_line) for h in search(derived, question, k=8)]
+    monkeypatch.setenv("GROUNDING_FUSION_WEIGHTS", "vector=0,lexical=1,trigram=0")
+    reset_settings()
+    assert [(h.citation.path, h.citation.start_line) for h in search(derived, question, k=8)] == inherited
+    monkeypatch.setenv("GROUNDING_FUSION_WEIGHTS", DEFAULT_WEIGHTS)
+    reset_settings()
+    assert [(h.citation.path, h.citation.start_line) for h in search(derived, question, k=8)] != inherited
