@@ -89,11 +89,17 @@ def choose_weights(
     *,
     rrf_k: int,
     k: int = 10,
+    factors: Sequence[Mapping[object, float]] | None = None,
 ) -> tuple[FusionWeights, dict[FusionWeights, float]]:
-    """The grid entry whose fusion ranks the validation questions best by MRR@k, and every entry's MRR."""
+    """The grid entry whose fusion ranks the validation questions best by MRR@k, and every entry's MRR.
+
+    `factors`, one mapping per question, multiplies candidates' fused scores as serving does (the role prior)."""
     if not questions or len(questions) != len(gold):
         raise ValueError(f"need as many gold sets as questions, and some: {len(questions)} and {len(gold)}")
-    scores = {w: mrr([fuse(c, w, rrf_k=rrf_k) for c in questions], gold, k=k) for w in grid}
+    per_question = factors or [None] * len(questions)
+    scores = {
+        w: mrr([fuse(c, w, rrf_k=rrf_k, factors=f) for c, f in zip(questions, per_question)], gold, k=k) for w in grid
+    }
     best = max(grid, key=lambda w: (scores[w], -grid.index(w)))
     return best, scores
 

@@ -5,9 +5,10 @@ The defaults (grounding.fusion.DEFAULT_WEIGHTS) were chosen on public dev data; 
 repository's questions into its eval index (grounding.eval_index: docstrings cut out, or commit
 subjects asked of the tree before them), takes the train split (the held-out split stays for the
 promotion gate), fetches each question's candidates once with every ranker's rank, and picks the grid
-entry that ranks the gold chunks best (grounding.fusion.choose_weights): a ranker that does not help
-gets weight 0. The choice is stored with the repository's active index version, with the table that
-made it, and hybrid search uses it while GROUNDING_FUSION_WEIGHTS is `auto` (the default).
+entry that ranks the gold chunks best under the role prior search applies
+(grounding.fusion.choose_weights): a ranker that does not help gets weight 0. The choice is stored
+with the repository's active index version, with the table that made it, and hybrid search uses it
+(and the repository's eval indexes) while GROUNDING_FUSION_WEIGHTS is `auto`, the default.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from grounding.embed import load_embedder
 from grounding.errors import NotIndexed
 from grounding.fusion import DEFAULT_WEIGHTS, FusionWeights, choose_weights, default_grid
 from grounding.lexical import question_tokens
+from grounding.roles import IMPLEMENTATION, asked_roles
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int 
         raise NotIndexed(f"repository {repo!r} has no active index version; ingest it first")
     embedder = load_embedder(derived.question_encoder)
     vectors = embedder.embed([q.question for q in questions], batch_size=settings.embed_batch_size)
-    candidates, gold = [], []
+    candidates, gold, factors = [], [], []
     for q, vector in zip(questions, vectors):
         with engine.begin() as conn:
             hits = store.hybrid_search(
@@ -103,10 +105,12 @@ def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int 
                 and h.citation.end_line >= q.start_line
             }
         )
+        favoured = {IMPLEMENTATION, *asked_roles(q.question)}  # the role prior, as search applies it
+        factors.append({h.chunk_id: settings.role_prior for h in hits if h.citation.role not in favoured})
     if len(questions) < MIN_QUESTIONS:
         log.info("%s: %d validation questions; the default fusion weights stay", repo, len(questions))
         return FusionChoice(repo, target.id, FusionWeights.parse(DEFAULT_WEIGHTS), len(questions), {}, stored=False)
-    best, scores = choose_weights(candidates, gold, default_grid(), rrf_k=settings.rrf_k)
+    best, scores = choose_weights(candidates, gold, default_grid(), rrf_k=settings.rrf_k, factors=factors)
     table = {str(w): round(m, 4) for w, m in scores.items()}
     with engine.begin() as conn:
         store.set_fusion(
