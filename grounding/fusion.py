@@ -74,12 +74,32 @@ def fuse(
     return [cid for *_, cid in sorted(scored)]
 
 
+def reciprocal_ranks(rankings: Sequence[Sequence[object]], gold: Sequence[set], *, k: int = 10) -> list[float]:
+    """Per ranking: 1 / the rank of its first gold id within k, 0 if none."""
+    return [
+        next((1 / i for i, cid in enumerate(ranked[:k], 1) if cid in answers), 0.0)
+        for ranked, answers in zip(rankings, gold)
+    ]
+
+
 def mrr(rankings: Sequence[Sequence[object]], gold: Sequence[set], *, k: int = 10) -> float:
     """Mean reciprocal rank within k of the first gold id of each ranking."""
-    total = 0.0
-    for ranked, answers in zip(rankings, gold):
-        total += next((1 / i for i, cid in enumerate(ranked[:k], 1) if cid in answers), 0.0)
-    return total / max(len(gold), 1)
+    return sum(reciprocal_ranks(rankings, gold, k=k)) / max(len(gold), 1)
+
+
+def paired_interval(
+    a: Sequence[float], b: Sequence[float], *, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """mean(a - b) over paired per-question scores, and its bootstrap 95% interval (questions resampled)."""
+    import random
+
+    diffs = [x - y for x, y in zip(a, b)]
+    n = len(diffs)
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    rng = random.Random(seed)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
 def choose_weights(

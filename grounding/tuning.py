@@ -6,7 +6,10 @@ repository's questions into its eval index (grounding.eval_index: docstrings cut
 subjects asked of the tree before them), takes the train split (the held-out split stays for the
 promotion gate), fetches each question's candidates once with every ranker's rank, and picks the grid
 entry that ranks the gold chunks best under the role prior search applies
-(grounding.fusion.choose_weights): a ranker that does not help gets weight 0. The choice is stored
+(grounding.fusion.choose_weights): a ranker that does not help gets weight 0. That entry replaces the
+defaults only if it beats them on these questions with a paired bootstrap interval above 0: harvested
+questions share words with the code, and weights chosen on them alone lost on real questions
+(README, "Ranking, measured"). The choice is stored
 with the repository's active index version, with the table that made it, and hybrid search uses it
 (and the repository's eval indexes) while GROUNDING_FUSION_WEIGHTS is `auto`, the default.
 """
@@ -21,7 +24,15 @@ from grounding import db, store, validation
 from grounding.config import get_settings
 from grounding.embed import load_embedder
 from grounding.errors import NotIndexed
-from grounding.fusion import DEFAULT_WEIGHTS, FusionWeights, choose_weights, default_grid
+from grounding.fusion import (
+    DEFAULT_WEIGHTS,
+    FusionWeights,
+    choose_weights,
+    default_grid,
+    fuse,
+    paired_interval,
+    reciprocal_ranks,
+)
 from grounding.lexical import question_tokens
 from grounding.roles import IMPLEMENTATION, asked_roles
 
@@ -38,7 +49,9 @@ class FusionChoice:
     weights: FusionWeights
     questions: int
     table: dict[str, float]  # MRR@10 on the validation questions, by weights
-    stored: bool  # False when too few questions: the defaults stay
+    stored: bool  # False when too few questions: nothing is stored, the defaults stay
+    best: FusionWeights | None = None  # the grid's best entry, adopted only if it beats the defaults
+    gain: tuple[float, float, float] = (0.0, 0.0, 0.0)  # best minus defaults: MRR@10 and its 95% interval
 
     def describe(self) -> str:
         if not self.stored:
@@ -46,11 +59,16 @@ class FusionChoice:
                 f"{self.repo}: {self.questions} validation questions (fewer than {MIN_QUESTIONS}); "
                 f"index version {self.index_version} keeps the defaults ({DEFAULT_WEIGHTS})"
             )
-        best = self.table[str(self.weights)]
-        alone = self.table.get(str(FusionWeights(1, 0, 0)), 0.0)
+        diff, lo, hi = self.gain
+        versus = f"best {self.best} minus the defaults {DEFAULT_WEIGHTS}: {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        if self.best != self.weights:
+            return (
+                f"{self.repo}: index version {self.index_version} keeps the defaults {self.weights}: "
+                f"on {self.questions} validation questions the {versus}, an interval that holds 0"
+            )
         return (
             f"{self.repo}: index version {self.index_version} fuses by {self.weights} "
-            f"(MRR@10 {best:.3f} on {self.questions} validation questions; vector alone {alone:.3f})"
+            f"(MRR@10 {self.table[str(self.weights)]:.3f} on {self.questions} validation questions; {versus})"
         )
 
 
@@ -112,18 +130,30 @@ def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int 
         return FusionChoice(repo, target.id, FusionWeights.parse(DEFAULT_WEIGHTS), len(questions), {}, stored=False)
     best, scores = choose_weights(candidates, gold, default_grid(), rrf_k=settings.rrf_k, factors=factors)
     table = {str(w): round(m, 4) for w, m in scores.items()}
+    # Harvested questions are not users' questions (docstrings share words with the code): the grid's best
+    # is adopted only when it beats the defaults beyond the noise of these questions.
+    default = FusionWeights.parse(DEFAULT_WEIGHTS)
+
+    def per_question(w: FusionWeights) -> list[float]:
+        ranked = [fuse(c, w, rrf_k=settings.rrf_k, factors=f) for c, f in zip(candidates, factors)]
+        return reciprocal_ranks(ranked, gold)
+
+    gain = paired_interval(per_question(best), per_question(default))
+    chosen = best if gain[1] > 0 else default
     with engine.begin() as conn:
         store.set_fusion(
             conn,
             target.id,
             {
-                "weights": str(best),
+                "weights": str(chosen),
+                "best": str(best),
+                "gain_over_defaults": [round(x, 4) for x in gain],
                 "rrf_k": settings.rrf_k,
                 "harvester": harvester,
                 "questions": len(questions),
                 "mrr@10": table,
             },
         )
-    choice = FusionChoice(repo, target.id, best, len(questions), table, stored=True)
+    choice = FusionChoice(repo, target.id, chosen, len(questions), table, stored=True, best=best, gain=gain)
     log.info("%s", choice.describe())
     return choice

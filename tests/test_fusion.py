@@ -30,6 +30,16 @@ def test_choose_weights_turns_off_a_useless_ranker():
     assert scores[best] == 1.0 and scores[FusionWeights(1, 1, 1)] == 0.5
 
 
+def test_paired_interval_holds_zero_for_noise_and_not_for_a_real_gain():
+    from grounding.fusion import paired_interval
+
+    same = [0.0, 1.0] * 50
+    _, lo, hi = paired_interval(same[::-1], same)
+    assert lo < 0 < hi, "two rankings that trade wins are not different"
+    diff, lo, _ = paired_interval([1.0] * 80 + [0.0] * 20, [0.0] * 80 + [1.0] * 20)
+    assert diff == pytest.approx(0.6) and lo > 0
+
+
 @pytest.mark.parametrize("text", ["vector=x", "cosine=1", "vector=1,lexical=-1", "vector=0,lexical=0,trigram=0"])
 def test_malformed_weights_are_refused(text):
     with pytest.raises(ValueError):

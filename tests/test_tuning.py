@@ -24,11 +24,14 @@ def test_tune_fusion_stores_the_choice_with_the_index_version_and_search_uses_it
 
     choice = tune_fusion(repo_name)
     assert choice.stored and choice.questions >= 20 and choice.index_version == before.id
-    assert str(choice.weights) in choice.table and choice.table[str(choice.weights)] == max(choice.table.values())
+    assert choice.table[str(choice.best)] == max(choice.table.values())
+    # The grid's best replaces the defaults only when its gain's interval is above 0.
+    assert choice.weights == (choice.best if choice.gain[1] > 0 else FusionWeights.parse(DEFAULT_WEIGHTS))
     with engine.connect() as conn:
         after = store.active_index_version(conn, store.repo_id(conn, repo_name))
         stored = store.fusion_choice(conn, after.id)
     assert after.fusion_weights == str(choice.weights) and stored["harvester"] == "docstrings"
+    assert stored["best"] == str(choice.best) and len(stored["gain_over_defaults"]) == 3
     assert hybrid_weights("auto", after) == choice.weights
     assert hybrid_weights("vector=1,lexical=0,trigram=0", after) == FusionWeights(1, 0, 0), "an explicit setting wins"
 
@@ -86,3 +89,18 @@ def test_an_eval_index_is_searched_by_its_parents_weights(engine, repo_name, has
     monkeypatch.setenv("GROUNDING_FUSION_WEIGHTS", DEFAULT_WEIGHTS)
     reset_settings()
     assert [(h.citation.path, h.citation.start_line) for h in search(derived, question, k=8)] != inherited
+
+
+def test_tuned_weights_replace_defaults_that_clearly_lose(engine, repo_name, hashing, tmp_path, monkeypatch):
+    import sys
+
+    from grounding.ingest import ingest
+    from grounding.tuning import tune_fusion
+    from tests.conftest import copy_tree
+
+    ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
+    # Defaults that rank by symbol-name fragments alone: a docstring question holds few, so they lose clearly.
+    monkeypatch.setattr(sys.modules["grounding.tuning"], "DEFAULT_WEIGHTS", "vector=0,lexical=0,trigram=1")
+    choice = tune_fusion(repo_name)
+    assert choice.gain[1] > 0 and choice.weights == choice.best != FusionWeights(0, 0, 1)
+    assert "fuses by" in choice.describe()
