@@ -106,23 +106,23 @@ def tune_fusion_task(repo: str, *, only_if_untuned: bool) -> dict | None:
     Skipped when the version already has them (`only_if_untuned`); a repository with no question to
     harvest keeps the defaults. Tuning never fails the ingest or reindex it follows."""
     from grounding import db, store
-    from grounding.errors import GroundingError
     from grounding.evaluation import DatasetError
-    from grounding.tuning import tune_fusion
+    from grounding.tuning import keep_defaults, tune_fusion
 
     logger = get_run_logger()
-    if only_if_untuned:
-        with db.get_engine().connect() as conn:
-            version = store.active_index_version(conn, store.repo_id(conn, repo))
-        if version is None or version.fusion_weights is not None:
-            return None
     try:
+        if only_if_untuned:
+            with db.get_engine().connect() as conn:
+                version = store.active_index_version(conn, store.repo_id(conn, repo))
+            if version is None or version.fusion_weights is not None:
+                return None
         choice = tune_fusion(repo)
     except DatasetError as err:
         logger.info("fusion weights of %s stay the defaults: %s", repo, err)
+        keep_defaults(repo, str(err)[:300])
         return None
-    except GroundingError as err:
-        logger.warning("could not tune the fusion weights of %s: %s", repo, err)
+    except Exception as err:  # noqa: BLE001 - tuning never fails the ingest or reindex it follows
+        logger.warning("could not tune the fusion weights of %s: %s: %s", repo, type(err).__name__, err)
         return None
     logger.info("%s", choice.describe())
     return {"weights": str(choice.weights), "questions": choice.questions, "stored": choice.stored}

@@ -25,7 +25,8 @@ from pathlib import PurePosixPath
 K1 = 1.5
 B = 0.75
 MAX_TEXT_CHARS = 200_000  # a chunk longer than this is tokenised on its head
-MAX_QUESTION_TOKENS = 64
+MAX_QUESTION_TOKENS = 32
+MAX_TOKEN_CHARS = 64  # longer runs (hashes, base64, long CJK text) are not words; a btree key holds 2704 bytes
 STOPWORDS = frozenset(
     "a an and are as at be but by for if in into is it no not of on or such that the their then there these "
     "they this to was will with".split()
@@ -40,9 +41,13 @@ def words(text: str) -> list[str]:
 
 
 def tokens(text: str) -> list[str]:
-    """bm25s's tokens, each followed by its identifier parts when it splits into more than one."""
+    """bm25s's tokens, each followed by its identifier parts when it splits into more than one.
+
+    A run longer than MAX_TOKEN_CHARS is dropped."""
     out: list[str] = []
     for raw in _WORD.findall(text[:MAX_TEXT_CHARS]):
+        if len(raw) > MAX_TOKEN_CHARS:
+            continue
         lower = raw.lower()
         if lower not in STOPWORDS:
             out.append(lower)

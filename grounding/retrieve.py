@@ -237,7 +237,12 @@ def hybrid_weights(setting: str, version: IndexVersion | None = None) -> FusionW
     """The weights hybrid search fuses by: GROUNDING_FUSION_WEIGHTS, or with `auto` the ones chosen for the index
     version (grounding.tuning), else DEFAULT_WEIGHTS. A malformed value is an InvalidArgument naming the variable."""
     if setting.strip().lower() == "auto":
-        return FusionWeights.parse(version.fusion_weights if version and version.fusion_weights else DEFAULT_WEIGHTS)
+        try:
+            return FusionWeights.parse(
+                version.fusion_weights if version and version.fusion_weights else DEFAULT_WEIGHTS
+            )
+        except ValueError:  # a stored choice this release cannot read: the defaults, not a failed search
+            return FusionWeights.parse(DEFAULT_WEIGHTS)
     try:
         return FusionWeights.parse(setting)
     except ValueError as err:
@@ -295,6 +300,8 @@ def search(
         raise InvalidArgument("a reranker path is for trusted callers; a user gets the repository's own reranker")
     question, filters = with_inline_filters(question, filters)
     settings = get_settings()
+    if not 0 < settings.role_prior <= 1:  # NaN fails this too
+        raise InvalidArgument(f"GROUNDING_ROLE_PRIOR must be above 0 and at most 1, not {settings.role_prior}")
     engine = db.get_engine()
     with engine.begin() as conn:
         repo_id = store.repo_id(conn, repo)

@@ -28,8 +28,6 @@ _DIRS = {
         "thirdparty",
         "node_modules",
         "bower_components",
-        "external",
-        "extern",
     },
     "generated": {"generated", "__generated__", "gen-src", "autogen"},
     "test": {
@@ -97,14 +95,8 @@ _CONFIG_DIRS = {
     ".devcontainer",
     ".vscode",
     ".idea",
-    "ci",
     ".ci",
-    "deploy",
-    "deployment",
-    "infra",
-    "k8s",
-    "helm",
-}
+}  # only dot-directories: `ci/`, `deploy/` or `infra/` often hold code
 _PROSE = {"markdown", "rst", "text"}
 _DATA = {"toml", "yaml", "json", "ini", "xml"}
 _GENERATED_MARK = re.compile(
@@ -142,8 +134,8 @@ def classify(path: str, language: str | None = None, head: bytes | None = None) 
         return "benchmark"
     if _EXAMPLE_NAME.match(name):
         return "example"
-    if _DOCS_NAME.match(name):
-        return "docs"
+    if _DOCS_NAME.match(name) and (language in _PROSE or "." not in name):
+        return "docs"  # README, CHANGES.rst, LICENSE; not security.py or history.go
     if _CONFIG_NAME.match(name) or any(d in _CONFIG_DIRS for d in dirs[:1]):
         return "config"
     if language in _PROSE:
@@ -161,12 +153,12 @@ def _is_code_sample(name: str, language: str | None) -> bool:
 # "how does it test whether a path is absolute"; a test is asked for as a noun phrase.
 _ASKS = {
     "test": re.compile(
-        r"\b(?:tests?|unit ?tests?|test (?:case|suite|file)s?|testing|tested|specs?|fixtures?|conftest)\b"
+        r"\b(?:tests?|unit ?tests?|test (?:case|suite|file)s?|testing|tested|spec files?|fixtures?|conftest)\b"
         r"(?! (?:whether|if|for whether))",
         re.I,
     ),
-    "example": re.compile(r"\b(?:examples?|samples?|demos?|tutorials?|snippets? showing|usage of)\b", re.I),
-    "docs": re.compile(r"\b(?:docs|documentation|documented|readme|changelog|guide|manual)\b", re.I),
+    "example": re.compile(r"(?<!for )\b(?:examples?|samples?|demos?|tutorials?)\b", re.I),  # not "for example"
+    "docs": re.compile(r"\b(?:docs|documentation|documented|readme|changelog|user guide)\b", re.I),
     "benchmark": re.compile(r"\b(?:bench(?:mark)?s?|benchmarked|benchmarking)\b", re.I),
     "config": re.compile(r"\b(?:config(?:uration)? files?|ci (?:job|workflow|config)|dockerfile|makefile)\b", re.I),
 }

@@ -203,13 +203,13 @@ class FileRoles:
     files: tuple[tuple[str, str, str, int], ...]  # path, role, language, chunks
 
 
-def file_roles(repo: str) -> FileRoles:
+def file_roles(repo: str, *, role: str | None = None, limit: int = 1000) -> FileRoles:
+    """Files per role, and the first `limit` files (of `role`, if given) by path."""
     with db.get_engine().connect() as conn:
-        files = store.visible_roles(conn, store.repo_id(conn, repo))
-    counts: dict[str, int] = {}
-    for _, role, _, _ in files:
-        counts[role] = counts.get(role, 0) + 1
-    return FileRoles(dict(sorted(counts.items(), key=lambda kv: -kv[1])), tuple(files))
+        repo_id = store.repo_id(conn, repo)
+        counts = store.role_counts(conn, repo_id)
+        files = store.visible_roles(conn, repo_id, role=role, limit=limit)
+    return FileRoles(counts, tuple(files))
 
 
 # --- training and evaluation ------------------------------------------------------------------------

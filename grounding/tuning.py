@@ -92,6 +92,10 @@ def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int 
         derived = store.active_index_version(conn, derived_id)
     if target is None or derived is None:
         raise NotIndexed(f"repository {repo!r} has no active index version; ingest it first")
+    if len(questions) < MIN_QUESTIONS:
+        log.info("%s: %d validation questions; the default fusion weights stay", repo, len(questions))
+        keep_defaults(repo, f"{len(questions)} validation questions from {harvester}, fewer than {MIN_QUESTIONS}")
+        return FusionChoice(repo, target.id, FusionWeights.parse(DEFAULT_WEIGHTS), len(questions), {}, stored=False)
     embedder = load_embedder(derived.question_encoder)
     vectors = embedder.embed([q.question for q in questions], batch_size=settings.embed_batch_size)
     candidates, gold, factors = [], [], []
@@ -125,9 +129,6 @@ def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int 
         )
         favoured = {IMPLEMENTATION, *asked_roles(q.question)}  # the role prior, as search applies it
         factors.append({h.chunk_id: settings.role_prior for h in hits if h.citation.role not in favoured})
-    if len(questions) < MIN_QUESTIONS:
-        log.info("%s: %d validation questions; the default fusion weights stay", repo, len(questions))
-        return FusionChoice(repo, target.id, FusionWeights.parse(DEFAULT_WEIGHTS), len(questions), {}, stored=False)
     best, scores = choose_weights(candidates, gold, default_grid(), rrf_k=settings.rrf_k, factors=factors)
     table = {str(w): round(m, 4) for w, m in scores.items()}
     # Harvested questions are not users' questions (docstrings share words with the code): the grid's best
@@ -157,3 +158,12 @@ def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int 
     choice = FusionChoice(repo, target.id, chosen, len(questions), table, stored=True, best=best, gain=gain)
     log.info("%s", choice.describe())
     return choice
+
+
+def keep_defaults(repo: str, why: str) -> None:
+    """Mark `repo`'s active version as tuned to the defaults (`why` says why), so flows do not try again."""
+    engine = db.get_engine()
+    with engine.begin() as conn:
+        version = store.active_index_version(conn, store.repo_id(conn, repo))
+        if version is not None:
+            store.set_fusion(conn, version.id, {"weights": DEFAULT_WEIGHTS, "kept_defaults": why})

@@ -154,6 +154,16 @@ def case_fusion_weights(ctx):
     reset_settings()  # the cached settings would keep the bad value past the case
 
 
+def case_role_prior(ctx):
+    from grounding.config import reset_settings
+
+    ctx.monkeypatch.setenv("GROUNDING_ROLE_PRIOR", "nan")
+    reset_settings()
+    raises(InvalidArgument, "GROUNDING_ROLE_PRIOR must be above 0 and at most 1", lambda: search(ctx.repo, Q))
+    ctx.monkeypatch.delenv("GROUNDING_ROLE_PRIOR")
+    reset_settings()
+
+
 def case_filters_items(ctx):
     for kw in ({"languages": (1,)}, {"paths": [None]}):
         raises(InvalidArgument, "non-empty strings", lambda kw=kw: SearchFilters(**kw))
@@ -192,6 +202,7 @@ CASES = {
         lambda: grounding.ask(c.repo, f"role:tests {Q}"),
     ),
     "fusion-weights": case_fusion_weights,
+    "role-prior": case_role_prior,
     "backend-type": lambda c: raises(
         GeneratorUnavailable, "backend must be", lambda: grounding.ask(c.repo, Q, backend=1)
     ),

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import sqlalchemy as sa
 
 from grounding import lexical, store
+
+
+def test_a_run_too_long_to_be_a_word_is_no_token():
+    # A btree key holds 2704 bytes: a 3 KB hex run as one term would make the ingest fail.
+    assert lexical.tokens("key = " + "ab" * 1500 + " cookie") == ["key", "cookie"]
 
 
 def test_tokens_are_bm25s_words_plus_identifier_parts():
@@ -68,7 +74,9 @@ def _stats(engine, repo: str):
     return rid, terms, docs, length
 
 
-def test_sql_bm25_equals_the_reference_and_its_statistics_follow_reingests(engine, repo_name, hashing, tmp_path):
+def test_sql_bm25_equals_the_reference_and_its_statistics_follow_reingests(
+    engine, repo_name, hashing, tmp_path, monkeypatch
+):
     from grounding.ingest import ingest
 
     root = tmp_path / "corpus"
@@ -108,6 +116,15 @@ def test_sql_bm25_equals_the_reference_and_its_statistics_follow_reingests(engin
     assert [cid for cid, _ in found] == sorted(
         (c for c, s in expected.items() if s > 0), key=lambda c: (-expected[c], c)
     )
+    # Past the posting budget only the rarest term is read: the scores are that term's alone.
+    monkeypatch.setattr(sys.modules["grounding.store.search"], "POSTING_BUDGET", 1)
+    rarest = min(set(question), key=lambda t: (df.get(t, 10**9), t))
+    with engine.connect() as conn:
+        budgeted = dict(store.bm25_search(conn, rid, question, k=10))
+    only = {
+        cid: lexical.score([t for t in question if t == rarest], toks, df, n_kept, avgdl) for cid, toks in docs.items()
+    }
+    assert budgeted == pytest.approx({c: v for c, v in only.items() if v > 0})
 
 
 def test_a_failed_run_leaves_the_statistics_of_the_visible_snapshot(engine, repo_name, hashing, tmp_path):

@@ -92,19 +92,18 @@ with versions, errors_as_messages("Reading the index versions"):
     )
 
 with roles, errors_as_messages("Reading the file roles"):
-    found_roles = file_roles(repo.name)
+    found_roles = file_roles(repo.name, limit=0)
     st.caption(
         "What each file is for. Answers cite implementation first unless a question asks for tests, docs or "
         "examples; `role:test` (or docs, example, ...) in a question keeps only that role."
     )
     st.dataframe([{"role": r, "files": n} for r, n in found_roles.by_role.items()], hide_index=True)
     role = st.selectbox("Show", ["every role", *found_roles.by_role], key="file_role")
+    shown = file_roles(repo.name, role=None if role == "every role" else role).files
+    if len(shown) == 1000:
+        st.caption("The first 1,000 files by path.")
     st.dataframe(
-        [
-            {"path": path, "role": r, "language": language, "chunks": chunks}
-            for path, r, language, chunks in found_roles.files
-            if role in ("every role", r)
-        ],
+        [{"path": path, "role": r, "language": language, "chunks": chunks} for path, r, language, chunks in shown],
         hide_index=True,
     )
 

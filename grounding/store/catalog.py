@@ -242,8 +242,9 @@ def snapshot(conn: Connection, snapshot_id: int) -> dict:
 
 
 def analyze_chunks(conn: Connection) -> None:
-    """Refresh the planner's statistics of chunks: lexical search reads lexeme frequencies from them."""
-    conn.execute(sa.text("ANALYZE chunks"))
+    """Refresh the planner's statistics of the tables an ingest grows: chunks and BM25's postings and terms."""
+    for table in ("chunks", "bm25_postings", "bm25_terms"):
+        conn.execute(sa.text(f"ANALYZE {table}"))
 
 
 _BM25_MOVES = """

@@ -21,6 +21,7 @@ from grounding.store.writes import vector_literal
 
 __all__ = ["hybrid_search", "bm25_search", "symbol_parts", "ChunkSpan", "ChunkFilter"]
 
+POSTING_BUDGET = 100_000  # postings one BM25 ranking reads at most (the rarest term is always read whole)
 TRIGRAM_POOL = 4  # times `candidates`: symbols scored with word_similarity
 EF_SEARCH = 100  # HNSW candidate list; raised to the LIMIT when more rows are asked for (pgvector caps it at 1000)
 FILTERED_MAX_SCAN_TUPLES = 50_000  # how far an iterative scan may walk for a selective filter (default 20,000)
@@ -98,10 +99,13 @@ def _bm25_ctes(terms: Sequence[str], where: str, params: dict) -> str:
     """BM25 (grounding.lexical) of the visible chunks holding any question token, from postings and kept statistics.
 
     Without filters the postings alone answer (their covering index holds tf, the chunk's length and
-    its file's snapshot); filters join the chunk and its file.
+    its file's snapshot); filters join the chunk and its file. The question's terms are read rarest
+    first until POSTING_BUDGET postings: a term common enough to pass the budget has the lowest idf
+    and adds least, and a question of common words would otherwise read most of the table.
     """
     params["bterms"] = list(terms)
     params["k1"], params["b"] = K1, B
+    params["budget"] = POSTING_BUDGET
     join = " JOIN chunks c ON c.id = p.chunk_id JOIN files f ON f.id = c.file_id" if where else ""
     return f"""bm25_q AS (
         SELECT t.term, count(*) AS qtf FROM unnest(CAST(:bterms AS text[])) AS t(term) GROUP BY t.term),
@@ -109,9 +113,12 @@ def _bm25_ctes(terms: Sequence[str], where: str, params: dict) -> str:
         SELECT current_snapshot_id AS s, greatest(bm25_docs, 1)::float8 AS n,
                greatest(bm25_length::float8 / greatest(bm25_docs, 1), 1) AS avgdl
         FROM repositories WHERE id = :r),
+    bm25_df AS (
+        SELECT q.term, q.qtf, t.df, sum(t.df) OVER w AS cum, row_number() OVER w AS i
+        FROM bm25_q q JOIN bm25_terms t ON t.repo_id = :r AND t.term = q.term WINDOW w AS (ORDER BY t.df, q.term)),
     bm25_idf AS (
-        SELECT q.term, q.qtf * ln(1 + (bc.n - t.df + 0.5) / (t.df + 0.5)) AS w
-        FROM bm25_q q JOIN bm25_terms t ON t.repo_id = :r AND t.term = q.term, bm25_corpus bc),
+        SELECT d.term, d.qtf * ln(1 + (bc.n - d.df + 0.5) / (d.df + 0.5)) AS w
+        FROM bm25_df d, bm25_corpus bc WHERE d.i = 1 OR d.cum <= :budget),
     lex AS (
         SELECT id, score, row_number() OVER (ORDER BY score DESC, id) AS r FROM (
             SELECT p.chunk_id AS id,

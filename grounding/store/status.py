@@ -12,6 +12,7 @@ __all__ = [
     "skipped_reasons",
     "skipped_files_of",
     "visible_roles",
+    "role_counts",
 ]
 
 
@@ -95,14 +96,29 @@ def skipped_files_of(conn: Connection, snapshot: int, *, limit: int | None = Non
     return [(path, reason) for path, reason in rows]
 
 
-def visible_roles(conn: Connection, repo: int) -> list[tuple[str, str, str, int]]:
-    """(path, role, language, chunks) of every file the repository's current snapshot holds, by path."""
+def role_counts(conn: Connection, repo: int) -> dict[str, int]:
+    """Files of the repository's current snapshot per role, most first."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT f.role, count(*) FROM files f JOIN repositories r ON r.id = f.repo_id "
+            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id GROUP BY f.role ORDER BY 2 DESC, 1"
+        ),
+        {"r": repo},
+    )
+    return {role: n for role, n in rows}
+
+
+def visible_roles(
+    conn: Connection, repo: int, *, role: str | None = None, limit: int = 1000
+) -> list[tuple[str, str, str, int]]:
+    """(path, role, language, chunks) of the current snapshot's files (of `role`, if given), by path, at most limit."""
     rows = conn.execute(
         sa.text(
             "SELECT f.path, f.role, f.language, (SELECT count(*) FROM chunks c WHERE c.file_id = f.id) "
             "FROM files f JOIN repositories r ON r.id = f.repo_id "
-            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id ORDER BY f.path"
+            "WHERE f.repo_id = :r AND f.snapshot_id <= r.current_snapshot_id AND (CAST(:role AS text) IS NULL "
+            "OR f.role = :role) ORDER BY f.path LIMIT :n"
         ),
-        {"r": repo},
+        {"r": repo, "role": role, "n": limit},
     )
     return [tuple(row) for row in rows]

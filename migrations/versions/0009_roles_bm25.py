@@ -1,7 +1,8 @@
 """File roles, a real BM25 in place of ts_rank, and fusion weights kept with each index version.
 
 - `files.role`: source, test, docs, example, benchmark, config, generated or vendored (grounding.roles);
-  existing rows are classified by their path (the content signal applies from the next ingest).
+  existing rows are classified by their path alone (a file whose content changes is classified again,
+  generated-code header included, when it is next ingested; an unchanged one keeps its path's role).
 - `bm25_postings` (term, chunk, tf, the chunk's length, the file's snapshot), `bm25_terms` (document
   frequency over a repository's visible chunks) and `repositories.bm25_docs/bm25_length`: the
   statistics BM25 needs, kept by ingest as each snapshot becomes current. Existing chunks are tokenised
@@ -99,6 +100,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.add_column("chunks", sa.Column("search", TSVECTOR, nullable=False, server_default=sa.text("''::tsvector")))
+    # 0008 never rewrites an unchanged file's vector: give every chunk one from its symbol and text (close to,
+    # not the same as, what 0008's ingest wrote, which split identifiers first).
+    op.execute(
+        "UPDATE chunks SET search = setweight(to_tsvector('english', coalesce(symbol, '')), 'A') || "
+        "setweight(to_tsvector('english', left(text, 200000)), 'D')"
+    )
     op.create_index("chunks_search", "chunks", ["search"], postgresql_using="gin")
     op.drop_table("bm25_terms")
     op.drop_table("bm25_postings")
