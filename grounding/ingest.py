@@ -215,13 +215,16 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
         version = store.active_index_version(conn, repo)
         stored = store.existing_files(conn, repo)
         current, _ = store.current_snapshot(conn, repo)
-    visible_paths = {path for (path, _), (_, snap) in stored.items() if current is not None and snap <= current}
+    visible_paths = {path for (path, _), (_, snap, _) in stored.items() if current is not None and snap <= current}
     keep: list[int] = []
     todo: list[SourceFile] = []
+    reclassified: list[tuple[int, str]] = []  # unchanged files whose role a newer classifier sees otherwise
     for f in listing.files:
         found = stored.get((f.path, f.index_hash))
         if found is not None:
             keep.append(found[0])
+            if found[2] != f.role:
+                reclassified.append((found[0], f.role))
         else:
             todo.append(f)
     unchanged_ids = list(keep)
@@ -306,6 +309,7 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
         if version is not None and version.status == "building":
             store.build_vector_index(conn, version)
             store.activate_index_version(conn, version)
+        store.set_roles(conn, reclassified)
         chunks_unchanged = store.count_chunks(conn, unchanged_ids)
         stats["chunks_unchanged"] = chunks_unchanged
         removed = store.finish_snapshot(conn, repo, snapshot, keep_file_ids=keep, stats=stats, skipped=listing.skipped)

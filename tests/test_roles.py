@@ -159,3 +159,21 @@ def test_an_unknown_role_is_a_clear_error():
         SearchFilters(roles=("tests",))
     with pytest.raises(InvalidArgument, match="unknown role"):
         parse_query("where role:nonsense")
+
+
+def test_a_reingest_reclassifies_unchanged_files_when_the_classifier_changes(
+    engine, repo_name, hashing, tmp_path, monkeypatch
+):
+    import grounding.roles
+    from grounding.ingest import ingest
+    from grounding.retrieve import search
+
+    _ingest(tmp_path, repo_name, hashing)
+    real = grounding.roles.classify
+    monkeypatch.setattr(
+        grounding.roles, "classify", lambda path, *a: "vendored" if path.startswith("pkg/") else real(path, *a)
+    )
+    report = ingest(str(tmp_path / "tree"), name=repo_name, embedder=hashing)
+    assert report.files_changed == 0, "nothing was re-read or re-embedded"
+    hits = search(repo_name, "throttle requests role:vendored", k=5)
+    assert {h.citation.path for h in hits} == {"pkg/throttle.py"}

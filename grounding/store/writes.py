@@ -16,6 +16,7 @@ from grounding.records import Chunk, IndexVersion, SourceFile
 __all__ = [
     "visible_file",
     "existing_files",
+    "set_roles",
     "count_chunks",
     "embeddings_by_hash",
     "shared_embeddings",
@@ -40,12 +41,24 @@ def visible_file(conn: Connection, repo: int, path: str) -> tuple[str, bool] | N
     return None if row is None else (row[0], row[1])
 
 
-def existing_files(conn: Connection, repo: int) -> dict[tuple[str, str], tuple[int, int]]:
-    """Every stored (path, content hash) of the repository, visible or left by a failed run: (file id, snapshot)."""
+def existing_files(conn: Connection, repo: int) -> dict[tuple[str, str], tuple[int, int, str]]:
+    """Every stored (path, content hash) of the repository, visible or left by a failed run: (id, snapshot, role)."""
     rows = conn.execute(
-        sa.text("SELECT path, content_hash, id, snapshot_id FROM files WHERE repo_id = :r"), {"r": repo}
+        sa.text("SELECT path, content_hash, id, snapshot_id, role FROM files WHERE repo_id = :r"), {"r": repo}
     )
-    return {(path, h): (fid, snap) for path, h, fid, snap in rows}
+    return {(path, h): (fid, snap, role) for path, h, fid, snap, role in rows}
+
+
+def set_roles(conn: Connection, roles: Sequence[tuple[int, str]]) -> None:
+    """(file id, role) for kept files whose role this release classifies differently."""
+    if roles:
+        conn.execute(
+            sa.text(
+                "UPDATE files SET role = v.role FROM unnest(CAST(:ids AS bigint[]), CAST(:roles AS text[])) AS v(id, role) "
+                "WHERE files.id = v.id"
+            ),
+            {"ids": [fid for fid, _ in roles], "roles": [role for _, role in roles]},
+        )
 
 
 def count_chunks(conn: Connection, file_ids: Sequence[int]) -> int:

@@ -82,7 +82,10 @@ def upgrade() -> None:
                 for term, tf in Counter(found).items():
                     copy.write_row((repo, term, cid, snap, tf, len(found)))
         conn.execute(
-            sa.text("UPDATE chunks SET bm25_length = v.n FROM unnest(:ids, :ns) AS v(id, n) WHERE chunks.id = v.id"),
+            sa.text(
+                "UPDATE chunks SET bm25_length = v.n FROM unnest(CAST(:ids AS bigint[]), CAST(:ns AS int[])) AS v(id, n) "
+                "WHERE chunks.id = v.id"
+            ),
             {"ids": [c for c, _ in lengths], "ns": [n for _, n in lengths]},
         )
         last = rows[-1][0]
