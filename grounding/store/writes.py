@@ -54,7 +54,8 @@ def set_roles(conn: Connection, roles: Sequence[tuple[int, str]]) -> None:
     if roles:
         conn.execute(
             sa.text(
-                "UPDATE files SET role = v.role FROM unnest(CAST(:ids AS bigint[]), CAST(:roles AS text[])) AS v(id, role) "
+                "UPDATE files SET role = v.role "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:roles AS text[])) AS v(id, role) "
                 "WHERE files.id = v.id"
             ),
             {"ids": [fid for fid, _ in roles], "roles": [role for _, role in roles]},

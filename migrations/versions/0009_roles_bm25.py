@@ -83,7 +83,8 @@ def upgrade() -> None:
                     copy.write_row((repo, term, cid, snap, tf, len(found)))
         conn.execute(
             sa.text(
-                "UPDATE chunks SET bm25_length = v.n FROM unnest(CAST(:ids AS bigint[]), CAST(:ns AS int[])) AS v(id, n) "
+                "UPDATE chunks SET bm25_length = v.n "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:ns AS int[])) AS v(id, n) "
                 "WHERE chunks.id = v.id"
             ),
             {"ids": [c for c, _ in lengths], "ns": [n for _, n in lengths]},
