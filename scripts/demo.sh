@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 REPO_PATH=${1:-.}
-QUESTION=${2:-"how is the embedded Postgres started?"}
+QUESTION=${2:-"where are BM25 document frequencies updated when a snapshot becomes current?"}
 NAME=${NAME:-$(basename "$(cd "$REPO_PATH" && pwd)")}
 .venv/bin/grounding ingest "$REPO_PATH" --name "$NAME"
 .venv/bin/grounding repos
