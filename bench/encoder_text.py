@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import K, by_file, commits_set, cosqa_set, log, matches, paired_interval  # noqa: E402
+from quality import K, by_file, dev_set, log, matches, paired_interval  # noqa: E402
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict[str, list[float]]] = {v: {} for v in VARIANTS}
     try:
         for name in args.sets.split(","):
-            if name == "cosqa":
-                repo, (_, questions) = "cosqa", cosqa_set(work)
-            else:
-                repo, _, questions = commits_set(name, work)
+            repo, questions = dev_set(name, work)
             chunks = chunks_of(repo)
             spans = [sp for sp, _, _ in chunks]
             queries = np.asarray(embedder.embed([q for q, _ in questions], batch_size=64))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import K, by_file, commits_set, cosqa_set, log, matches, paired_interval  # noqa: E402
+from quality import K, by_file, dev_set, log, matches, paired_interval  # noqa: E402
 
 RRF_KS = (5, 10, 30, 60)
 PRIORS = (1.0, 0.75, 0.5, 0.3, 0.15)
@@ -33,34 +33,14 @@ def candidates_of(repo: str, questions: list[tuple[str, frozenset]]) -> list[lis
     The factor is 1 for a chunk of a favoured role (implementation, or a role the question asks for), 0
     otherwise; a prior p then multiplies the others' fused score by p."""
     from grounding import db, store
-    from grounding.config import get_settings
-    from grounding.embed import load_embedder
-    from grounding.filters import chunk_filter
-    from grounding.lexical import question_tokens
-    from grounding.retrieve import identifier_fragments
     from grounding.roles import asked_roles
+    from grounding.tuning import candidate_hits
 
-    settings = get_settings()
     with db.get_engine().connect() as conn:
         repo_id = store.repo_id(conn, repo)
         version = store.active_index_version(conn, repo_id)
-    embedder = load_embedder(version.question_encoder)
     out = []
-    for query, _ in questions:
-        with db.get_engine().begin() as conn:
-            hits = store.hybrid_search(
-                conn,
-                repo_id,
-                version,
-                query_vector=embedder.embed_batch([query])[0],
-                terms=question_tokens(query),
-                fragments=identifier_fragments(query),
-                candidates=settings.candidates,
-                rrf_k=60,
-                k=3 * settings.candidates,  # every candidate of every ranking
-                filters=chunk_filter(None),
-                role_prior=1.0,
-            )
+    for (query, _), hits in zip(questions, candidate_hits(repo_id, version, [q for q, _ in questions])):
         favoured = {"source", *asked_roles(query)}
         out.append(
             [
@@ -105,10 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     sets = {}
     try:
         for name in args.sets.split(","):
-            if name == "cosqa":
-                repo, (_, questions) = "cosqa", cosqa_set(Path(args.home) / "sets")
-            else:
-                repo, _, questions = commits_set(name, Path(args.home) / "sets")
+            repo, questions = dev_set(name, Path(args.home) / "sets")
             t = time.perf_counter()
             sets[name] = (candidates_of(repo, questions), questions)
             log(f"{name}: candidates of {len(questions)} questions in {time.perf_counter() - t:.0f}s")

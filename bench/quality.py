@@ -79,6 +79,14 @@ def commits_set(name: str, work: Path) -> tuple[str, Path, list[tuple[str, froze
     return index.name, eval_dir(name) / "commits-tree", [(q, frozenset(paths)) for q, paths in gold.items()]
 
 
+def dev_set(name: str, work: Path) -> tuple[str, list[tuple[str, frozenset[str]]]]:
+    """A dev set already ingested under `work` by this script: (repository searched, questions with gold files)."""
+    if name == "cosqa":
+        return "cosqa", cosqa_set(work)[1]
+    repo, _, questions = commits_set(name, work)
+    return repo, questions
+
+
 # --- rankers --------------------------------------------------------------------------------------
 
 
@@ -108,6 +116,8 @@ def grounding_ranker(repo: str, mode: str, *, rerank: bool = False) -> Ranker:
 
 def bm25_ranker(repo: str) -> Ranker:
     """grounding's BM25 alone, straight from Postgres (store.bm25_search): no trigram, no fusion."""
+    import sqlalchemy as sa
+
     from grounding import db, store
     from grounding.lexical import question_tokens
 
@@ -116,7 +126,7 @@ def bm25_ranker(repo: str) -> Ranker:
         spans = {
             cid: (p, s, e)
             for cid, p, s, e in conn.execute(
-                __import__("sqlalchemy").text(
+                sa.text(
                     "SELECT c.id, f.path, c.start_line, c.end_line FROM chunks c JOIN files f ON f.id = c.file_id "
                     "WHERE c.repo_id = :r"
                 ),

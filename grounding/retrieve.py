@@ -311,7 +311,13 @@ def search(
             version = store.index_version(conn, index_version)
             if version is None or version.repo_id != repo_id:
                 raise InvalidArgument(f"index version {index_version} does not belong to repository {repo!r}")
-        if version is not None and version.fusion_weights is None and (parent := store.derived_parent(conn, repo)):
+        derived = validation.DERIVED_NAME.fullmatch(repo) is not None  # only eval indexes hold `~`
+        if (
+            derived
+            and version is not None
+            and version.fusion_weights is None
+            and (parent := store.derived_parent(conn, repo))
+        ):
             # An eval index is searched as its parent is: by the weights chosen for the parent's version.
             chosen = store.active_index_version(conn, store.repo_id(conn, parent))
             if chosen is not None and chosen.fusion_weights:

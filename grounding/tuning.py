@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grounding import db, store, validation
@@ -34,6 +35,7 @@ from grounding.fusion import (
     reciprocal_ranks,
 )
 from grounding.lexical import question_tokens
+from grounding.records import Hit, IndexVersion
 from grounding.roles import IMPLEMENTATION, asked_roles
 
 log = logging.getLogger(__name__)
@@ -72,11 +74,37 @@ class FusionChoice:
         )
 
 
+def candidate_hits(repo_id: int, version: IndexVersion, questions: Sequence[str]) -> list[list[Hit]]:
+    """Per question, every candidate of every ranking, each hit with its rank in each ranking, the role prior off:
+    what any fusion weights (and prior) can be tried on offline, with the SQL's arithmetic (grounding.fusion.fuse)."""
+    from grounding.retrieve import identifier_fragments
+
+    settings = get_settings()
+    vectors = load_embedder(version.question_encoder).embed(list(questions), batch_size=settings.embed_batch_size)
+    out = []
+    for question, vector in zip(questions, vectors):
+        with db.get_engine().begin() as conn:
+            out.append(
+                store.hybrid_search(
+                    conn,
+                    repo_id,
+                    version,
+                    query_vector=vector,
+                    terms=question_tokens(question),
+                    fragments=identifier_fragments(question),
+                    candidates=settings.candidates,
+                    rrf_k=settings.rrf_k,
+                    k=3 * settings.candidates,  # the union of every ranking's candidates
+                    role_prior=1.0,
+                )
+            )
+    return out
+
+
 def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int = MAX_QUESTIONS) -> FusionChoice:
     """Choose and store the fusion weights of `repo`'s active index version (a trusted caller's operation)."""
     from grounding.eval_index import build_eval_index
     from grounding.evaluation import select_split
-    from grounding.retrieve import identifier_fragments
 
     repo = validation.repo_name(repo)
     max_questions = validation.count(max_questions, "max_questions", maximum=10_000)
@@ -96,22 +124,8 @@ def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int 
         log.info("%s: %d validation questions; the default fusion weights stay", repo, len(questions))
         keep_defaults(repo, f"{len(questions)} validation questions from {harvester}, fewer than {MIN_QUESTIONS}")
         return FusionChoice(repo, target.id, FusionWeights.parse(DEFAULT_WEIGHTS), len(questions), {}, stored=False)
-    embedder = load_embedder(derived.question_encoder)
-    vectors = embedder.embed([q.question for q in questions], batch_size=settings.embed_batch_size)
     candidates, gold, factors = [], [], []
-    for q, vector in zip(questions, vectors):
-        with engine.begin() as conn:
-            hits = store.hybrid_search(
-                conn,
-                derived_id,
-                derived,
-                query_vector=vector,
-                terms=question_tokens(q.question),
-                fragments=identifier_fragments(q.question),
-                candidates=settings.candidates,
-                rrf_k=settings.rrf_k,
-                k=3 * settings.candidates,  # every candidate of every ranking
-            )
+    for q, hits in zip(questions, candidate_hits(derived_id, derived, [q.question for q in questions])):
         candidates.append(
             [
                 (h.chunk_id, {"vector": h.vector_rank, "lexical": h.lexical_rank, "trigram": h.trigram_rank})
