@@ -95,6 +95,8 @@ def test_python_api(world, engine):
     assert not leaks(list(grounding.ask_stream(w["open"], QUESTION, user=alice)), world=w)
     assert not leaks(search(w["open"], QUESTION, k=10, user=alice), world=w)
     assert not leaks(search(w["open"], f"path:vault/** {QUESTION}", user=alice), world=w)
+    for role in ("source", "test", "docs"):  # the role filter and the prior stay inside the granted repository
+        assert not leaks(search(w["open"], f"role:{role} {QUESTION}", user=alice), world=w)
     assert access.allowed_repos(alice) == [w["open"]]
     assert status.repo_scope(alice).names == [w["open"]]
     closed_file = str(w["closed_dir"] / "vault" / "zebra_ledger.py")
@@ -104,6 +106,8 @@ def test_python_api(world, engine):
         (lambda: grounding.ask([w["open"], w["closed"]], QUESTION, user=alice), denied),
         (lambda: grounding.ask_stream(w["closed"], QUESTION, user=alice), denied),
         (lambda: search(w["closed"], QUESTION, user=alice), denied),
+        (lambda: search(w["closed"], f"role:source {QUESTION}", user=alice), denied),
+        (lambda: search(f"{w['closed']}~eval-docstrings", QUESTION, user=alice), denied),  # its eval index
         (lambda: complete(w["closed"], "def reconcile(", user=alice), denied),
         (lambda: prefix_at(w["closed"], "vault/zebra_ledger.py", None, user=alice), denied, "vault/zebra_ledger.py"),
         (
