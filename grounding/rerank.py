@@ -2,7 +2,8 @@
 
 A cross-encoder reads the question and the chunk together, so it can weigh what a bi-encoder's
 single vector and the lexical ranks cannot; it is too slow for the whole repository, so it only
-reorders the first GROUNDING_RERANK_CANDIDATES hits of the hybrid search.
+reorders the first GROUNDING_RERANK_CANDIDATES hits of the hybrid search (never more: a search that fetches more
+to merge or widen keeps the rest in fused order below them).
 """
 
 from __future__ import annotations
@@ -140,6 +141,26 @@ def rerank_hits(
         )
         for h in ordered
     ]
+
+
+def rerank_head(
+    reranker: Reranker, question: str, hits: Sequence[Hit], candidates: int, *, known: dict[int, float] | None = None
+) -> list[Hit]:
+    """The first `candidates` hits reordered by the reranker, the rest after them in fused order.
+
+    The reranker is trained, tuned and timed on that many candidates: a search that fetches more (to
+    merge parts, or to widen) must not hand it more. The hits below the head take the head's lowest
+    score, so that anything sorting by score keeps them below it, in their fused order.
+    """
+    head = rerank_hits(reranker, question, hits[:candidates], known=known)
+    if not head or len(hits) <= candidates:
+        return head
+    floor = min(h.score for h in head)
+    tail = [
+        dataclasses.replace(h, score=floor, citation=dataclasses.replace(h.citation, score=floor))
+        for h in hits[candidates:]
+    ]
+    return head + tail
 
 
 def combined(score: float, position: int, prior_weight: float) -> float:

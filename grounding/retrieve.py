@@ -385,9 +385,9 @@ def search(
             for h in fused
         ]
         if reranker is not None:
-            from grounding.rerank import rerank_hits
+            from grounding.rerank import rerank_head
 
-            hits = rerank_hits(reranker, question, hits, known=scored)
+            hits = rerank_head(reranker, question, hits, settings.rerank_candidates, known=scored)
         if expand and (fragments := [h.chunk_id for h in hits if expands(h)]):
             with engine.connect() as conn:
                 parts = store.symbol_parts(conn, fragments, within_lines=EXPAND_MAX_LINES)

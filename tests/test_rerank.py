@@ -175,3 +175,24 @@ def test_grounding_eval_with_and_without_the_reranker(indexed, tiny_cross_encode
 
     assert main(["eval", name, "--dataset", str(dataset)]) == 0
     assert re.findall(r"^(\S+) ", capsys.readouterr().out, re.M)[-2:] == ["mode", "hybrid"], "no --rerank: one row"
+
+
+def test_search_reranks_only_as_many_candidates_as_the_setting_names(indexed, monkeypatch):
+    """Merging fetches 3k fused hits: the reranker still reads only GROUNDING_RERANK_CANDIDATES of them, the first."""
+    import grounding.rerank
+
+    name, _ = indexed
+    counting = KeywordReranker("def")
+    monkeypatch.setattr(grounding.rerank, "load_reranker", lambda path: counting)
+    monkeypatch.setenv("GROUNDING_RERANKER", "/a/cross-encoder")
+    monkeypatch.setenv("GROUNDING_RERANK_CANDIDATES", "4")
+    reset_settings()
+    fused = search(name, QUESTION, k=10, rerank=False, merge=False, expand=False)
+    hits = search(name, QUESTION, k=10, merge=False, expand=False)
+    assert sum(counting.calls) == 4, "four passages read, not the ten fetched"
+    assert {h.chunk_id for h in hits[:4]} == {h.chunk_id for h in fused[:4]}, "the head is the fused head, reordered"
+    assert [h.chunk_id for h in hits[4:]] == [h.chunk_id for h in fused[4:]], "the rest keep their fused order"
+    assert all(h.score <= min(x.score for x in hits[:4]) for h in hits[4:])
+    counting.calls.clear()
+    search(name, QUESTION, k=10)  # merging: 30 fused hits fetched
+    assert 0 < sum(counting.calls) <= 4
