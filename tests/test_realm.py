@@ -450,3 +450,20 @@ def test_activation_checkpointing_keeps_the_gradients_and_keeps_less_for_the_bac
         assert not getattr(module, "_require_grads_hooks", None)
     assert step()[2] == kept
     release_freed_memory()  # a no-op where the C library is not glibc
+
+
+def test_an_untrained_document_tower_reads_a_long_chunk_exactly_as_the_frozen_index_does(tiny_encoder, tmp_path):
+    """A trained document tower starts where the frozen encoder's index is: same tokens read, same vector."""
+    from grounding.embed import HFEncoder
+    from grounding.training.checkpoint import encoder_name, load_tokenizer, save_checkpoint
+
+    long_chunk = "def handler(request):\n" + "\n".join(f"    value_{i} = request.get('field_{i}')" for i in range(80))
+    frozen = HFEncoder(tiny_encoder, device="cpu")
+    assert len(frozen.tokenizer(long_chunk)["input_ids"]) > frozen.max_tokens, "the chunk is longer than either reads"
+    model, _ = build_realm(RealmConfig(encoder=str(tiny_encoder)), with_reader=False)
+    save_checkpoint(tmp_path / "ck", model, load_tokenizer(tiny_encoder), step=0)
+    from grounding.embed import load_embedder
+
+    tower = load_embedder(encoder_name(tmp_path / "ck", "document"))
+    assert tower.max_tokens == frozen.max_tokens
+    assert abs(tower.embed_batch([long_chunk]) - frozen.embed_batch([long_chunk])).max() < 1e-5

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from grounding.config import DOCUMENT_TOKENS
+
 IGNORE = -100  # label of a position that is not predicted
 
 
@@ -31,7 +33,7 @@ class RealmConfig:
     proj_dim: int | None = None  # projection output; None: the encoder's width, initialised to the identity
     top_k: int = 8  # retrieved documents marginalised over (the null document comes on top)
     max_query_tokens: int = 96
-    max_doc_tokens: int = 160
+    max_doc_tokens: int = DOCUMENT_TOKENS  # as the frozen encoder's index reads: one setting (config.py)
     init_scale: float = 20.0  # inverse temperature of p(z|x) over cosine scores, learned from here
     share_towers: bool = False  # one encoder for queries and documents (ICT and REALM use two)
     encoder_config: dict = field(default_factory=dict)  # the encoder's HF config, so a checkpoint rebuilds alone
