@@ -25,6 +25,7 @@ def _default_encoder() -> str:
 # handicapped at the gate by reading less of each chunk than the version it is compared with.
 DOCUMENT_TOKENS = 256
 
+
 @dataclass(frozen=True)
 class Settings:
     home: Path  # checkouts and the embedded database live here

@@ -227,7 +227,8 @@ def test_tiny_realm_training_refreshes_the_index_checkpoints_and_gates(engine, r
         cand = store.index_version(conn, refused.candidate_version)
     assert cand.status == "retired"
     assert training_runs(repo_name)[0].decision == "retired"
-    assert "does not beat" in training_runs(repo_name)[0].reason
+    assert "lower bound not above" in training_runs(repo_name)[0].reason
+    assert training_runs(repo_name)[0].metrics["gate"]["low"] <= 10.0
 
 
 def test_checkpoint_round_trip_embeds_identically(tiny_encoder, tmp_path):
@@ -467,3 +468,23 @@ def test_an_untrained_document_tower_reads_a_long_chunk_exactly_as_the_frozen_in
     tower = load_embedder(encoder_name(tmp_path / "ck", "document"))
     assert tower.max_tokens == frozen.max_tokens
     assert abs(tower.embed_batch([long_chunk]) - frozen.embed_batch([long_chunk])).max() < 1e-5
+
+
+def test_the_gate_promotes_a_real_gain_and_not_noise():
+    from grounding.training.pipeline import gate
+
+    # 400 questions: the candidate moves 12 of them up and 8 down (+3% relative MRR). A 2% margin promoted it.
+    active = [1] * 200 + [2] * 200
+    noisy = [2] * 8 + [1] * 192 + [1] * 12 + [2] * 188
+    decision = gate(noisy, active, k=10)
+    assert decision.gain > 0 and decision.candidate_mrr > decision.active_mrr * 1.0
+    assert not decision.promoted and decision.low < 0 < decision.high, decision.reason
+    assert "[" in decision.reason and "400 questions" in decision.reason
+
+    better = [1] * 200 + [1] * 120 + [2] * 80  # 120 of 400 move up, none down
+    decision = gate(better, active, k=10)
+    assert decision.promoted and decision.low > 0, decision.reason
+    assert not gate(better, active, k=10, margin=0.5).promoted, "the margin bounds the interval's lower end"
+    assert gate([None, 11], [None, None], k=10).gain == 0.0, "ranks beyond k count as misses"
+    with pytest.raises(ValueError, match="same questions"):
+        gate([1, 2], [1], k=10)

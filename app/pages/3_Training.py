@@ -73,6 +73,13 @@ if not scope.repos:
     st.stop()
 repo = st.selectbox("Repository", scope.names, key="training_repo")
 
+
+def gate_interval(metrics: dict | None) -> str:
+    """The gate's held-out MRR gain and its paired bootstrap 95% interval, as the run recorded them."""
+    g = (metrics or {}).get("gate")
+    return f"{g['gain']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]" if g else ""
+
+
 histories = []
 with errors_as_messages("Reading the training runs"):
     histories = training_history(repo, limit=50)
@@ -90,6 +97,8 @@ if runs:
                 "status": r.status,
                 "decision": r.decision or "",
                 "reason": r.reason or r.error or "",
+                "gain [95%]": gate_interval(r.metrics),
+                "best step": (r.metrics or {}).get("finetune_best_step", ""),
                 "device": r.device,
                 "started": when(r.started_at),
                 "finished": when(r.finished_at),

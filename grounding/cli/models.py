@@ -213,7 +213,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16, help="fine-tuning questions per step")
     p.add_argument("--towers", choices=["query", "both"], default="query", help="query: fixed index (REALM)")
-    p.add_argument("--margin", type=float, default=0.02, help="relative held-out MRR gain needed to promote")
+    p.add_argument(
+        "--margin", type=float, default=0.0, help="the held-out MRR gain's 95%% lower bound must exceed this to promote"
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.set_defaults(func=_cmd_train)
 
@@ -227,7 +229,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="questions per step")
     p.add_argument("--group-size", type=int, default=4, help="one right and GROUP_SIZE - 1 wrong hits per question")
     p.add_argument("--lr", type=float, default=3e-5)
-    p.add_argument("--margin", type=float, default=0.0, help="relative held-out MRR gain needed to promote")
+    p.add_argument(
+        "--margin", type=float, default=0.0, help="the held-out MRR gain's 95%% lower bound must exceed this to promote"
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.set_defaults(func=_cmd_train_reranker)
 

@@ -8,15 +8,18 @@
    tower is the active encoder unchanged, re-embedded by the new document tower otherwise.
 5. Held-out MRR of the candidate against the active version, same questions, same retrieval mode.
 6. The gate: promote (the candidate becomes active on the eval index, and the repository is
-   reindexed with the same towers and activated) only if candidate MRR > active MRR x (1 + margin);
-   otherwise the candidate is retired with the reason. Everything is recorded in training_runs.
+   reindexed with the same towers and activated) only if the lower bound of the paired bootstrap 95%
+   interval of the held-out MRR gain is above `margin` (0: a gain that is not noise); otherwise the
+   candidate is retired with the reason. The held-out questions decide only this: the steps are
+   picked on a validation slice of the train split. Everything is recorded in training_runs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -25,6 +28,7 @@ from grounding.config import get_settings
 from grounding.errors import NotIndexed
 from grounding.eval_index import training_splits
 from grounding.evaluation import evaluate, record_run
+from grounding.fusion import paired_interval
 from grounding.models.realm import RealmConfig, build_realm
 from grounding.reindex import reindex
 from grounding.training.checkpoint import default_device, encoder_name, load_tokenizer, save_checkpoint
@@ -42,8 +46,45 @@ class GateDecision:
     promoted: bool
     candidate_mrr: float
     active_mrr: float
-    margin: float
+    margin: float  # the lower bound of the gain's interval must exceed this (absolute MRR)
     reason: str
+    gain: float = 0.0  # candidate - active held-out MRR@k, the same questions
+    low: float = 0.0  # its paired bootstrap 95% interval
+    high: float = 0.0
+    questions: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+GATE_RESAMPLES = 2000
+
+
+def gate(
+    candidate_ranks: Sequence[int | None], active_ranks: Sequence[int | None], *, k: int, margin: float = 0.0
+) -> GateDecision:
+    """Promote only a candidate whose held-out MRR@k gain over the active one is real: the lower bound of
+    its paired bootstrap 95% interval (the same questions resampled) above `margin`.
+
+    A fixed relative margin on a few hundred questions promotes on noise; an interval does not.
+    """
+    if len(candidate_ranks) != len(active_ranks) or not candidate_ranks:
+        raise ValueError(f"the gate needs the same questions for both: {len(candidate_ranks)} and {len(active_ranks)}")
+
+    def rr(ranks):
+        return [1 / r if r is not None and r <= k else 0.0 for r in ranks]
+
+    cand, active = rr(candidate_ranks), rr(active_ranks)
+    gain, low, high = paired_interval(cand, active, resamples=GATE_RESAMPLES)
+    c_mrr, a_mrr = sum(cand) / len(cand), sum(active) / len(active)
+    figures = (
+        f"held-out MRR@{k} {c_mrr:.4f} vs active {a_mrr:.4f}: gain {gain:+.4f} [{low:+.4f}, {high:+.4f}] "
+        f"on {len(cand)} questions"
+    )
+    promoted = low > margin
+    verdict = "lower bound above" if promoted else "lower bound not above"
+    reason = f"{figures}; {verdict} {margin:+.4f}"
+    return GateDecision(promoted, c_mrr, a_mrr, margin, reason, gain, low, high, len(cand))
 
 
 @dataclass(frozen=True)
@@ -57,16 +98,6 @@ class TrainingReport:
     metrics: dict
 
 
-def gate(candidate_mrr: float, active_mrr: float, *, margin: float) -> GateDecision:
-    """Promote only a candidate whose held-out MRR beats the active one's by the relative `margin`."""
-    needed = active_mrr * (1 + margin)
-    if candidate_mrr > needed:
-        reason = f"held-out MRR {candidate_mrr:.4f} > {needed:.4f} (active {active_mrr:.4f} x {1 + margin:.2f})"
-        return GateDecision(True, candidate_mrr, active_mrr, margin, reason)
-    reason = f"held-out MRR {candidate_mrr:.4f} does not beat {needed:.4f} (active {active_mrr:.4f} x {1 + margin:.2f})"
-    return GateDecision(False, candidate_mrr, active_mrr, margin, reason)
-
-
 def train_retriever(
     repo: str,
     *,
@@ -74,7 +105,7 @@ def train_retriever(
     realm: RealmConfig | None = None,
     pretrain_config: PretrainConfig | None = None,
     finetune_config: FinetuneConfig | None = None,
-    margin: float = 0.02,
+    margin: float = 0.0,
     gate_mode: str = "hybrid",
     k: int = 10,
     device: str | None = None,
@@ -154,16 +185,16 @@ def train_retriever(
         ).version
         update_run(run_id, candidate_version_id=candidate)
         try:
-            scores = {}
+            scores, ranks = {}, {}
             for mode in dict.fromkeys((gate_mode, "vector")):
                 for name, version in (("active", None), ("candidate", candidate)):
                     result = evaluate(index.name, heldout, k=k, mode=mode, index_version=version)
                     record_run(repo, result, dataset=harvester, split="heldout")
                     scores[f"{name}_{mode}"] = result.metrics
-            decision = gate(
-                scores[f"candidate_{gate_mode}"][f"mrr@{k}"], scores[f"active_{gate_mode}"][f"mrr@{k}"], margin=margin
-            )
+                    ranks[f"{name}_{mode}"] = result.ranks
+            decision = gate(ranks[f"candidate_{gate_mode}"], ranks[f"active_{gate_mode}"], k=k, margin=margin)
             metrics["heldout"] = scores
+            metrics["gate"] = decision.to_dict()
             promoted_version = None
             if decision.promoted:
                 with db.get_engine().begin() as conn:

@@ -17,7 +17,8 @@ adds back to the reranker's score (grounding.rerank.combined): a cross-encoder m
 body and a thousand questions may know less than the first stage, and then should only nudge it.
 
 The gate then compares held-out MRR of hybrid search reranked by the new model against what serving
-does now (hybrid alone, or reranked by the reranker promoted before) and promotes only a better one:
+does now (hybrid alone, or reranked by the reranker promoted before) and promotes only a better one, the
+lower bound of the gain's paired bootstrap interval above the margin (training.pipeline.gate):
 searches of the repository then use it, when GROUNDING_RERANKER is `promoted` (the default).
 """
 
@@ -318,16 +319,17 @@ def train_reranker(
         del model
         current = promoted_reranker(repo)
         served = {"hybrid": False, "hybrid+current": current, "hybrid+candidate": str(directory)}
-        scores = {}
+        scores, ranks = {}, {}
         for name, rerank in served.items():
             if rerank is None:
                 continue
             result = evaluate(index.name, heldout, k=k, mode="hybrid", rerank=rerank)
             record_run(repo, result, dataset=harvester, split="heldout")
             scores[name] = result.metrics
+            ranks[name] = result.ranks
         baseline = "hybrid+current" if current else "hybrid"
-        decision = gate(scores["hybrid+candidate"][f"mrr@{k}"], scores[baseline][f"mrr@{k}"], margin=margin)
-        metrics.update(heldout=scores, baseline=baseline, seconds=time.perf_counter() - t0)
+        decision = gate(ranks["hybrid+candidate"], ranks[baseline], k=k, margin=margin)
+        metrics.update(heldout=scores, baseline=baseline, gate=decision.to_dict(), seconds=time.perf_counter() - t0)
         update_run(
             run_id, decision="promoted" if decision.promoted else "retired", reason=decision.reason, metrics=metrics
         )
