@@ -488,3 +488,19 @@ def test_the_gate_promotes_a_real_gain_and_not_noise():
     assert gate([None, 11], [None, None], k=10).gain == 0.0, "ranks beyond k count as misses"
     with pytest.raises(ValueError, match="same questions"):
         gate([1, 2], [1], k=10)
+
+
+def test_training_both_towers_validates_each_step_against_the_corpus_that_step_embeds(engine, tiny_repo, tiny_encoder):
+    """--towers both: the best step is chosen on an index re-embedded by that step's document tower."""
+    from grounding.training.finetune import FinetuneConfig
+    from grounding.training.pipeline import train_retriever
+    from grounding.training.runs import training_metrics
+
+    realm = RealmConfig(encoder=str(tiny_encoder), max_query_tokens=32, max_doc_tokens=64)
+    fine = FinetuneConfig(
+        steps=6, batch_size=4, towers="both", eval_every=3, validation_percent=40, min_validation=3, log_every=3
+    )
+    report = train_retriever(tiny_repo, realm=realm, finetune_config=fine, margin=0.0, device="cpu")
+    validated = [s for s in training_metrics(report.run_id, stage="finetune") if "val_mrr" in s["metrics"]]
+    assert [s["step"] for s in validated] == [0, 3, 6]
+    assert [s["metrics"].get("val_index_step", 0) for s in validated] == [0, 3, 6]

@@ -7,6 +7,9 @@ Two settings, as in the papers:
 - `both`: the two towers learn; documents are re-embedded with gradients, and the corpus must be
   reindexed with the new document tower afterwards (the pipeline does it).
 
+With `both`, each validation re-embeds the corpus with the document tower of that step first: the best step
+is chosen against the index it would be served with, not the step-0 one.
+
 Hard negatives are the chunks the current query tower retrieves from the index that do not answer
 the question; they are re-retrieved every `negatives_every` steps as the tower moves.
 
@@ -195,6 +198,9 @@ def finetune(
         losses.append(loss.item())
         val = None
         if validation and (step % config.eval_every == 0 or step == config.steps):
+            if both:  # the documents moved too: validate against the corpus as this step's document tower embeds it
+                index.refresh(model.document_tower, step=step)
+                index.wait()
             val = validation_mrr(model, tokenizer, validation, index)
             if val > best[0]:
                 best = (val, step, _state(model))
@@ -209,6 +215,7 @@ def finetune(
                 pool=len(pool),
                 questions_per_s=step * batch_size / (time.perf_counter() - started),
                 val_mrr=val,
+                val_index_step=index.built_at if val is not None else None,
             )
     metrics.flush()
     for p in model.document_tower.parameters():
