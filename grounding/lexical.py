@@ -40,6 +40,11 @@ def words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in STOPWORDS]
 
 
+def identifier_words(name: str) -> list[str]:
+    """`_parseHTTPHeader_v2` -> ["parse", "http", "header", "v", "2"]: a name as the words a question would use."""
+    return [p.lower() for p in _PART.findall(name)]
+
+
 def tokens(text: str) -> list[str]:
     """bm25s's tokens, each followed by its identifier parts when it splits into more than one.
 

@@ -3,6 +3,7 @@ the null document, and a tiny real training run with MIPS refreshes, a checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -222,6 +223,11 @@ def test_tiny_realm_training_refreshes_the_index_checkpoints_and_gates(engine, r
         repo_name, realm=realm, finetune_config=FinetuneConfig(steps=3, batch_size=4), margin=10.0, device="cpu"
     )
     assert not refused.decision.promoted and refused.promoted_version is None
+    # ... and it started from the towers that were promoted, not from the base encoder again.
+    assert refused.metrics["warm_start"] == str(Path(report.checkpoint).resolve())
+    with engine.connect() as conn:
+        refused_cand = store.index_version(conn, refused.candidate_version)
+    assert refused_cand.encoder == active.encoder, "the promoted document tower's vectors, copied, not re-embedded"
     with engine.connect() as conn:
         assert store.active_index_version(conn, store.repo_id(conn, repo_name)).id == active.id
         cand = store.index_version(conn, refused.candidate_version)
@@ -504,3 +510,57 @@ def test_training_both_towers_validates_each_step_against_the_corpus_that_step_e
     validated = [s for s in training_metrics(report.run_id, stage="finetune") if "val_mrr" in s["metrics"]]
     assert [s["step"] for s in validated] == [0, 3, 6]
     assert [s["metrics"].get("val_index_step", 0) for s in validated] == [0, 3, 6]
+
+
+def _chunk(cid, path, symbol, start, end, content_hash=None):
+    from grounding.training.corpus import CorpusChunk
+
+    return CorpusChunk(cid, path, "python", start, end, symbol, content_hash or f"h{cid}", f"def {symbol}(): pass")
+
+
+def test_self_supervised_name_pairs_come_from_train_files_and_copies_overrides_are_not_negatives():
+    from grounding.evaluation import split_of
+    from grounding.training.corpus import Corpus
+    from grounding.training.finetune import Pair, name_pairs, not_negatives
+
+    train = next(f"pkg/m{i}.py" for i in range(100) if split_of(f"pkg/m{i}.py") == "train")
+    held = next(f"pkg/m{i}.py" for i in range(100) if split_of(f"pkg/m{i}.py") == "heldout")
+    other = next(f"pkg/o{i}.py" for i in range(100) if split_of(f"pkg/o{i}.py") == "train")
+    corpus = Corpus(
+        "r",
+        [
+            _chunk(1, train, "Request.parseHTTPHeader", 10, 20),
+            _chunk(2, train, "Request", 1, 40),  # the class around it: an overlap
+            _chunk(3, other, "Other.parseHTTPHeader", 1, 5),  # an override elsewhere
+            _chunk(4, other, "copy", 7, 9, content_hash="h1"),  # a copy of chunk 1
+            _chunk(5, held, "read_body_length", 1, 9),
+            _chunk(6, other, "unrelated_thing", 20, 30),
+            _chunk(7, train, "run", 50, 60),
+        ],
+    )
+    pairs = {(p.question, p.gold) for p in name_pairs(corpus)}
+    assert ("parse http header", (1,)) in pairs and ("unrelated thing", (6,)) in pairs
+    assert not any(gold == (5,) for _, gold in pairs), "a held-out file's function is never learnt by name"
+    assert not any(gold == (7,) for _, gold in pairs), "a one-word name says too little"
+    keep = not_negatives(corpus, Pair("parse http header", (1,), train, 10, 20))
+    assert keep == {1, 2, 3, 4}, "itself, its class, its override and its copy; not the unrelated chunks"
+
+
+def test_fine_tuning_the_query_tower_softmaxes_over_the_whole_corpus(engine, tiny_repo, tiny_encoder):
+    from grounding.training.corpus import load_corpus
+    from grounding.training.finetune import FinetuneConfig
+    from grounding.training.pipeline import train_retriever
+    from grounding.training.runs import training_metrics
+
+    realm = RealmConfig(encoder=str(tiny_encoder), max_query_tokens=32)
+    fine = FinetuneConfig(steps=4, batch_size=4, eval_every=2, validation_percent=40, min_validation=3, log_every=1)
+    report = train_retriever(tiny_repo, realm=realm, finetune_config=fine, device="cpu")
+    corpus = load_corpus(tiny_repo + "~eval-docstrings")
+    pools = {s["metrics"]["pool"] for s in training_metrics(report.run_id, stage="finetune") if "pool" in s["metrics"]}
+    assert pools == {len(corpus)}, "every chunk of the corpus is a candidate at every step"
+    assert report.metrics["finetune_name_pairs"] > 0
+    hard = train_retriever(
+        tiny_repo, realm=realm, finetune_config=dataclasses.replace(fine, negatives="hard"), device="cpu"
+    )
+    pools = [s["metrics"]["pool"] for s in training_metrics(hard.run_id, stage="finetune") if "pool" in s["metrics"]]
+    assert max(pools) < len(corpus)

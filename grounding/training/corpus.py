@@ -31,7 +31,10 @@ class Corpus:
         self.by_id = {c.id: c for c in self.chunks}
         self._by_path: dict[str, list[CorpusChunk]] = {}
         self._by_hash: dict[str, list[int]] = {}
+        self._by_name: dict[str, list[int]] = {}
         for c in self.chunks:
+            if c.symbol:
+                self._by_name.setdefault(c.symbol.rsplit(".", 1)[-1], []).append(c.id)
             self._by_path.setdefault(c.path, []).append(c)
             self._by_hash.setdefault(c.content_hash, []).append(c.id)
 
@@ -47,6 +50,10 @@ class Corpus:
             if other.start_line <= c.end_line and other.end_line >= c.start_line:
                 out.add(other.id)
         return frozenset(out)
+
+    def named(self, name: str) -> list[int]:
+        """The chunks defining `name` (the last part of their symbol): overrides, re-implementations, copies."""
+        return self._by_name.get(name, [])
 
     def in_span(self, path: str, start_line: int, end_line: int) -> list[CorpusChunk]:
         """The chunks of `path` overlapping the lines, the best match first (line overlap over line union):

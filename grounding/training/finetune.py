@@ -3,12 +3,19 @@
 Two settings, as in the papers:
 - `query` (REALM's): the document tower and the index stay fixed; only the query tower (and the
   inverse temperature) learn. Documents are scored by their stored index vectors, so the index the
-  model is served with is exactly the one it was trained against, and no reindex is needed.
+  model is served with is exactly the one it was trained against, and no reindex is needed. Since the
+  documents do not move, every step's softmax runs over the whole corpus (`negatives="corpus"`, the
+  default): 100k fixed vectors are one (B, 100k) matrix product, and no negative is missed.
 - `both`: the two towers learn; documents are re-embedded with gradients, and the corpus must be
   reindexed with the new document tower afterwards (the pipeline does it).
 
 With `both`, each validation re-embeds the corpus with the document tower of that step first: the best step
 is chosen against the index it would be served with, not the step-0 one.
+
+Not every other chunk is a negative: a question's other gold chunks, copies and overlaps of its answer,
+and other definitions of the same name (overrides, re-implementations) are masked out (`not_negatives`).
+Beside the harvested questions, each train-file definition's name split into words asks for it
+(`name_pairs`): self-supervised pairs from the repository itself.
 
 Hard negatives are the chunks the current query tower retrieves from the index that do not answer
 the question; they are re-retrieved every `negatives_every` steps as the tower moves.
@@ -31,7 +38,8 @@ import numpy as np
 import torch
 
 from grounding.errors import DatasetError
-from grounding.evaluation import Question
+from grounding.evaluation import Question, split_of
+from grounding.lexical import identifier_words
 from grounding.models.realm import Realm
 from grounding.training.checkpoint import embed_texts
 from grounding.training.corpus import Corpus
@@ -39,6 +47,7 @@ from grounding.training.mips import MipsIndex
 from grounding.training.runs import MetricsLog
 
 TOWERS = ("query", "both")
+NEGATIVES = ("corpus", "hard")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,10 @@ class FinetuneConfig:
     batch_size: int = 16
     lr: float = 3e-5
     towers: str = "query"  # query (fixed index) or both (then reindex)
+    # corpus: the query tower learns against every chunk's fixed vector at once (a softmax over the whole
+    # corpus: cheap when documents do not move); hard: in-batch and retrieved negatives (what `both` uses).
+    negatives: str = "corpus"
+    name_pairs: bool = True  # also train on each definition's name split into words (train files only)
     hard_negatives: int = 4
     negatives_every: int = 100
     eval_every: int = 25  # validation MRR, and the best towers kept
@@ -77,6 +90,32 @@ def training_pairs(questions: Sequence[Question], corpus: Corpus) -> list[Pair]:
         if gold:
             pairs.append(Pair(q.question, tuple(c.id for c in gold), q.path, q.start_line, q.end_line))
     return pairs
+
+
+def name_pairs(corpus: Corpus, *, minimum_words: int = 2) -> list[Pair]:
+    """Self-supervised pairs: a definition's name split into words asks for the definition
+    (`parse_http_header` -> "parse http header"), from the train split's files only, so that no held-out
+    function is learnt by name. Names of one word say too little to be a question."""
+    pairs = []
+    for c in corpus.chunks:
+        if not c.symbol or split_of(c.path) != "train":
+            continue
+        words = identifier_words(c.symbol.rsplit(".", 1)[-1])
+        if len(words) >= minimum_words:
+            pairs.append(Pair(" ".join(words), (c.id,), c.path, c.start_line, c.end_line))
+    return pairs
+
+
+def not_negatives(corpus: Corpus, pair: Pair) -> frozenset[int]:
+    """Chunks that must not count against a pair's answer: its other gold chunks, the answer's trivial
+    neighbours (overlaps, copies), and other definitions of the same name (overrides, re-implementations)."""
+    out = set(pair.gold)
+    for gold in pair.gold:
+        out |= corpus.trivial(gold)
+        symbol = corpus.by_id[gold].symbol
+        if symbol:
+            out.update(corpus.named(symbol.rsplit(".", 1)[-1]))
+    return frozenset(out)
 
 
 def validation_split(pairs: Sequence[Pair], percent: int, *, minimum: int = 10) -> tuple[list[Pair], list[Pair]]:
@@ -120,9 +159,16 @@ def finetune(
     """Fine-tune `model` on the questions' gold chunks of `corpus`, searching `index` for hard negatives."""
     if config.towers not in TOWERS:
         raise ValueError(f"towers must be query or both, not {config.towers!r}")
+    if config.negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be corpus or hard, not {config.negatives!r}")
     pairs, validation = validation_split(
         training_pairs(questions, corpus), config.validation_percent, minimum=config.min_validation
     )
+    asked = len(pairs)
+    if config.name_pairs and len(pairs) >= 2:
+        held = {p.path for p in validation}
+        seen = {(p.question, p.gold[0]) for p in pairs}
+        pairs += [n for n in name_pairs(corpus) if n.path not in held and (n.question, n.gold[0]) not in seen]
     if len(pairs) < 2:
         raise DatasetError(
             f"{len(pairs)} training question(s) found their code in {corpus.repo!r}: too few to fine-tune"
@@ -145,28 +191,19 @@ def finetune(
     if validation:
         best = (validation_mrr(model, tokenizer, validation, index), 0, _state(model))
         metrics.log(0, val_mrr=best[0])
+    whole = config.negatives == "corpus" and not both
+    if whole:  # every chunk's fixed vector, read once: each step's softmax runs over all of them
+        ids, matrix = _corpus_matrix(index, corpus)
+        row_of = {cid: r for r, cid in enumerate(ids)}
+        documents_all = torch.from_numpy(matrix).to(device)  # (N, p)
+        excluded = [torch.tensor([row_of[c] for c in not_negatives(corpus, p) if c in row_of]) for p in pairs]
     for step in range(1, config.steps + 1):
-        if step == 1 or step % config.negatives_every == 0:
-            negatives = _hard_negatives(model, tokenizer, pairs, index, config.hard_negatives, device)
+        if not whole and (step == 1 or step % config.negatives_every == 0):
+            negatives = _hard_negatives(model, tokenizer, corpus, pairs, index, config.hard_negatives)
             if not both:
                 fixed = _index_vectors(index, pairs, negatives)
         model.train()
         batch = rng.sample(range(len(pairs)), batch_size)
-        pool: list[int] = []
-        for i in batch:
-            pool.append(pairs[i].gold[0])
-        for i in batch:
-            pool.extend(n for n in negatives[i] if n not in pool)
-        where = {cid: j for j, cid in enumerate(pool)}
-        # Another gold chunk of the same question is not a negative: it is masked out of the softmax.
-        other_gold = torch.zeros(len(batch), len(pool), dtype=torch.bool)
-        for row, i in enumerate(batch):
-            for cid in pairs[i].gold[1:]:
-                if cid in where and where[cid] != row:
-                    other_gold[row, where[cid]] = True
-            for col, cid in enumerate(pool[: len(batch)]):
-                if col != row and cid in pairs[i].gold:
-                    other_gold[row, col] = True
         q = tokenizer(
             [pairs[i].question for i in batch],
             padding=True,
@@ -176,20 +213,26 @@ def finetune(
         ).to(device)
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
             queries = model.embed_queries(q["input_ids"], q["attention_mask"])  # (B, p)
-            if both:
-                d = tokenizer(
-                    [corpus.by_id[c].text for c in pool],
-                    padding=True,
-                    truncation=True,
-                    max_length=rc.max_doc_tokens,
-                    return_tensors="pt",
-                ).to(device)
-                documents = model.embed_documents(d["input_ids"], d["attention_mask"])  # (N, p)
+            if whole:
+                logits = (queries.float() @ documents_all.T) * model.scale  # (B, N)
+                targets = torch.tensor([row_of[pairs[i].gold[0]] for i in batch], device=device)
+                mask = torch.zeros_like(logits, dtype=torch.bool)
+                for r, i in enumerate(batch):
+                    mask[r, excluded[i].to(device)] = True
+                mask[torch.arange(len(batch), device=device), targets] = False
+                pool = ids
             else:
-                documents = torch.from_numpy(np.stack([fixed[c] for c in pool])).to(device)  # (N, p)
-            logits = (queries.float() @ documents.float().T) * model.scale  # (B, N)
-            logits = logits.masked_fill(other_gold.to(device), float("-inf"))
-            targets = torch.arange(len(batch), device=device)
+                logits, targets, pool, mask = _pool_logits(
+                    model,
+                    tokenizer,
+                    corpus,
+                    [pairs[i] for i in batch],
+                    queries,
+                    negatives_of=[negatives[i] for i in batch],
+                    fixed=None if both else fixed,
+                    device=device,
+                )
+            logits = logits.masked_fill(mask, float("-inf"))
             loss = torch.nn.functional.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -229,10 +272,50 @@ def finetune(
         "finetune_val_mrr_best": best[0] if validation else None,
         "finetune_validation_pairs": len(validation),
         "finetune_pairs": len(pairs),
+        "finetune_question_pairs": asked,
+        "finetune_name_pairs": len(pairs) - asked,
         "finetune_first_loss": losses[0],
         "finetune_last_loss": float(np.mean(losses[-5:])),
         "finetune_seconds": time.perf_counter() - started,
     }
+
+
+def _pool_logits(model, tokenizer, corpus: Corpus, batch: list[Pair], queries, *, negatives_of, fixed, device):
+    """In-batch and hard negatives: (logits (B, N), targets, the pool's chunk ids, the not-a-negative mask)."""
+    pool: list[int] = [p.gold[0] for p in batch]
+    for found in negatives_of:
+        pool.extend(n for n in found if n not in pool)
+    # Another gold chunk of the question, a copy or an overlap of its answer, or a same-name definition is
+    # not a negative: it is masked out of the softmax.
+    mask = torch.zeros(len(batch), len(pool), dtype=torch.bool)
+    for row, pair in enumerate(batch):
+        keep = not_negatives(corpus, pair)
+        for col, cid in enumerate(pool):
+            if col != row and cid in keep:
+                mask[row, col] = True
+    if fixed is None:
+        d = tokenizer(
+            [corpus.by_id[c].text for c in pool],
+            padding=True,
+            truncation=True,
+            max_length=model.config.max_doc_tokens,
+            return_tensors="pt",
+        ).to(device)
+        documents = model.embed_documents(d["input_ids"], d["attention_mask"])  # (N, p)
+    else:
+        documents = torch.from_numpy(np.stack([fixed[c] for c in pool])).to(device)  # (N, p)
+    logits = (queries.float() @ documents.float().T) * model.scale  # (B, N)
+    return logits, torch.arange(len(batch), device=device), pool, mask.to(device)
+
+
+def _corpus_matrix(index: MipsIndex, corpus: Corpus) -> tuple[list[int], np.ndarray]:
+    """(chunk ids, their vectors (N, p)) of every corpus chunk in the index's version."""
+    from grounding import store
+
+    with index.engine.connect() as conn:
+        vectors = store.version_vectors(conn, index.version.id, [c.id for c in corpus.chunks])
+    ids = [c.id for c in corpus.chunks if c.id in vectors]
+    return ids, np.stack([vectors[c] for c in ids]).astype(np.float32)
 
 
 def _state(model: Realm) -> dict:
@@ -240,13 +323,13 @@ def _state(model: Realm) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("reader.")}
 
 
-def _hard_negatives(model: Realm, tokenizer, pairs: list[Pair], index: MipsIndex, n: int, device: str) -> dict:
-    """For each pair, the first `n` chunks the query tower retrieves that do not answer it."""
+def _hard_negatives(model: Realm, tokenizer, corpus: Corpus, pairs: list[Pair], index: MipsIndex, n: int) -> dict:
+    """For each pair, the first `n` chunks the query tower retrieves that are negatives (`not_negatives`)."""
     model.eval()
     vectors = embed_texts(
         model.query_tower, tokenizer, [p.question for p in pairs], max_tokens=model.config.max_query_tokens
     )
-    found = index.retrieve(vectors, [frozenset(p.gold) for p in pairs], k=n)
+    found = index.retrieve(vectors, [not_negatives(corpus, p) for p in pairs], k=n)
     return {i: ids for i, ids in enumerate(found)}
 
 

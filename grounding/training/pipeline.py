@@ -98,6 +98,28 @@ class TrainingReport:
     metrics: dict
 
 
+def _warm_start(model, active_eval, metrics: dict) -> bool:
+    """Load the towers of the checkpoint `active_eval` serves into `model`; True when its document tower
+    was loaded too (the active vectors are then that tower's, and stay valid)."""
+    from grounding.training.checkpoint import PREFIX, load_checkpoint, parse_encoder_name
+
+    if not (active_eval.query_encoder or "").startswith(PREFIX):
+        return False
+    directory, _ = parse_encoder_name(active_eval.query_encoder)
+    served, _, _ = load_checkpoint(directory)
+    if served.config.encoder_config != model.config.encoder_config or served.config.proj_dim != model.config.proj_dim:
+        log.info("not warm-starting from %s: its towers are not this configuration's", directory)
+        return False
+    model.query_tower.load_state_dict(served.query_tower.state_dict())
+    with torch.no_grad():
+        model.log_scale.copy_(served.log_scale)
+    metrics["warm_start"] = str(directory)
+    if active_eval.encoder.startswith(PREFIX) and not model.config.share_towers:
+        model.document_tower.load_state_dict(served.document_tower.state_dict())
+        return True
+    return False
+
+
 def train_retriever(
     repo: str,
     *,
@@ -109,8 +131,13 @@ def train_retriever(
     gate_mode: str = "hybrid",
     k: int = 10,
     device: str | None = None,
+    warm_start: bool = True,
 ) -> TrainingReport:
-    """Train, build a candidate index version, evaluate it on held-out questions, and promote or retire it."""
+    """Train, build a candidate index version, evaluate it on held-out questions, and promote or retire it.
+
+    With `warm_start`, a fine-tuning run (no pre-training) starts from the towers the eval index serves
+    now, when a run promoted them: each night improves on the last instead of restarting from the base
+    encoder, and the gate compares the candidate with exactly what it started from."""
     device = device or default_device()
     finetune_config = finetune_config or FinetuneConfig()
     with db.get_engine().connect() as conn:
@@ -137,6 +164,9 @@ def train_retriever(
         model.to(device)
         tokenizer = load_tokenizer(realm.encoder)
         metrics: dict = {"eval_questions_train": len(train_q), "eval_questions_heldout": len(heldout)}
+        warm_document = False
+        if warm_start and not (pretrain_config and pretrain_config.steps):
+            warm_document = _warm_start(model, active_eval, metrics)
         if pretrain_config and pretrain_config.steps:
             summary = pretrain(model, tokenizer, corpus, pretrain_config, run_id=run_id, device=device)
             update_run(run_id, metrics={"shadow_versions": summary.pop("shadow_versions")})
@@ -147,7 +177,7 @@ def train_retriever(
             and finetune_config.towers == "query"
             and not realm.share_towers
             and realm.proj_dim in (None, realm.encoder_config.get("hidden_size"))
-            and active_eval.encoder == realm.encoder
+            and (warm_document or active_eval.encoder == realm.encoder)
         )
         fixed = MipsIndex(
             corpus, tokenizer, max_tokens=realm.max_doc_tokens, label=f"run{run_id}-finetune", asynchronous=False
@@ -173,7 +203,7 @@ def train_retriever(
         )
         update_run(run_id, checkpoint=str(directory))
         query_name = encoder_name(directory, "query")
-        doc_name = realm.encoder if document_unchanged else encoder_name(directory, "document")
+        doc_name = active_eval.encoder if document_unchanged else encoder_name(directory, "document")
         torch.cuda.empty_cache() if device.startswith("cuda") else None
         candidate = reindex(
             index.name,
