@@ -564,3 +564,57 @@ def test_fine_tuning_the_query_tower_softmaxes_over_the_whole_corpus(engine, tin
     )
     pools = [s["metrics"]["pool"] for s in training_metrics(hard.run_id, stage="finetune") if "pool" in s["metrics"]]
     assert max(pools) < len(corpus)
+
+
+def test_the_reader_warm_up_trains_the_reader_alone_and_logs_the_utility_of_the_defining_chunk(
+    tiny_encoder, monkeypatch
+):
+    """Masked names defined in other chunks: the warm-up reads the null document, then the chunk defining the
+    masked name (z*), logging utility = log p(y|z*,x) - log p(y|null,x); the retriever's towers do not move."""
+    import grounding.training.pretrain as pretrain_module
+    from grounding.training.checkpoint import load_tokenizer
+    from grounding.training.corpus import Corpus, CorpusChunk
+    from grounding.training.pretrain import DocumentTokens, ExampleMaker, PretrainConfig, reader_warmup
+
+    logged = []
+
+    class Log:
+        def __init__(self, run_id, stage):
+            self.history = logged
+
+        def log(self, step, **m):
+            self.history.append((step, m))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(pretrain_module, "MetricsLog", Log)
+    words = "apple river stone cloud maple tiger lemon otter piano candle falcon meadow".split()
+    chunks = []
+    for i, w in enumerate(words):
+        name = f"load_{w}"
+        chunks.append(
+            CorpusChunk(2 * i + 1, f"defs/{w}.py", "python", 1, 2, name, f"d{i}", f"def {name}(x):\n    return x")
+        )
+        chunks.append(CorpusChunk(2 * i + 2, f"uses/{w}.py", "python", 1, 1, f"use_{i}", f"u{i}", f"value = {name}(1)"))
+    corpus = Corpus("toy", chunks)
+    torch.manual_seed(0)
+    rc = RealmConfig(encoder=str(tiny_encoder), max_query_tokens=32, max_doc_tokens=32)
+    model, _ = build_realm(rc, with_reader=True)
+    tokenizer = load_tokenizer(tiny_encoder)
+    maker = ExampleMaker(corpus, tokenizer, max_tokens=32, masking="salient", seed=0)
+    assert maker.make(2).answers == (1,), "the masked name's definition (another chunk) is the answer"
+    towers = [p.detach().clone() for p in model.query_tower.parameters()]
+    reader = [p.detach().clone() for p in model.reader.parameters()]
+    docs = DocumentTokens(corpus, tokenizer, max_tokens=32)
+    pre = PretrainConfig(batch_size=4, reader_lr=1e-3, reader_warmup_steps=12, reader_target_utility=50.0)
+    summary = reader_warmup(model, maker, docs, pre, pad_id=tokenizer.pad_token_id, run_id=0, device="cpu", amp=False)
+    assert summary["reader_warmup_steps"] == 12 and not summary["reader_can_read"], "50 nats is out of reach"
+    assert [m.get("utility") is not None for _, m in logged] == [False] * 6 + [True] * 6, "null only, then z*"
+    assert all(torch.equal(a, b) for a, b in zip(towers, model.query_tower.parameters())), "the retriever waits"
+    assert not all(torch.equal(a, b) for a, b in zip(reader, model.reader.parameters())), "the reader learns"
+    reached = dataclasses.replace(pre, reader_target_utility=-1e9, reader_warmup_steps=40)
+    summary = reader_warmup(
+        model, maker, docs, reached, pad_id=tokenizer.pad_token_id, run_id=0, device="cpu", amp=False
+    )
+    assert summary["reader_can_read"] and summary["reader_warmup_steps"] == 20 + pretrain_module.UTILITY_WINDOW

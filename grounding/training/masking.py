@@ -106,13 +106,20 @@ def salient_span_mask(
 
     Returns a mask over tokens, all False when no salient span falls inside the (truncated) tokens.
     """
+    return choose_salient(offsets, spans, rng)[0]
+
+
+def choose_salient(
+    offsets: Sequence[tuple[int, int]], spans: Sequence[SalientSpan], rng: random.Random
+) -> tuple[list[bool], str | None]:
+    """salient_span_mask's mask, and the name it masks (None when nothing is masked)."""
     end_of_tokens = max((e for _, e in offsets), default=0)
     inside = [s for s in spans if s.end <= end_of_tokens]
     if not inside:
-        return [False] * len(offsets)
+        return [False] * len(offsets), None
     name = rng.choice(inside).name
     chosen = [(s.start, s.end) for s in inside if s.name == name]
-    return [any(ts < se and te > ss for ss, se in chosen) and te > ts for ts, te in offsets]
+    return [any(ts < se and te > ss for ss, se in chosen) and te > ts for ts, te in offsets], name
 
 
 def random_mask(offsets: Sequence[tuple[int, int]], rng: random.Random, *, rate: float = 0.15) -> list[bool]:

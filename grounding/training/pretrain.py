@@ -23,7 +23,7 @@ import torch
 from grounding.errors import DatasetError
 from grounding.models.realm import IGNORE, Realm
 from grounding.training.corpus import Corpus
-from grounding.training.masking import defined_names, random_mask, salient_span_mask, salient_spans
+from grounding.training.masking import choose_salient, defined_names, random_mask, salient_spans
 from grounding.training.mips import MipsIndex, RefreshSchedule
 from grounding.training.runs import MetricsLog
 
@@ -45,6 +45,12 @@ class PretrainConfig:
     first_refresh: int = 50
     asynchronous_refresh: bool = True
     ict_steps: int = 0  # Inverse Cloze Task warm-up steps before REALM's
+    # The reader learns to read before the retriever listens to it (REALM warm-starts both sides): half of these
+    # steps with the null document only (the masked-LM task), half beside a chunk that defines the masked name,
+    # until the utility log p(y|z*,x) - log p(y|null,x) is clearly above 0. A reader with a random head gives the
+    # retriever a gradient of about zero (p(y|z,x) ~ p(y|null,x) for every z).
+    reader_warmup_steps: int = 100
+    reader_target_utility: float = 0.693  # nats: p(y|z*,x) twice p(y|null,x), averaged over the last steps
     log_every: int = 10
     seed: int = 0
     amp: bool | None = None  # bf16 autocast; None: on CUDA only
@@ -62,6 +68,7 @@ class MaskedExample:
     chunk_id: int
     input_ids: list[int]  # [CLS] x [SEP] with [MASK] at the targets
     labels: list[int]  # the original ids at the masked positions, IGNORE elsewhere
+    answers: tuple[int, ...] = ()  # chunks defining the masked name (not the example's own): what a reader can read
 
 
 class ExampleMaker:
@@ -73,6 +80,7 @@ class ExampleMaker:
         self.corpus, self.tokenizer, self.max_tokens, self.masking = corpus, tokenizer, max_tokens, masking
         self.rng = random.Random(seed)
         definitions = defined_names((c.id, c.symbol) for c in corpus.chunks)
+        self.definitions = definitions
         self.spans = {}
         for c in corpus.chunks:
             found = (
@@ -96,8 +104,11 @@ class ExampleMaker:
             return_offsets_mapping=True,
         )
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        answers: tuple[int, ...] = ()
         if self.masking == "salient":
-            mask = salient_span_mask(offsets, self.spans[chunk_id], self.rng)
+            mask, name = choose_salient(offsets, self.spans[chunk_id], self.rng)
+            if name is not None:
+                answers = tuple(sorted(self.definitions[name] - self.corpus.trivial(chunk_id)))
         else:
             mask = random_mask(offsets, self.rng)
         if not any(mask):
@@ -105,7 +116,9 @@ class ExampleMaker:
         tok = self.tokenizer
         masked = [tok.mask_token_id if m else i for i, m in zip(ids, mask)]
         labels = [i if m else IGNORE for i, m in zip(ids, mask)]
-        return MaskedExample(chunk_id, [tok.cls_token_id, *masked, tok.sep_token_id], [IGNORE, *labels, IGNORE])
+        return MaskedExample(
+            chunk_id, [tok.cls_token_id, *masked, tok.sep_token_id], [IGNORE, *labels, IGNORE], answers
+        )
 
     def sample(self, n: int) -> list[MaskedExample]:
         out: list[MaskedExample] = []
@@ -254,6 +267,12 @@ def pretrain(
             _set_activation_checkpointing(module, True)
         if config.ict_steps:
             summary.update(ict_warmup(model, tokenizer, corpus, config, run_id=run_id, device=device))
+        if config.reader_warmup_steps:
+            summary.update(
+                reader_warmup(
+                    model, maker, docs, config, pad_id=tokenizer.pad_token_id, run_id=run_id, device=device, amp=amp
+                )
+            )
         model.train()
         index.refresh(model.document_tower, step=0)
         index.wait()  # the first index is needed before the first step
@@ -304,6 +323,8 @@ def pretrain(
                 "refreshes": len(index.created),
                 "refresh_seconds": index.seconds,
                 "reader_tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9),
+                "pretrain_seconds": time.perf_counter() - started,
+                "reader_parameters": sum(p.numel() for p in model.reader.parameters()),
             }
         )
         summary["shadow_versions"] = list(index.created)
@@ -313,6 +334,69 @@ def pretrain(
             _set_activation_checkpointing(module, False)
         metrics.flush()
         index.close()
+
+
+UTILITY_WINDOW = 10  # steps averaged when deciding that the reader can read
+
+
+def reader_warmup(
+    model: Realm,
+    maker: ExampleMaker,
+    docs: DocumentTokens,
+    config: PretrainConfig,
+    *,
+    pad_id: int,
+    run_id: int,
+    device: str,
+    amp: bool,
+) -> dict:
+    """Train the reader alone: first on masked chunks with the null document only, then beside a chunk that
+    defines the masked name (z*), logging utility = log p(y|z*,x) - log p(y|null,x) per step. Stops once the
+    mean utility of the last UTILITY_WINDOW steps reaches `reader_target_utility`; the retriever is untouched."""
+    if model.reader is None:
+        raise ValueError("the reader warm-up needs a model built with its reader")
+    metrics = MetricsLog(run_id, "reader")
+    optimizer = torch.optim.AdamW(model.reader.parameters(), lr=config.reader_lr, weight_decay=0.01)
+    null_steps = config.reader_warmup_steps // 2
+    utilities: list[float] = []
+    reached, step = False, 0
+    model.train()
+    for step in range(1, config.reader_warmup_steps + 1):
+        reading = step > null_steps and maker.masking == "salient"
+        examples = [e for e in maker.sample(config.batch_size * 2) if e.answers or not reading][: config.batch_size]
+        if not examples:
+            continue
+        found = [[e.answers[0]] if reading else [] for e in examples]
+        batch = realm_batch(examples, found, docs, pad_id)
+        b, z, tr = batch["reader_ids"].shape
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+            reader_logp = model.reader_log_likelihood(
+                *(
+                    batch[k].reshape(b * z, tr).to(device)
+                    for k in ("reader_ids", "reader_mask", "reader_types", "labels")
+                )
+            ).reshape(b, z)  # (B, Z): null document first, then z*
+        targets = (batch["labels"][:, 0] != IGNORE).sum(-1).clamp(min=1).to(device)  # (B,)
+        loss = -(reader_logp.float() / targets[:, None]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.reader.parameters(), 1.0)
+        optimizer.step()
+        utility = (reader_logp[:, 1] - reader_logp[:, 0]).mean().item() if z > 1 else None
+        if utility is not None:
+            utilities.append(utility)
+        metrics.log(step, reader_loss=loss.item(), utility=utility, reading=float(reading))
+        if len(utilities) >= UTILITY_WINDOW and np.mean(utilities[-UTILITY_WINDOW:]) >= config.reader_target_utility:
+            reached = True
+            break
+    metrics.flush()
+    window = utilities[-UTILITY_WINDOW:]
+    return {
+        "reader_warmup_steps": step,
+        "reader_utility_first": utilities[0] if utilities else None,
+        "reader_utility_last": float(np.mean(window)) if window else None,
+        "reader_can_read": reached,
+    }
 
 
 def ict_warmup(model: Realm, tokenizer, corpus: Corpus, config: PretrainConfig, *, run_id: int, device: str) -> dict:
