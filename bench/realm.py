@@ -46,6 +46,9 @@ def main() -> int:
     parser.add_argument("--towers", choices=["query", "both"], default="query")
     parser.add_argument("--pretrain-steps", type=int, default=0)
     parser.add_argument("--refresh-every", type=int, default=100)
+    parser.add_argument("--pretrain-batch-size", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=8, help="documents marginalised over in pre-training")
+    parser.add_argument("--max-doc-tokens", type=int, help="default: what the frozen index reads (256)")
     parser.add_argument("--reader-warmup-steps", type=int, default=100, help="reader alone before REALM's steps")
     parser.add_argument("--device")
     parser.add_argument("--json", help="write the figures here too")
@@ -89,11 +92,13 @@ def main() -> int:
                 adaptive_refresh=True,
                 first_refresh=25,
                 reader_warmup_steps=args.reader_warmup_steps,
+                batch_size=args.pretrain_batch_size,
             )
+        doc_tokens = {"max_doc_tokens": args.max_doc_tokens} if args.max_doc_tokens else {}
         t = time.perf_counter()
         trained = train_retriever(
             args.package,
-            realm=RealmConfig(encoder=get_settings().encoder),
+            realm=RealmConfig(encoder=get_settings().encoder, top_k=args.top_k, **doc_tokens),
             pretrain_config=pretrain,
             finetune_config=FinetuneConfig(
                 steps=args.finetune_steps, batch_size=args.batch_size, lr=args.lr, towers=args.towers

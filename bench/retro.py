@@ -53,7 +53,8 @@ def main() -> int:
         code_bytes = sum(p.stat().st_size for p in source.rglob("*.py"))
         figures: dict = {"package": args.package, "python_bytes": code_bytes, "device": device, "seconds": {}}
         t = time.perf_counter()
-        ingest(str(source), name=args.package)
+        repo = args.package.strip("_")  # `_pytest` is not a repository name (one starts with a letter or digit)
+        ingest(str(source), name=repo)
         figures["seconds"]["ingest"] = time.perf_counter() - t
         layers = args.layers
         model = (
@@ -63,7 +64,7 @@ def main() -> int:
         )
         t = time.perf_counter()
         report = train_retro(
-            args.package,
+            repo,
             model=model,
             train_config=RetroTrainConfig(
                 steps=args.steps,
@@ -110,8 +111,8 @@ def main() -> int:
         prefix_file = max(heldout, key=lambda p: p.stat().st_size)
         rel = prefix_file.relative_to(source).as_posix()
         prefix = "".join(prefix_file.read_text().splitlines(keepends=True)[:60])
-        grounding.complete(args.package, prefix, max_new_tokens=8, path=rel)  # warm-up: loads the model
-        result = grounding.complete(args.package, prefix, max_new_tokens=128, path=rel)
+        grounding.complete(repo, prefix, max_new_tokens=8, path=rel)  # warm-up: loads the model
+        result = grounding.complete(repo, prefix, max_new_tokens=128, path=rel)
         figures["generation"] = {
             "tokens": result.tokens,
             "seconds": result.seconds,
