@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import package_home  # noqa: E402  (bench/common.py)
 
 K = 10
+DEV_SETS = ("cosqa", "click", "gin", "express")  # real queries: CoSQA's web queries, or real commit subjects
 
 
 def main() -> int:
@@ -55,8 +56,8 @@ def main() -> int:
     parser.add_argument("--negatives", choices=["corpus", "hard"], default="corpus")
     parser.add_argument("--no-name-pairs", action="store_true", help="train on harvested docstrings alone")
     args = parser.parse_args()
-    if args.package == "cosqa":
-        return cosqa(args)
+    if args.package in DEV_SETS:
+        return dev_set(args)
 
     with package_home(args.package, args.home, prefix="realm-bench-") as (home, source):
         from grounding.config import get_settings
@@ -186,8 +187,9 @@ def _nats(value) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
 
 
-def cosqa(args) -> int:
-    """Train on CoSQA's own corpus text; dev-500 of frozen vs trained, vector and hybrid, with intervals."""
+def dev_set(args) -> int:
+    """Train on a corpus's own text; its real questions (CoSQA dev-500, or a history's commit subjects) with
+    the frozen encoder and with the trained query tower, vector and hybrid, with intervals."""
     import os
     import tempfile
 
@@ -209,16 +211,23 @@ def cosqa(args) -> int:
     from grounding.training.finetune import FinetuneConfig
     from grounding.training.pipeline import train_retriever
 
-    root, questions = quality.cosqa_set(home / "src")
     t = time.perf_counter()
-    ingest(str(root), name="cosqa")
-    print(f"cosqa: ingested in {time.perf_counter() - t:.0f}s; {len(questions)} dev queries")
+    if args.package == "cosqa":
+        root, questions = quality.cosqa_set(home / "src")
+        ingest(str(root), name="cosqa")
+        trained_repo = searched = "cosqa"
+        what = "CoSQA dev-500"
+    else:  # the history is ingested at its head and trained on; its commit subjects are searched before them
+        trained_repo = args.package
+        searched, _, questions = quality.commits_set(args.package, home / "src")
+        what = f"{args.package} commit subjects"
+    print(f"{args.package}: ingested in {time.perf_counter() - t:.0f}s; {len(questions)} questions ({what})")
     with db.get_engine().connect() as conn:
-        frozen = store.active_index_version(conn, store.repo_id(conn, "cosqa"))
+        frozen = store.active_index_version(conn, store.repo_id(conn, searched))
 
     def ranker(mode: str, version: int):
         def rank(q: str):
-            hits = search("cosqa", q, k=K * 3, mode=mode, index_version=version)
+            hits = search(searched, q, k=K * 3, mode=mode, index_version=version)
             return [(h.citation.path, h.citation.start_line, h.citation.end_line) for h in hits]
 
         return rank
@@ -228,7 +237,7 @@ def cosqa(args) -> int:
         rows[f"frozen {mode}"] = quality.reciprocal_ranks(ranker(mode, frozen.id), questions)
     t = time.perf_counter()
     report = train_retriever(
-        "cosqa",
+        trained_repo,
         realm=RealmConfig(encoder=get_settings().encoder),
         finetune_config=FinetuneConfig(
             steps=args.finetune_steps,
@@ -242,10 +251,10 @@ def cosqa(args) -> int:
         warm_start=False,
     )
     seconds = time.perf_counter() - t
-    trained = report.promoted_version
-    if trained is None:  # the gate refused: measure the towers anyway, in a candidate version of the repository
+    trained = report.promoted_version if searched == trained_repo else None
+    if trained is None:  # refused, or another index searched: the towers in a candidate version of what is searched
         trained = reindex(
-            "cosqa",
+            searched,
             encoder=frozen.encoder,
             query_encoder=encoder_name(report.checkpoint, "query"),
             activate=False,
@@ -261,7 +270,7 @@ def cosqa(args) -> int:
         f"{seconds:.0f}s in all ({tr['finetune_seconds']:.0f}s fine-tuning), best step {tr['finetune_best_step']}"
     )
     print(f"gate (held-out docstring questions, hybrid): {report.decision.reason}")
-    print(f"\nCoSQA dev-500, file level ({len(questions)} queries):")
+    print(f"\n{what}, file level ({len(questions)} questions):")
     print(f"{'row':16}{'R@1':>8}{'R@5':>8}{'MRR@10':>8}   MRR@10 difference [95%]")
     figures = {"seconds": seconds, "gate": report.decision.to_dict(), "rows": {}}
     for name, (rr, ranks) in rows.items():
