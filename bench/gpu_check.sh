@@ -26,8 +26,8 @@ PY
 fi
 # REALM on requests: reader warm-up, pre-training with MIPS refreshes, fine-tuning, the gate.
 timeout "$LIMIT" python bench/realm.py --package requests "${REALM[@]}" --device "$DEVICE" \
-  --json "$OUT/realm.json" 2>&1 | grep -v "Loading weights" | tail -25
+  --json "$OUT/realm.json" 2>&1 | grep -v "Loading weights" | tail -25 || echo "REALM step failed (rc ${PIPESTATUS[0]})"
 # RETRO on _pytest (requests when tiny): CCA at every third layer, bf16 autocast and torch.compile on CUDA.
 timeout "$LIMIT" python bench/retro.py --package "$RETRO_PACKAGE" "${RETRO[@]}" --device "$DEVICE" \
-  --json "$OUT/retro.json" 2>&1 | grep -v "Loading weights" | tail -25
+  --json "$OUT/retro.json" 2>&1 | grep -v "Loading weights" | tail -25 || echo "RETRO step failed (rc ${PIPESTATUS[0]})"
 test -s "$OUT/realm.json" && test -s "$OUT/retro.json"

@@ -302,6 +302,8 @@ def search(
     settings = get_settings()
     if not 0 < settings.role_prior <= 1:  # NaN fails this too
         raise InvalidArgument(f"GROUNDING_ROLE_PRIOR must be above 0 and at most 1, not {settings.role_prior}")
+    if settings.rerank_candidates < 1:
+        raise InvalidArgument(f"GROUNDING_RERANK_CANDIDATES must be at least 1, not {settings.rerank_candidates}")
     engine = db.get_engine()
     with engine.begin() as conn:
         repo_id = store.repo_id(conn, repo)

@@ -164,6 +164,16 @@ def case_role_prior(ctx):
     reset_settings()
 
 
+def case_rerank_candidates(ctx):
+    from grounding.config import reset_settings
+
+    ctx.monkeypatch.setenv("GROUNDING_RERANK_CANDIDATES", "0")  # reranking none of the hits returned none at all
+    reset_settings()
+    raises(InvalidArgument, "GROUNDING_RERANK_CANDIDATES must be at least 1", lambda: search(ctx.repo, Q))
+    ctx.monkeypatch.delenv("GROUNDING_RERANK_CANDIDATES")
+    reset_settings()
+
+
 def case_filters_items(ctx):
     for kw in ({"languages": (1,)}, {"paths": [None]}):
         raises(InvalidArgument, "non-empty strings", lambda kw=kw: SearchFilters(**kw))
@@ -203,6 +213,7 @@ CASES = {
     ),
     "fusion-weights": case_fusion_weights,
     "role-prior": case_role_prior,
+    "rerank-candidates": case_rerank_candidates,
     "backend-type": lambda c: raises(
         GeneratorUnavailable, "backend must be", lambda: grounding.ask(c.repo, Q, backend=1)
     ),

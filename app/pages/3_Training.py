@@ -98,7 +98,7 @@ if runs:
                 "decision": r.decision or "",
                 "reason": r.reason or r.error or "",
                 "gain [95%]": gate_interval(r.metrics),
-                "best step": (r.metrics or {}).get("finetune_best_step", ""),
+                "best step": (r.metrics or {}).get("finetune_best_step"),
                 "device": r.device,
                 "started": when(r.started_at),
                 "finished": when(r.finished_at),

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from grounding import db, store
+from grounding.training.masking import distinctive
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,8 @@ class Corpus:
         self._by_hash: dict[str, list[int]] = {}
         self._by_name: dict[str, list[int]] = {}
         for c in self.chunks:
-            if c.symbol:
-                self._by_name.setdefault(c.symbol.rsplit(".", 1)[-1], []).append(c.id)
+            if c.symbol and distinctive(name := c.symbol.rsplit(".", 1)[-1]):
+                self._by_name.setdefault(name, []).append(c.id)
             self._by_path.setdefault(c.path, []).append(c)
             self._by_hash.setdefault(c.content_hash, []).append(c.id)
 
@@ -52,7 +53,9 @@ class Corpus:
         return frozenset(out)
 
     def named(self, name: str) -> list[int]:
-        """The chunks defining `name` (the last part of their symbol): overrides, re-implementations, copies."""
+        """The chunks defining `name` (the last part of their symbol): overrides, re-implementations, copies.
+        Names every class defines (`__init__`) or too short to tell apart (`get`) are not indexed: their
+        other definitions are the hardest negatives, not answers."""
         return self._by_name.get(name, [])
 
     def in_span(self, path: str, start_line: int, end_line: int) -> list[CorpusChunk]:

@@ -195,8 +195,14 @@ def finetune(
     if whole:  # every chunk's fixed vector, read once: each step's softmax runs over all of them
         ids, matrix = _corpus_matrix(index, corpus)
         row_of = {cid: r for r, cid in enumerate(ids)}
+        pairs = [p for p in pairs if p.gold[0] in row_of]  # an answer without a vector cannot be a target
+        if len(pairs) < 2:
+            raise DatasetError(f"the index of {corpus.repo!r} holds vectors for {len(pairs)} training answers")
+        batch_size = min(batch_size, len(pairs))
         documents_all = torch.from_numpy(matrix).to(device)  # (N, p)
-        excluded = [torch.tensor([row_of[c] for c in not_negatives(corpus, p) if c in row_of]) for p in pairs]
+        excluded = [
+            torch.tensor([row_of[c] for c in not_negatives(corpus, p) if c in row_of], dtype=torch.long) for p in pairs
+        ]
     for step in range(1, config.steps + 1):
         if not whole and (step == 1 or step % config.negatives_every == 0):
             negatives = _hard_negatives(model, tokenizer, corpus, pairs, index, config.hard_negatives)
@@ -214,7 +220,8 @@ def finetune(
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
             queries = model.embed_queries(q["input_ids"], q["attention_mask"])  # (B, p)
             if whole:
-                logits = (queries.float() @ documents_all.T) * model.scale  # (B, N)
+                with torch.autocast(device.split(":")[0], enabled=False):  # bf16 scores tie among 100k documents
+                    logits = (queries.float() @ documents_all.T) * model.scale.float()  # (B, N)
                 targets = torch.tensor([row_of[pairs[i].gold[0]] for i in batch], device=device)
                 mask = torch.zeros_like(logits, dtype=torch.bool)
                 for r, i in enumerate(batch):
@@ -304,7 +311,8 @@ def _pool_logits(model, tokenizer, corpus: Corpus, batch: list[Pair], queries, *
         documents = model.embed_documents(d["input_ids"], d["attention_mask"])  # (N, p)
     else:
         documents = torch.from_numpy(np.stack([fixed[c] for c in pool])).to(device)  # (N, p)
-    logits = (queries.float() @ documents.float().T) * model.scale  # (B, N)
+    with torch.autocast(device.split(":")[0], enabled=False):
+        logits = (queries.float() @ documents.float().T) * model.scale.float()  # (B, N)
     return logits, torch.arange(len(batch), device=device), pool, mask.to(device)
 
 

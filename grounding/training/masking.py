@@ -31,6 +31,11 @@ class SalientSpan:
     name: str
 
 
+def distinctive(name: str) -> bool:
+    """A name that says which definition it means: not a dunder every class has, not `f` or `id`."""
+    return len(name) >= MIN_NAME_CHARS and not (name.startswith("__") and name.endswith("__"))
+
+
 def defined_names(symbols: Iterable[tuple[int, str | None]]) -> dict[str, frozenset[int]]:
     """name -> ids of the chunks defining it, from the chunks' qualified symbols (`Session.request`)."""
     found: dict[str, set[int]] = {}
@@ -38,7 +43,7 @@ def defined_names(symbols: Iterable[tuple[int, str | None]]) -> dict[str, frozen
         if not symbol:
             continue
         name = symbol.rsplit(".", 1)[-1]
-        if len(name) >= MIN_NAME_CHARS and not (name.startswith("__") and name.endswith("__")):
+        if distinctive(name):
             found.setdefault(name, set()).add(chunk_id)
     return {name: frozenset(ids) for name, ids in found.items()}
 

@@ -25,7 +25,7 @@ import torch
 
 from grounding import db, store
 from grounding.config import get_settings
-from grounding.errors import NotIndexed
+from grounding.errors import EncoderNotFound, NotIndexed
 from grounding.eval_index import training_splits
 from grounding.evaluation import evaluate, record_run
 from grounding.fusion import paired_interval
@@ -106,7 +106,11 @@ def _warm_start(model, active_eval, metrics: dict) -> bool:
     if not (active_eval.query_encoder or "").startswith(PREFIX):
         return False
     directory, _ = parse_encoder_name(active_eval.query_encoder)
-    served, _, _ = load_checkpoint(directory)
+    try:
+        served, _, _ = load_checkpoint(directory)
+    except EncoderNotFound as exc:  # a checkpoint removed by hand: train from the base encoder tonight
+        log.warning("not warm-starting: %s", exc)
+        return False
     if served.config.encoder_config != model.config.encoder_config or served.config.proj_dim != model.config.proj_dim:
         log.info("not warm-starting from %s: its towers are not this configuration's", directory)
         return False
@@ -114,7 +118,11 @@ def _warm_start(model, active_eval, metrics: dict) -> bool:
     with torch.no_grad():
         model.log_scale.copy_(served.log_scale)
     metrics["warm_start"] = str(directory)
-    if active_eval.encoder.startswith(PREFIX) and not model.config.share_towers:
+    same_checkpoint = active_eval.encoder.startswith(PREFIX) and parse_encoder_name(active_eval.encoder) == (
+        directory,
+        "document",
+    )
+    if same_checkpoint and not model.config.share_towers:
         model.document_tower.load_state_dict(served.document_tower.state_dict())
         return True
     return False

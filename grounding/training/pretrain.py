@@ -358,6 +358,7 @@ def reader_warmup(
     metrics = MetricsLog(run_id, "reader")
     optimizer = torch.optim.AdamW(model.reader.parameters(), lr=config.reader_lr, weight_decay=0.01)
     null_steps = config.reader_warmup_steps // 2
+    rng = random.Random(config.seed + 2)
     utilities: list[float] = []
     reached, step = False, 0
     model.train()
@@ -365,8 +366,10 @@ def reader_warmup(
         reading = step > null_steps and maker.masking == "salient"
         examples = [e for e in maker.sample(config.batch_size * 2) if e.answers or not reading][: config.batch_size]
         if not examples:
-            continue
-        found = [[e.answers[0]] if reading else [] for e in examples]
+            raise DatasetError(
+                f"no masked name of {maker.corpus.repo!r} is defined in another chunk the reader can read"
+            )
+        found = [[rng.choice(e.answers)] if reading else [] for e in examples]
         batch = realm_batch(examples, found, docs, pad_id)
         b, z, tr = batch["reader_ids"].shape
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
