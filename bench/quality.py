@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -104,11 +103,11 @@ def matches(hit: Span, gold: Gold) -> bool:
     return any(g == path if isinstance(g, str) else g[0] == path and start <= g[2] and end >= g[1] for g in gold)
 
 
-def grounding_ranker(repo: str, mode: str, *, rerank: bool = False) -> Ranker:
+def grounding_ranker(repo: str, mode: str, *, rerank: bool = False, index_version: int | None = None) -> Ranker:
     from grounding.retrieve import search
 
     def rank(q: str) -> list[Span]:
-        hits = search(repo, q, k=K * 3, mode=mode, rerank=rerank)
+        hits = search(repo, q, k=K * 3, mode=mode, rerank=rerank, index_version=index_version)
         return [(h.citation.path, h.citation.start_line, h.citation.end_line) for h in hits]
 
     return rank
@@ -272,12 +271,10 @@ def metrics(ranks: list[int]) -> dict[str, float]:
 
 
 def paired_interval(a: list[float], b: list[float], *, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a - b) and its paired bootstrap 95% interval."""
-    diffs = [x - y for x, y in zip(a, b)]
-    rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(BOOTSTRAP))
-    return sum(diffs) / n, means[int(0.025 * BOOTSTRAP)], means[int(0.975 * BOOTSTRAP) - 1]
+    """mean(a - b) and its paired bootstrap 95% interval (grounding.fusion's, resampled BOOTSTRAP times)."""
+    from grounding.fusion import paired_interval as interval
+
+    return interval(a, b, resamples=BOOTSTRAP, seed=seed)
 
 
 Part = tuple[str, Path, list[tuple[str, Gold]]]  # a repository searched, its tree, its questions

@@ -206,7 +206,6 @@ def dev_set(args) -> int:
     from grounding.ingest import ingest
     from grounding.models.realm import RealmConfig
     from grounding.reindex import reindex
-    from grounding.retrieve import search
     from grounding.training.checkpoint import encoder_name
     from grounding.training.finetune import FinetuneConfig
     from grounding.training.pipeline import train_retriever
@@ -226,11 +225,7 @@ def dev_set(args) -> int:
         frozen = store.active_index_version(conn, store.repo_id(conn, searched))
 
     def ranker(mode: str, version: int):
-        def rank(q: str):
-            hits = search(searched, q, k=K * 3, mode=mode, index_version=version)
-            return [(h.citation.path, h.citation.start_line, h.citation.end_line) for h in hits]
-
-        return rank
+        return quality.grounding_ranker(searched, mode, index_version=version)
 
     rows = {}
     for mode in ("lexical", "vector", "hybrid"):

@@ -200,12 +200,14 @@ def finetune(
             raise DatasetError(f"the index of {corpus.repo!r} holds vectors for {len(pairs)} training answers")
         batch_size = min(batch_size, len(pairs))
         documents_all = torch.from_numpy(matrix).to(device)  # (N, p)
+    keeps = [not_negatives(corpus, p) for p in pairs]  # once: they do not change while training
+    if whole:
         excluded = [
-            torch.tensor([row_of[c] for c in not_negatives(corpus, p) if c in row_of], dtype=torch.long) for p in pairs
+            torch.tensor([row_of[c] for c in keep if c in row_of], dtype=torch.long, device=device) for keep in keeps
         ]
     for step in range(1, config.steps + 1):
         if not whole and (step == 1 or step % config.negatives_every == 0):
-            negatives = _hard_negatives(model, tokenizer, corpus, pairs, index, config.hard_negatives)
+            negatives = _hard_negatives(model, tokenizer, pairs, keeps, index, config.hard_negatives)
             if not both:
                 fixed = _index_vectors(index, pairs, negatives)
         model.train()
@@ -225,7 +227,7 @@ def finetune(
                 targets = torch.tensor([row_of[pairs[i].gold[0]] for i in batch], device=device)
                 mask = torch.zeros_like(logits, dtype=torch.bool)
                 for r, i in enumerate(batch):
-                    mask[r, excluded[i].to(device)] = True
+                    mask[r, excluded[i]] = True
                 mask[torch.arange(len(batch), device=device), targets] = False
                 pool = ids
             else:
@@ -234,6 +236,7 @@ def finetune(
                     tokenizer,
                     corpus,
                     [pairs[i] for i in batch],
+                    [keeps[i] for i in batch],
                     queries,
                     negatives_of=[negatives[i] for i in batch],
                     fixed=None if both else fixed,
@@ -287,7 +290,18 @@ def finetune(
     }
 
 
-def _pool_logits(model, tokenizer, corpus: Corpus, batch: list[Pair], queries, *, negatives_of, fixed, device):
+def _pool_logits(
+    model,
+    tokenizer,
+    corpus: Corpus,
+    batch: list[Pair],
+    keeps: list[frozenset[int]],
+    queries,
+    *,
+    negatives_of,
+    fixed,
+    device,
+):
     """In-batch and hard negatives: (logits (B, N), targets, the pool's chunk ids, the not-a-negative mask)."""
     pool: list[int] = [p.gold[0] for p in batch]
     for found in negatives_of:
@@ -295,8 +309,7 @@ def _pool_logits(model, tokenizer, corpus: Corpus, batch: list[Pair], queries, *
     # Another gold chunk of the question, a copy or an overlap of its answer, or a same-name definition is
     # not a negative: it is masked out of the softmax.
     mask = torch.zeros(len(batch), len(pool), dtype=torch.bool)
-    for row, pair in enumerate(batch):
-        keep = not_negatives(corpus, pair)
+    for row, keep in enumerate(keeps):
         for col, cid in enumerate(pool):
             if col != row and cid in keep:
                 mask[row, col] = True
@@ -331,13 +344,15 @@ def _state(model: Realm) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("reader.")}
 
 
-def _hard_negatives(model: Realm, tokenizer, corpus: Corpus, pairs: list[Pair], index: MipsIndex, n: int) -> dict:
+def _hard_negatives(
+    model: Realm, tokenizer, pairs: list[Pair], keeps: list[frozenset[int]], index: MipsIndex, n: int
+) -> dict:
     """For each pair, the first `n` chunks the query tower retrieves that are negatives (`not_negatives`)."""
     model.eval()
     vectors = embed_texts(
         model.query_tower, tokenizer, [p.question for p in pairs], max_tokens=model.config.max_query_tokens
     )
-    found = index.retrieve(vectors, [not_negatives(corpus, p) for p in pairs], k=n)
+    found = index.retrieve(vectors, keeps, k=n)
     return {i: ids for i, ids in enumerate(found)}
 
 
