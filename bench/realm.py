@@ -51,6 +51,7 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, default=8, help="documents marginalised over in pre-training")
     parser.add_argument("--max-doc-tokens", type=int, help="default: what the frozen index reads (256)")
     parser.add_argument("--reader-warmup-steps", type=int, default=100, help="reader alone before REALM's steps")
+    parser.add_argument("--reader-lr", type=float, help="the reader's learning rate; default: PretrainConfig's")
     parser.add_argument("--device")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--negatives", choices=["corpus", "hard"], default="corpus")
@@ -93,6 +94,7 @@ def main() -> int:
                 adaptive_refresh=True,
                 first_refresh=25,
                 reader_warmup_steps=args.reader_warmup_steps,
+                **({"reader_lr": args.reader_lr} if args.reader_lr else {}),
                 batch_size=args.pretrain_batch_size,
             )
         doc_tokens = {"max_doc_tokens": args.max_doc_tokens} if args.max_doc_tokens else {}

@@ -350,9 +350,10 @@ def reader_warmup(
     device: str,
     amp: bool,
 ) -> dict:
-    """Train the reader alone: first on masked chunks with the null document only, then beside a chunk that
-    defines the masked name (z*), logging utility = log p(y|z*,x) - log p(y|null,x) per step. Stops once the
-    mean utility of the last UTILITY_WINDOW steps reaches `reader_target_utility`; the retriever is untouched."""
+    """Train the reader alone: first on masked chunks with the null document only, then on the same task beside
+    a chunk that defines the masked name (z*), logging utility = log p(y|z*,x) - log p(y|null,x) per step.
+    Stops once the mean utility of the last UTILITY_WINDOW steps reaches `reader_target_utility`; the retriever
+    is untouched."""
     if model.reader is None:
         raise ValueError("the reader warm-up needs a model built with its reader")
     metrics = MetricsLog(run_id, "reader")
@@ -380,7 +381,11 @@ def reader_warmup(
                 )
             ).reshape(b, z)  # (B, Z): null document first, then z*
         targets = (batch["labels"][:, 0] != IGNORE).sum(-1).clamp(min=1).to(device)  # (B,)
-        loss = -(reader_logp.float() / targets[:, None]).mean()
+        # Reading steps learn from z* alone (the null document only measures the utility): beside the null
+        # row's gradient, which asks for the same guess with or without z*, MiniLM did not start copying within
+        # 30 steps on a toy where it copies within 25 when z* is all it sees.
+        trained = reader_logp[:, 1:] if reading else reader_logp
+        loss = -(trained.float() / targets[:, None]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.reader.parameters(), 1.0)
