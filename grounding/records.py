@@ -141,7 +141,7 @@ class IndexVersion:
     dim: int
     status: str  # building, active, candidate, shadow, retired, failed
     query_encoder: str | None = None  # a trained query tower; None: questions use `encoder` too
-    fusion_weights: str | None = None  # chosen on this version's validation questions (grounding.tuning)
+    fusion_weights: str | None = None  # chosen on this version's validation questions (grounding.evaluation.tuning)
 
     @property
     def question_encoder(self) -> str:

@@ -134,7 +134,7 @@ index_versions = Table(
     Column("activated_at", DateTime(timezone=True)),
     Column("retired_at", DateTime(timezone=True)),
     Column("note", Text),
-    Column("fusion", JSONB),  # weights chosen on this version's own validation questions (grounding.tuning)
+    Column("fusion", JSONB),  # weights chosen on this version's own validation questions (grounding.evaluation.tuning)
     Index(
         "index_versions_one_active",
         "repo_id",

@@ -15,7 +15,7 @@ from grounding import ask, db
 from grounding.cli import main
 from grounding.config import reset_settings
 from grounding.errors import DatabaseUnavailable, EmptyRepository, RepoNotFound
-from grounding.ingest import ingest
+from grounding.index.ingest import ingest
 from tests.conftest import copy_tree
 from tests.test_ingest import table_counts, visible_chunks
 

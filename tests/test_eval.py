@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from grounding import store
 from grounding.cli import main
 from grounding.config import get_settings, reset_settings
-from grounding.evaluation import (
+from grounding.evaluation.metrics import (
     DatasetError,
     Question,
     eval_runs,
@@ -26,10 +26,10 @@ from grounding.evaluation import (
     select_split,
     split_of,
 )
-from grounding.harvest import first_sentence, functions, harvest_docstrings
-from grounding.ingest import ingest
+from grounding.evaluation.harvest import first_sentence, functions, harvest_docstrings
+from grounding.index.ingest import ingest
 from grounding.records import Citation
-from grounding.reindex import reindex
+from grounding.index.reindex import reindex
 from tests.conftest import copy_tree, git_repo
 
 

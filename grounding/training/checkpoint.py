@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grounding.embed import Embedder
+from grounding.index.embed import Embedder
 from grounding.errors import EncoderNotFound
 from grounding.models.realm import Realm, RealmConfig, build_realm
 
@@ -128,6 +128,6 @@ class RealmEncoder(Embedder):
         return embed_texts(self.tower, self.tokenizer, texts, max_tokens=self.max_tokens, batch_size=len(texts) or 1)
 
     def token_counter(self):
-        from grounding.chunking import HFTokenCounter
+        from grounding.index.chunking import HFTokenCounter
 
         return HFTokenCounter(self.tokenizer)

@@ -26,11 +26,11 @@ import torch
 from grounding import db, store
 from grounding.config import get_settings
 from grounding.errors import EncoderNotFound, NotIndexed
-from grounding.eval_index import training_splits
-from grounding.evaluation import evaluate, record_run
-from grounding.fusion import paired_interval
+from grounding.evaluation.eval_index import training_splits
+from grounding.evaluation.metrics import evaluate, record_run
+from grounding.search.fusion import paired_interval
 from grounding.models.realm import RealmConfig, build_realm
-from grounding.reindex import reindex
+from grounding.index.reindex import reindex
 from grounding.training.checkpoint import default_device, encoder_name, load_tokenizer, save_checkpoint
 from grounding.training.corpus import load_corpus
 from grounding.training.finetune import FinetuneConfig, finetune

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grounding import retro_db
+from grounding.index import retro_db
 from grounding.config import get_settings
-from grounding.lm_tokenizer import LMTokenizer, load_tokenizer, train_tokenizer
+from grounding.index.lm_tokenizer import LMTokenizer, load_tokenizer, train_tokenizer
 from grounding.models.retro import Retro, RetroConfig, bits_per_byte, lm_loss
 from grounding.training.checkpoint import default_device
 from grounding.training.retro_data import (

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from grounding.errors import GeneratorUnavailable
-from grounding.generate.base import Generator
-from grounding.prompt import Prompt
+from grounding.answer.generate.base import Generator
+from grounding.answer.prompt import Prompt
 
 TEMPLATE_MARGIN = 32  # tokens a chat template adds around the messages (role tags, turn markers)
 STREAM_TIMEOUT_S = 600.0  # no token for this long: decoding is stuck, fail rather than hang

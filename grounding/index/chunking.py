@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from grounding.languages import SYNTAX_LANGUAGES, definitions_query
+from grounding.index.languages import SYNTAX_LANGUAGES, definitions_query
 from grounding.records import Chunk
 
 MAX_DEPTH = 200  # below this, oversize nodes are cut by lines instead of by their children

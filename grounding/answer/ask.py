@@ -16,9 +16,9 @@ from collections.abc import Iterator, Sequence
 
 from grounding import validation
 from grounding.config import get_settings
-from grounding.filters import with_inline_filters
-from grounding.generate import load_generator
-from grounding.prompt import MarkerFilter, build_prompt
+from grounding.search.filters import with_inline_filters
+from grounding.answer.generate import load_generator
+from grounding.answer.prompt import MarkerFilter, build_prompt
 from grounding.records import Answer, Citation, Hit
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def fuse(rankings: Sequence[Sequence[Hit]], *, k: int) -> list[Hit]:
 
 def evidence(repos: Sequence[str], question: str, *, k: int, filters=None) -> tuple[Citation, ...]:
     """The k best citations for `question` over all `repos`, best first."""
-    from grounding.retrieve import search
+    from grounding.search.retrieve import search
 
     extra = {} if filters is None else {"filters": filters}
     rankings = [search(repo, question, k=k, **extra) for repo in repos]

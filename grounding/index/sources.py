@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from grounding.errors import InvalidArgument, SourceNotFound, SourceUnreachable
-from grounding.languages import detect_language
+from grounding.index.languages import detect_language
 from grounding.records import SkippedFile, SourceFile
-from grounding.secrets import is_secret_file
+from grounding.index.secrets import is_secret_file
 
 GIT_TIMEOUT_S = 300
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)

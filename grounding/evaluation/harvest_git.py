@@ -10,7 +10,7 @@ The choices, each one made to keep the questions honest:
   branch ...", "Merge pull request ..."; "Merge the two parsers" is a real change), reverts,
   fixup!/squash!, version bumps and releases (they name a version), changelog updates. A trailing
   pull-request reference `(#123)` is cut before the words are counted.
-- Gold files are source: a known language (grounding.languages) that is not prose, config or data
+- Gold files are source: a known language (grounding.index.languages) that is not prose, config or data
   (markdown, rst, text, toml, yaml, json, ini, xml), and not a test by its path (`is_test_path`). A
   file must have existed at the commit's parent: a file the commit adds is not there to be found.
 - Commits with 1 to MAX_GOLD_FILES gold files are kept; a wider commit says too little about any one.
@@ -20,7 +20,7 @@ The choices, each one made to keep the questions honest:
   or would not be indexed there (too large, binary, generated) is dropped whole. The price: the
   further back a commit, the more its files have changed since BASE, hence the MAX_COMMITS window.
 - One Question per (commit, gold file), its span the whole file at BASE, split by path
-  (grounding.evaluation.split_of) like every harvested question. The commit sha is kept in
+  (grounding.evaluation.metrics.split_of) like every harvested question. The commit sha is kept in
   `GoldCommit`, not in the Question: the JSONL format has no field for it.
 
 With `--first-parent --no-merges`, a repository that lands every change through a merge commit has
@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from grounding.errors import DatasetError
-from grounding.evaluation import Question, split_of
-from grounding.harvest import MIN_QUESTION_WORDS
-from grounding.languages import detect_language
+from grounding.evaluation.metrics import Question, split_of
+from grounding.evaluation.harvest import MIN_QUESTION_WORDS
+from grounding.index.languages import detect_language
 from grounding.records import SourceFile
-from grounding.sources import classify
+from grounding.index.sources import classify
 
 MAX_COMMITS = 300  # how far back to walk: older commits are asked of an ever older tree
 MAX_GOLD_FILES = 3

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator
 import httpx
 
 from grounding.errors import GeneratorUnavailable
-from grounding.generate.base import Generator
-from grounding.prompt import Prompt
+from grounding.answer.generate.base import Generator
+from grounding.answer.prompt import Prompt
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0

@@ -52,7 +52,7 @@ class CrossEncoderReranker(Reranker):
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from grounding.embed import load_local_model
+        from grounding.index.embed import load_local_model
 
         path = Path(path)
         tokenizer, model = load_local_model(

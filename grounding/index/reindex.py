@@ -18,7 +18,7 @@ import numpy as np
 
 from grounding import db, store
 from grounding.config import get_settings
-from grounding.embed import Embedder, load_embedder
+from grounding.index.embed import Embedder, load_embedder
 from grounding.errors import GroundingError, IngestError, NotIndexed
 
 log = logging.getLogger(__name__)

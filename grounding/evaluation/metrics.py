@@ -15,7 +15,7 @@ from pathlib import Path
 
 from grounding import db, store
 from grounding.errors import DatasetError, InvalidArgument
-from grounding.retrieve import search
+from grounding.search.retrieve import search
 
 SPLITS = ("train", "heldout")
 HELDOUT_PERCENT = 20

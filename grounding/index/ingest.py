@@ -5,7 +5,7 @@ batches, each in its own transaction, as rows of the new snapshot that queries d
 last transaction deletes what the snapshot no longer holds and moves the repository's pointer. A
 crash anywhere leaves the previous snapshot answering, and a rerun reuses what the crashed run wrote.
 
-Secrets are redacted from a file's text before it is chunked (grounding.secrets), so no chunk, lexical
+Secrets are redacted from a file's text before it is chunked (grounding.index.secrets), so no chunk, lexical
 vector or embedding holds one, and files that are secrets as a whole are skipped by the listing. A
 file's hash is of its bytes as they are, so an unchanged file stays unchanged; a chunk's is of its
 redacted text.
@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from grounding import db, secrets, sources, store, validation
-from grounding.chunking import chunk_file
+from grounding import db, store, validation
+
+from grounding.index import secrets, sources
+from grounding.index.chunking import chunk_file
 from grounding.config import get_settings
-from grounding.embed import Embedder, load_embedder
+from grounding.index.embed import Embedder, load_embedder
 from grounding.errors import (
     AccessDenied,
     DatabaseUnavailable,

@@ -106,5 +106,5 @@ def definitions_query(language: str) -> str | None:
     """The `.scm` query that captures a language's definitions, or None for line-window languages."""
     if language not in SYNTAX_LANGUAGES:
         return None
-    query = resources.files("grounding.queries").joinpath(f"{language}.scm")
+    query = resources.files("grounding.index.queries").joinpath(f"{language}.scm")
     return query.read_text(encoding="utf-8") if query.is_file() else None

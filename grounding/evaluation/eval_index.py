@@ -5,7 +5,7 @@ docstring, so harvested questions are asked of an eval index: a copy of the repo
 harvested docstrings cut out, ingested as the derived repository `REPO~eval-<harvester>` with
 REPO's active encoder. It is re-ingested incrementally, so a rerun embeds only what changed in REPO.
 A commit subject asks for files as they were before the commit, so commit questions
-(grounding.harvest_git) are asked of `REPO~eval-commits`: the repository's tracked files at the parent
+(grounding.evaluation.harvest_git) are asked of `REPO~eval-commits`: the repository's tracked files at the parent
 of the oldest harvested commit, read from git. A user's own question file is asked of REPO as it is.
 
 A harvester takes the repository's checkout, opened under its lock, and returns the questions and
@@ -23,11 +23,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from grounding import db, sources, store, validation
+from grounding import db, store, validation
+
+from grounding.index import sources
 from grounding.config import get_settings
-from grounding.embed import load_embedder
+from grounding.index.embed import load_embedder
 from grounding.errors import EncoderNotFound, InvalidArgument, NotIndexed, RepoNotFound
-from grounding.evaluation import (
+from grounding.evaluation.metrics import (
     MODES,
     DatasetError,
     EvalResult,
@@ -38,11 +40,11 @@ from grounding.evaluation import (
     save_questions,
     select_split,
 )
-from grounding.harvest import harvest_docstrings
-from grounding.harvest_git import harvest_commits
-from grounding.ingest import ingest
+from grounding.evaluation.harvest import harvest_docstrings
+from grounding.evaluation.harvest_git import harvest_commits
+from grounding.index.ingest import ingest
 from grounding.records import IndexVersion, IngestReport
-from grounding.reindex import reindex
+from grounding.index.reindex import reindex
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +227,7 @@ def run_eval(
     with db.get_engine().connect() as conn:
         store.repo_id(conn, repo)  # RepoNotFound before any harvesting or reading of files
         if rerank:
-            from grounding.retrieve import configured_reranker
+            from grounding.search.retrieve import configured_reranker
 
             reranker = configured_reranker(conn, repo, get_settings().reranker) or False
     if rerank and not reranker:

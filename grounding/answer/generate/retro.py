@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from grounding.generate.base import Generator
-from grounding.prompt import Prompt, looks_like_code, qualified, where
+from grounding.answer.generate.base import Generator
+from grounding.answer.prompt import Prompt, looks_like_code, qualified, where
 from grounding.records import Citation
 
 COMPLETION_TOKENS = 64  # completions are a few lines; RETRO's context is short
@@ -44,7 +44,7 @@ class RetroGenerator(Generator):
         if not self.always and not looks_like_code(prompt.question) and self.fallback is not None:
             yield from self.fallback.stream_cited(prompt)
             return
-        from grounding.completion import complete
+        from grounding.answer.completion import complete
 
         if not prompt.repos:
             raise ValueError("the prompt names no repository whose RETRO model could complete it")

@@ -1,7 +1,7 @@
 """Question -> ranked hits: vector, BM25 and trigram search over one repository's visible chunks, fused by rank.
 
 BM25's tokens are grounding.lexical's; the question's identifier fragments (for the trigram ranking)
-and what sharpens the fused list are here: filters (grounding/filters.py), the role prior that puts
+and what sharpens the fused list are here: filters (grounding/search/filters.py), the role prior that puts
 implementation first unless the question asks for tests, docs or examples (grounding/roles.py),
 joining the parts of a split definition back into one citation, and merging citations that overlap.
 """
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from grounding import db, store, validation
 from grounding.config import get_settings
-from grounding.embed import load_embedder
+from grounding.index.embed import load_embedder
 from grounding.errors import EncoderNotFound, InvalidArgument, NotIndexed
-from grounding.filters import (
+from grounding.search.filters import (
     LANGUAGE_ALIASES,
     SearchFilters,
     chunk_filter,
@@ -24,7 +24,7 @@ from grounding.filters import (
     parse_query,
     with_inline_filters,
 )
-from grounding.fusion import DEFAULT_WEIGHTS, FusionWeights
+from grounding.search.fusion import DEFAULT_WEIGHTS, FusionWeights
 from grounding.lexical import question_tokens
 from grounding.records import Hit, IndexVersion
 from grounding.roles import IMPLEMENTATION, asked_roles
@@ -235,7 +235,7 @@ def expands(hit: Hit) -> bool:
 
 def hybrid_weights(setting: str, version: IndexVersion | None = None) -> FusionWeights:
     """The weights hybrid search fuses by: GROUNDING_FUSION_WEIGHTS, or with `auto` the ones chosen for the index
-    version (grounding.tuning), else DEFAULT_WEIGHTS. A malformed value is an InvalidArgument naming the variable."""
+    version (grounding.evaluation.tuning), else DEFAULT_WEIGHTS. A malformed value is an InvalidArgument naming the variable."""
     if setting.strip().lower() == "auto":
         try:
             return FusionWeights.parse(
@@ -337,7 +337,7 @@ def search(
             reranker_path = configured_reranker(conn, repo, settings.reranker)
     reranker = None
     if reranker_path is not None:
-        from grounding.rerank import load_reranker
+        from grounding.search.rerank import load_reranker
 
         reranker = load_reranker(reranker_path)
     elif rerank is True:
@@ -387,7 +387,7 @@ def search(
             for h in fused
         ]
         if reranker is not None:
-            from grounding.rerank import rerank_head
+            from grounding.search.rerank import rerank_head
 
             hits = rerank_head(reranker, question, hits, settings.rerank_candidates, known=scored)
         if expand and (fragments := [h.chunk_id for h in hits if expands(h)]):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from grounding import db, sources, store, validation
+from grounding import db, store, validation
+
+from grounding.index import sources
 from grounding.errors import InvalidArgument
-from grounding.ingest import ingest
+from grounding.index.ingest import ingest
 from grounding.records import IngestReport
 
 

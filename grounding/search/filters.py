@@ -174,7 +174,7 @@ def parse_query(text: str) -> tuple[str, SearchFilters]:
 def with_inline_filters(question: str, filters: SearchFilters | None) -> tuple[str, SearchFilters | None]:
     """The question without its inline filters, and those filters added to `filters` (each field joined)."""
     if filters is not None and not isinstance(filters, SearchFilters):
-        raise InvalidArgument(f"filters must be a grounding.filters.SearchFilters, not {type(filters).__name__}")
+        raise InvalidArgument(f"filters must be a grounding.search.filters.SearchFilters, not {type(filters).__name__}")
     text, inline = parse_query(question)
     if not inline:
         return question, filters

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 
-from grounding.generate.base import Generator
-from grounding.prompt import Prompt, qualified, where
+from grounding.answer.generate.base import Generator
+from grounding.answer.prompt import Prompt, qualified, where
 from grounding.records import Citation
 
 QUOTE_LINES = 8  # the longest quotation: enough for a condition and its branch, short enough to read
@@ -28,14 +28,14 @@ def stem(term: str) -> str:
 
 def terms(text: str) -> set[str]:
     """The stemmed identifier pieces of a line of code or of a question."""
-    from grounding.retrieve import identifier_terms
+    from grounding.search.retrieve import identifier_terms
 
     return {stem(t) for t in identifier_terms(text).split() if len(t) > 1}
 
 
 def question_terms(question: str) -> dict[str, str]:
     """The question's search terms (stop words dropped): stem -> the word as asked, in order."""
-    from grounding.retrieve import query_terms
+    from grounding.search.retrieve import query_terms
 
     found: dict[str, str] = {}
     for term in query_terms(question):

@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from grounding import secrets, sources, store
+from grounding import store
+
+from grounding.index import secrets, sources
 from grounding.config import get_settings
 from grounding.db import get_engine
-from grounding.embed import Embedder, load_embedder
+from grounding.index.embed import Embedder, load_embedder
 from grounding.errors import EmptyRepository, NotIndexed
-from grounding.evaluation import split_of
-from grounding.lm_tokenizer import LMTokenizer
+from grounding.evaluation.metrics import split_of
+from grounding.index.lm_tokenizer import LMTokenizer
 from grounding.records import SourceFile
 
 log = logging.getLogger(__name__)
@@ -187,7 +189,7 @@ def repository_texts(repo: str, *, split: str | None = None) -> list[tuple[str, 
 
 def _text(f: SourceFile) -> str:
     """A file's text with its secrets redacted, line for line: the tokenizer, the model and its
-    completions never see them (see grounding.secrets)."""
+    completions never see them (see grounding.index.secrets)."""
     return secrets.redact(f.data.decode("utf-8"))[0]
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from grounding.config import get_settings
 from grounding.errors import GeneratorUnavailable
-from grounding.generate.base import Generator
-from grounding.generate.extractive import ExtractiveGenerator
+from grounding.answer.generate.base import Generator
+from grounding.answer.generate.extractive import ExtractiveGenerator
 
 GENERATORS = ("extractive", "hf", "openai", "retro")
 
@@ -23,7 +23,7 @@ def load_generator(name: str | None = None) -> Generator:
             raise GeneratorUnavailable(
                 "the hf generator needs a model: set GROUNDING_GENERATOR_MODEL to a local Hugging Face causal LM"
             )
-        from grounding.generate.hf import HFGenerator
+        from grounding.answer.generate.hf import HFGenerator
 
         return HFGenerator(
             settings.generator_model,
@@ -36,7 +36,7 @@ def load_generator(name: str | None = None) -> Generator:
                 "the openai generator needs a server and a model: set GROUNDING_OPENAI_BASE_URL "
                 "(e.g. http://localhost:8000/v1) and GROUNDING_OPENAI_MODEL"
             )
-        from grounding.generate.openai import OpenAIGenerator
+        from grounding.answer.generate.openai import OpenAIGenerator
 
         return OpenAIGenerator(
             settings.openai_base_url,
@@ -47,7 +47,7 @@ def load_generator(name: str | None = None) -> Generator:
             timeout=settings.openai_timeout,
         )
     if chosen == "retro":
-        from grounding.generate.retro import RetroGenerator
+        from grounding.answer.generate.retro import RetroGenerator
 
         # Named for this call it always completes; as the default it leaves questions to the extractive one.
         return RetroGenerator(

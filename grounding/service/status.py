@@ -15,7 +15,7 @@ from grounding import db, store
 from grounding.records import SkippedFile
 
 if TYPE_CHECKING:
-    from grounding.evaluation import EvalRun
+    from grounding.evaluation.metrics import EvalRun
     from grounding.training.runs import TrainingRun
 
 REALM_KINDS = ("realm",)
@@ -248,7 +248,7 @@ def training_history(
 
 def eval_history(repo: str, *, limit: int | None = 100) -> list[EvalRun]:
     """Stored evaluation runs of `repo`, newest first."""
-    from grounding.evaluation import eval_runs
+    from grounding.evaluation.metrics import eval_runs
 
     return eval_runs(repo, limit=limit)
 

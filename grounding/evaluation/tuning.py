@@ -1,12 +1,12 @@
 """Fusion weights chosen for one index version on validation questions its own repository yields.
 
-The defaults (grounding.fusion.DEFAULT_WEIGHTS) were chosen on public dev data; a repository may differ
+The defaults (grounding.search.fusion.DEFAULT_WEIGHTS) were chosen on public dev data; a repository may differ
 (more identifiers in its questions, fewer docstrings, another language). `tune_fusion` harvests the
-repository's questions into its eval index (grounding.eval_index: docstrings cut out, or commit
+repository's questions into its eval index (grounding.evaluation.eval_index: docstrings cut out, or commit
 subjects asked of the tree before them), takes the train split (the held-out split stays for the
 promotion gate), fetches each question's candidates once with every ranker's rank, and picks the grid
 entry that ranks the gold chunks best under the role prior search applies
-(grounding.fusion.choose_weights): a ranker that does not help gets weight 0. That entry replaces the
+(grounding.search.fusion.choose_weights): a ranker that does not help gets weight 0. That entry replaces the
 defaults only if it beats them on these questions with a paired bootstrap interval above 0: harvested
 questions share words with the code, and weights chosen on them alone lost on real questions
 (README, "Ranking, measured"). The choice is stored
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from grounding import db, store, validation
 from grounding.config import get_settings
-from grounding.embed import load_embedder
+from grounding.index.embed import load_embedder
 from grounding.errors import NotIndexed
-from grounding.fusion import (
+from grounding.search.fusion import (
     DEFAULT_WEIGHTS,
     FusionWeights,
     choose_weights,
@@ -76,8 +76,8 @@ class FusionChoice:
 
 def candidate_hits(repo_id: int, version: IndexVersion, questions: Sequence[str]) -> list[list[Hit]]:
     """Per question, every candidate of every ranking, each hit with its rank in each ranking, the role prior off:
-    what any fusion weights (and prior) can be tried on offline, with the SQL's arithmetic (grounding.fusion.fuse)."""
-    from grounding.retrieve import identifier_fragments
+    what any fusion weights (and prior) can be tried on offline, with the SQL's arithmetic (grounding.search.fusion.fuse)."""
+    from grounding.search.retrieve import identifier_fragments
 
     settings = get_settings()
     vectors = load_embedder(version.question_encoder).embed(list(questions), batch_size=settings.embed_batch_size)
@@ -103,8 +103,8 @@ def candidate_hits(repo_id: int, version: IndexVersion, questions: Sequence[str]
 
 def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int = MAX_QUESTIONS) -> FusionChoice:
     """Choose and store the fusion weights of `repo`'s active index version (a trusted caller's operation)."""
-    from grounding.eval_index import build_eval_index
-    from grounding.evaluation import select_split
+    from grounding.evaluation.eval_index import build_eval_index
+    from grounding.evaluation.metrics import select_split
 
     repo = validation.repo_name(repo)
     max_questions = validation.count(max_questions, "max_questions", maximum=10_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from grounding.prompt import Prompt, approx_tokens
+from grounding.answer.prompt import Prompt, approx_tokens
 from grounding.records import Citation
 
 

@@ -39,7 +39,7 @@ class Embedder(abc.ABC):
 
     def token_counter(self):
         """The counter chunking uses to keep chunks within this encoder's budget."""
-        from grounding.chunking import RegexTokenCounter
+        from grounding.index.chunking import RegexTokenCounter
 
         return RegexTokenCounter()
 
@@ -86,7 +86,7 @@ class HFEncoder(Embedder):
         return pooled.float().cpu().numpy()
 
     def token_counter(self):
-        from grounding.chunking import HFTokenCounter
+        from grounding.index.chunking import HFTokenCounter
 
         return HFTokenCounter(self.tokenizer)
 
