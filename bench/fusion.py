@@ -33,8 +33,8 @@ def candidates_of(repo: str, questions: list[tuple[str, frozenset]]) -> list[lis
     The factor is 1 for a chunk of a favoured role (implementation, or a role the question asks for), 0
     otherwise; a prior p then multiplies the others' fused score by p."""
     from grounding import db, store
-    from grounding.roles import asked_roles
     from grounding.evaluation.tuning import candidate_hits
+    from grounding.roles import asked_roles
 
     with db.get_engine().connect() as conn:
         repo_id = store.repo_id(conn, repo)

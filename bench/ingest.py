@@ -31,8 +31,8 @@ def main() -> None:
     os.environ.pop("GROUNDING_DATABASE_URL", None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from grounding import db
-    from grounding.index.chunking import chunk_file
     from grounding.config import get_settings
+    from grounding.index.chunking import chunk_file
     from grounding.index.embed import load_embedder
     from grounding.index.ingest import ingest
     from grounding.index.sources import list_files, open_source

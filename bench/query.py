@@ -44,10 +44,10 @@ _CAMEL = re.compile(r"^[A-Z][a-z0-9]+([A-Z][a-z0-9]+)+$")
 
 def build_corpus(root: Path, min_chunks: int) -> None:
     """Copy .py files, package by package in sorted order, until their chunks (as ingest cuts them) reach min_chunks."""
-    from grounding.index.chunking import RegexTokenCounter, chunk_file
     from grounding.config import get_settings
-    from grounding.records import SourceFile
+    from grounding.index.chunking import RegexTokenCounter, chunk_file
     from grounding.index.sources import classify
+    from grounding.records import SourceFile
 
     settings, counter, total = get_settings(), RegexTokenCounter(), 0
     for package in PACKAGES:

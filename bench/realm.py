@@ -204,8 +204,8 @@ def dev_set(args) -> int:
 
     reset_settings()
     from grounding.index.ingest import ingest
-    from grounding.models.realm import RealmConfig
     from grounding.index.reindex import reindex
+    from grounding.models.realm import RealmConfig
     from grounding.training.checkpoint import encoder_name
     from grounding.training.finetune import FinetuneConfig
     from grounding.training.pipeline import train_retriever

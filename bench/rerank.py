@@ -53,7 +53,7 @@ def main() -> int:
     os.environ["GROUNDING_RERANK_CANDIDATES"] = str(args.candidates)
     with package_home(args.package, args.home, prefix="rerank-bench-") as (home, source):
         from grounding.config import get_settings
-        from grounding.evaluation.metrics import select_split
+        from grounding.evaluation.datasets import select_split
         from grounding.index.ingest import ingest
         from grounding.search.retrieve import search
         from grounding.training.reranker import RerankerConfig, train_reranker

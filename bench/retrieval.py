@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from grounding.evaluation.metrics import metrics as evaluation
-from grounding.evaluation.metrics import Question
+from grounding.evaluation import metrics as evaluation
+from grounding.evaluation.datasets import Question
 from grounding.evaluation.harvest import DocumentedFunction, documented_functions, strip_docstrings
 
 SITE_PACKAGES = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"

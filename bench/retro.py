@@ -44,9 +44,9 @@ def main() -> int:
         import grounding
         from grounding.config import get_settings
         from grounding.index.ingest import ingest
-        from grounding.models.retro import RetroConfig
         from grounding.index.retro_db import RetroDbConfig
-        from grounding.training.checkpoint import default_device
+        from grounding.models.checkpoint import default_device
+        from grounding.models.retro import RetroConfig
         from grounding.training.retro_train import RetroTrainConfig, tiny_model, train_retro
 
         device = args.device or default_device()
@@ -131,7 +131,7 @@ def main() -> int:
 
 
 def _heldout(path: str) -> bool:
-    from grounding.evaluation.metrics import split_of
+    from grounding.evaluation.datasets import split_of
 
     return split_of(path) == "heldout"
 

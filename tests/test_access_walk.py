@@ -18,13 +18,13 @@ from streamlit.testing.v1 import AppTest
 
 import grounding
 from grounding import access, db, store
-from grounding.service import status
-from grounding.cli import main
 from grounding.answer.completion import complete, prefix_at
+from grounding.cli import main
 from grounding.config import reset_settings
 from grounding.errors import AccessDenied, GroundingError, InvalidArgument, SourceConflict
 from grounding.index.ingest import ingest
 from grounding.search.retrieve import search
+from grounding.service import status
 from tests.conftest import git_repo
 
 APP = Path(__file__).resolve().parent.parent / "app"

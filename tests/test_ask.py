@@ -8,12 +8,12 @@ import pytest
 
 from grounding import Answer, ask, ask_stream
 from grounding.answer.ask import fuse
+from grounding.answer.prompt import cited_numbers
 from grounding.cli import main
 from grounding.config import get_settings, reset_settings
-from grounding.index.embed import HashingEmbedder
 from grounding.errors import GeneratorUnavailable, NotIndexed, RepoNotFound
+from grounding.index.embed import HashingEmbedder
 from grounding.index.ingest import ingest
-from grounding.answer.prompt import cited_numbers
 from grounding.records import Citation, Hit
 from grounding.search.retrieve import search
 from tests import test_generate

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 import grounding
 from grounding import store
+from grounding.answer import completion
 from grounding.cli import main
 from grounding.errors import (
     DatabaseUnavailable,
@@ -23,8 +24,8 @@ from grounding.errors import (
     SourceNotFound,
     SourceUnreachable,
 )
-from grounding.search.filters import SearchFilters
 from grounding.index.ingest import ingest
+from grounding.search.filters import SearchFilters
 from grounding.search.retrieve import search
 from tests.conftest import git_repo
 
@@ -255,10 +256,10 @@ CASES = {
     "dead-db-mid-ingest": case_dead_db,
     "deleted-before-refresh": case_deleted_before_refresh,
     "prefix-outside": lambda c: raises(
-        InvalidArgument, "not a path inside", lambda: grounding.answer.completion.prefix_at(c.repo, "../other/x.py", None)
+        InvalidArgument, "not a path inside", lambda: completion.prefix_at(c.repo, "../other/x.py", None)
     ),
     "prefix-not-indexed": lambda c: raises(
-        SourceNotFound, "not a file that repository", lambda: grounding.answer.completion.prefix_at(c.repo, ".env", None)
+        SourceNotFound, "not a file that repository", lambda: completion.prefix_at(c.repo, ".env", None)
     ),
     "complete-tokens": case_complete_tokens,
     "cli-user-empty": lambda c: one_line_exit(c.capsys, ["ask", c.repo, Q, "--user", ""], "user must be a user name"),

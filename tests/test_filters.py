@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import store
-from grounding.index.embed import HashingEmbedder
 from grounding.errors import InvalidArgument
+from grounding.index.embed import HashingEmbedder
 from grounding.index.ingest import ingest
 from grounding.records import Citation, Hit
 from grounding.search.retrieve import (

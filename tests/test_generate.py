@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from grounding.config import reset_settings
-from grounding.errors import GeneratorUnavailable
 from grounding.answer.generate import ExtractiveGenerator, load_generator
 from grounding.answer.generate.extractive import best_lines
 from grounding.answer.generate.retro import RetroGenerator, completion_lines
 from grounding.answer.prompt import build_prompt, cited_numbers
+from grounding.config import reset_settings
+from grounding.errors import GeneratorUnavailable
 from grounding.records import Citation
 from tests.conftest import package_tree
 

@@ -519,7 +519,7 @@ def _chunk(cid, path, symbol, start, end, content_hash=None):
 
 
 def test_self_supervised_name_pairs_come_from_train_files_and_copies_overrides_are_not_negatives():
-    from grounding.evaluation.metrics import split_of
+    from grounding.evaluation.datasets import split_of
     from grounding.training.corpus import Corpus
     from grounding.training.finetune import Pair, name_pairs, not_negatives
 

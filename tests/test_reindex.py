@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import db, store
-from grounding.index.embed import HashingEmbedder
 from grounding.errors import IngestError
+from grounding.index.embed import HashingEmbedder
 from grounding.index.ingest import ingest
 from grounding.index.refresh import refresh
 from grounding.index.reindex import reindex

@@ -12,7 +12,8 @@ import pytest
 from grounding.cli import main
 from grounding.config import reset_settings
 from grounding.errors import EncoderNotFound
-from grounding.evaluation.metrics import Question, eval_runs, save_questions
+from grounding.evaluation.datasets import Question, save_questions
+from grounding.evaluation.metrics import eval_runs
 from grounding.index.ingest import ingest
 from grounding.records import Citation, Hit
 from grounding.search.rerank import CrossEncoderReranker, Reranker, load_reranker, passage, rerank_hits

@@ -122,7 +122,7 @@ def test_baseline_has_the_same_decoder_and_no_encoder():
 
 
 def test_checkpoint_reloads_with_its_config(tmp_path):
-    from grounding.training.retro_train import load_retro, save_retro
+    from grounding.models.checkpoint import load_retro, save_retro
 
     torch.manual_seed(0)
     model = Retro(_tiny(d_model=48)).eval()

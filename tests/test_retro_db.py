@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import db, store
-from grounding.index.embed import HashingEmbedder
 from grounding.errors import NotIndexed, RepoNotFound
-from grounding.evaluation.metrics import split_of
+from grounding.evaluation.datasets import split_of
+from grounding.index.embed import HashingEmbedder
 from grounding.index.ingest import ingest
 from grounding.index.lm_tokenizer import LMTokenizer, train_tokenizer
 from grounding.index.retro_db import (

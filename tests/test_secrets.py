@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from grounding import store
 from grounding.index.ingest import ingest
-from grounding.lexical import tokens
-from grounding.search.retrieve import search
 from grounding.index.retro_db import repository_texts
 from grounding.index.secrets import find_secrets, is_secret_file, redact, redact_bytes
+from grounding.lexical import tokens
+from grounding.search.retrieve import search
 from tests.conftest import copy_tree, package_tree
 
 _rng = random.SystemRandom()
@@ -340,8 +340,8 @@ def test_ingest_stores_no_secret_and_keeps_lines(engine, repo_name, hashing, see
 
 def test_an_index_made_before_redaction_is_redacted_by_the_next_ingest(engine, repo_name, hashing, seeded, monkeypatch):
     """Files whose bytes did not change are processed again when INDEXING_VERSION moves on."""
-    import grounding.records
     import grounding.index.secrets
+    import grounding.records
 
     tree, secrets = seeded
     (tree / ".env").unlink()  # a secret *file* is skipped by name, a separate rule: keep to redaction here

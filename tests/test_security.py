@@ -267,8 +267,8 @@ def test_a_repository_whose_only_ingest_failed_says_it_has_no_index(engine, repo
 
 
 def test_a_normal_file_with_a_few_long_lines_is_not_minified():
-    from grounding.records import SkippedFile
     from grounding.index.sources import classify
+    from grounding.records import SkippedFile
 
     lines = [f"value_{i} = {i}\n" for i in range(200)] + ["TABLE = '" + "x" * 3000 + "'\n"] * 3
     normal = classify("table.py", "".join(lines).encode(), max_bytes=1 << 20, max_line_length=1000)
@@ -337,8 +337,8 @@ def test_grounding_ui_on_a_public_address_exits_with_one_line(capsys):
 
 def test_a_user_cannot_choose_the_model_files_a_call_loads(two_teams, tmp_path):
     from grounding.answer.completion import complete
+    from grounding.models.checkpoint import load_retro
     from grounding.search.retrieve import search
-    from grounding.training.retro_train import load_retro
 
     t = two_teams
     with pytest.raises(GroundingError, match="trusted callers"):

@@ -11,7 +11,8 @@ import pytest
 
 from grounding.config import reset_settings
 from grounding.errors import DatasetError, EncoderNotFound
-from grounding.evaluation.metrics import Question, eval_runs
+from grounding.evaluation.datasets import Question
+from grounding.evaluation.metrics import eval_runs
 from grounding.search.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, load_reranker, passage
 from grounding.search.retrieve import search
 from grounding.training.reranker import (

@@ -12,9 +12,9 @@ from grounding.search.retrieve import hybrid_weights
 def test_tune_fusion_stores_the_choice_with_the_index_version_and_search_uses_it(
     engine, repo_name, hashing, tmp_path, monkeypatch
 ):
+    from grounding.evaluation.tuning import tune_fusion
     from grounding.index.ingest import ingest
     from grounding.search.retrieve import search
-    from grounding.evaluation.tuning import tune_fusion
     from tests.conftest import copy_tree
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
@@ -68,9 +68,9 @@ def test_tune_fusion_stores_the_choice_with_the_index_version_and_search_uses_it
 def test_an_eval_index_is_searched_by_its_parents_weights(engine, repo_name, hashing, tmp_path, monkeypatch):
     from grounding.config import reset_settings
     from grounding.evaluation.eval_index import eval_index_name
+    from grounding.evaluation.tuning import tune_fusion
     from grounding.index.ingest import ingest
     from grounding.search.retrieve import search
-    from grounding.evaluation.tuning import tune_fusion
     from tests.conftest import copy_tree
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
@@ -94,8 +94,8 @@ def test_an_eval_index_is_searched_by_its_parents_weights(engine, repo_name, has
 def test_tuned_weights_replace_defaults_that_clearly_lose(engine, repo_name, hashing, tmp_path, monkeypatch):
     import sys
 
-    from grounding.index.ingest import ingest
     from grounding.evaluation.tuning import tune_fusion
+    from grounding.index.ingest import ingest
     from tests.conftest import copy_tree
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)

@@ -15,11 +15,11 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from grounding import validation
-from grounding.config import get_settings
-from grounding.search.filters import with_inline_filters
 from grounding.answer.generate import load_generator
 from grounding.answer.prompt import MarkerFilter, build_prompt
+from grounding.config import get_settings
 from grounding.records import Answer, Citation, Hit
+from grounding.search.filters import with_inline_filters
 
 log = logging.getLogger(__name__)
 

@@ -39,12 +39,12 @@ def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None
     were indexed (the stored content hash): a file ingest skipped (`.env`, untracked, ignored, `.git/*`)
     or one changed since is never read back, by any path.
     """
-    from grounding.index import sources
     from grounding.access import authorize
     from grounding.config import get_settings
     from grounding.errors import SourceNotFound
-    from grounding.records import SourceFile
+    from grounding.index import sources
     from grounding.index.secrets import redact_bytes
+    from grounding.records import SourceFile
 
     repo = validation.repo_name(repo, derived_ok=True)
     authorize(user, [repo])
@@ -143,9 +143,8 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
 
     from grounding.index import retro_db
     from grounding.index.lm_tokenizer import load_tokenizer
+    from grounding.models.checkpoint import default_device, load_retro
     from grounding.models.retro import RetroCache
-    from grounding.training.checkpoint import default_device
-    from grounding.training.retro_train import load_retro
 
     device = device or default_device()
     checkpoint = checkpoint or latest_checkpoint(repo)

@@ -24,27 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grounding import db, store, validation
-
-from grounding.index import sources
 from grounding.config import get_settings
-from grounding.index.embed import load_embedder
 from grounding.errors import EncoderNotFound, InvalidArgument, NotIndexed, RepoNotFound
-from grounding.evaluation.metrics import (
-    MODES,
-    DatasetError,
-    EvalResult,
-    Question,
-    evaluate,
-    load_questions,
-    record_run,
-    save_questions,
-    select_split,
-)
+from grounding.evaluation.datasets import Question, load_questions, save_questions, select_split
 from grounding.evaluation.harvest import harvest_docstrings
 from grounding.evaluation.harvest_git import harvest_commits
+from grounding.evaluation.metrics import MODES, DatasetError, EvalResult, evaluate, record_run
+from grounding.index import sources
+from grounding.index.embed import load_embedder
 from grounding.index.ingest import ingest
-from grounding.records import IndexVersion, IngestReport
 from grounding.index.reindex import reindex
+from grounding.records import IndexVersion, IngestReport
 
 log = logging.getLogger(__name__)
 

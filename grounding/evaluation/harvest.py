@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from grounding.evaluation.metrics import Question, split_of
+from grounding.evaluation.datasets import Question, split_of
 
 MIN_QUESTION_WORDS = 4  # "Return the value." asks for too little to have one right answer
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")

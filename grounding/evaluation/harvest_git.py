@@ -20,7 +20,7 @@ The choices, each one made to keep the questions honest:
   or would not be indexed there (too large, binary, generated) is dropped whole. The price: the
   further back a commit, the more its files have changed since BASE, hence the MAX_COMMITS window.
 - One Question per (commit, gold file), its span the whole file at BASE, split by path
-  (grounding.evaluation.metrics.split_of) like every harvested question. The commit sha is kept in
+  (grounding.records.split_of) like every harvested question. The commit sha is kept in
   `GoldCommit`, not in the Question: the JSONL format has no field for it.
 
 With `--first-parent --no-merges`, a repository that lands every change through a merge commit has
@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from grounding.errors import DatasetError
-from grounding.evaluation.metrics import Question, split_of
+from grounding.evaluation.datasets import Question, split_of
 from grounding.evaluation.harvest import MIN_QUESTION_WORDS
 from grounding.index.languages import detect_language
-from grounding.records import SourceFile
 from grounding.index.sources import classify
+from grounding.records import SourceFile
 
 MAX_COMMITS = 300  # how far back to walk: older commits are asked of an ever older tree
 MAX_GOLD_FILES = 3

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 
 from grounding import db, store, validation
 from grounding.config import get_settings
-from grounding.index.embed import load_embedder
 from grounding.errors import NotIndexed
+from grounding.index.embed import load_embedder
+from grounding.lexical import question_tokens
+from grounding.records import Hit, IndexVersion
+from grounding.roles import IMPLEMENTATION, asked_roles
 from grounding.search.fusion import (
     DEFAULT_WEIGHTS,
     FusionWeights,
@@ -34,9 +37,6 @@ from grounding.search.fusion import (
     paired_interval,
     reciprocal_ranks,
 )
-from grounding.lexical import question_tokens
-from grounding.records import Hit, IndexVersion
-from grounding.roles import IMPLEMENTATION, asked_roles
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class FusionChoice:
 
 def candidate_hits(repo_id: int, version: IndexVersion, questions: Sequence[str]) -> list[list[Hit]]:
     """Per question, every candidate of every ranking, each hit with its rank in each ranking, the role prior off:
-    what any fusion weights (and prior) can be tried on offline, with the SQL's arithmetic (grounding.search.fusion.fuse)."""
+    what any fusion weights (and prior) can be tried on offline, with the SQL's arithmetic
+    (grounding.search.fusion.fuse)."""
     from grounding.search.retrieve import identifier_fragments
 
     settings = get_settings()
@@ -103,8 +104,8 @@ def candidate_hits(repo_id: int, version: IndexVersion, questions: Sequence[str]
 
 def tune_fusion(repo: str, *, harvester: str = "docstrings", max_questions: int = MAX_QUESTIONS) -> FusionChoice:
     """Choose and store the fusion weights of `repo`'s active index version (a trusted caller's operation)."""
+    from grounding.evaluation.datasets import select_split
     from grounding.evaluation.eval_index import build_eval_index
-    from grounding.evaluation.metrics import select_split
 
     repo = validation.repo_name(repo)
     max_questions = validation.count(max_questions, "max_questions", maximum=10_000)

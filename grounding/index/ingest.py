@@ -23,11 +23,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from grounding import db, store, validation
-
-from grounding.index import secrets, sources
-from grounding.index.chunking import chunk_file
 from grounding.config import get_settings
-from grounding.index.embed import Embedder, load_embedder
 from grounding.errors import (
     AccessDenied,
     DatabaseUnavailable,
@@ -37,6 +33,9 @@ from grounding.errors import (
     InvalidArgument,
     SourceConflict,
 )
+from grounding.index import secrets, sources
+from grounding.index.chunking import chunk_file
+from grounding.index.embed import Embedder, load_embedder
 from grounding.records import IngestReport, SourceFile
 
 log = logging.getLogger(__name__)

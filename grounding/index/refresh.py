@@ -8,9 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grounding import db, store, validation
-
-from grounding.index import sources
 from grounding.errors import InvalidArgument
+from grounding.index import sources
 from grounding.index.ingest import ingest
 from grounding.records import IngestReport
 

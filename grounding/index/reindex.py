@@ -18,8 +18,8 @@ import numpy as np
 
 from grounding import db, store
 from grounding.config import get_settings
-from grounding.index.embed import Embedder, load_embedder
 from grounding.errors import GroundingError, IngestError, NotIndexed
+from grounding.index.embed import Embedder, load_embedder
 
 log = logging.getLogger(__name__)
 

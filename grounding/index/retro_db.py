@@ -2,7 +2,7 @@
 
 Each file's token stream (ending in eos) is cut into consecutive m-token chunks, as in RETRO, and
 every chunk's text is embedded with a frozen encoder. Files are split train/held-out by
-`evaluation.split_of`; only train chunks are indexed, so a held-out file is never retrievable.
+`records.split_of`; only train chunks are indexed, so a held-out file is never retrievable.
 A chunk's neighbours come from other files only: a chunk must not retrieve its own file's
 continuation. A retrieved neighbour is the chunk followed by the next chunk of its file (r = 2m).
 """
@@ -21,15 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from grounding import store
-
-from grounding.index import secrets, sources
 from grounding.config import get_settings
 from grounding.db import get_engine
-from grounding.index.embed import Embedder, load_embedder
 from grounding.errors import EmptyRepository, NotIndexed
-from grounding.evaluation.metrics import split_of
+from grounding.index import secrets, sources
+from grounding.index.embed import Embedder, load_embedder
 from grounding.index.lm_tokenizer import LMTokenizer
-from grounding.records import SourceFile
+from grounding.records import SourceFile, split_of
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 
 from grounding.errors import InvalidArgument, SourceNotFound, SourceUnreachable
 from grounding.index.languages import detect_language
-from grounding.records import SkippedFile, SourceFile
 from grounding.index.secrets import is_secret_file
+from grounding.records import SkippedFile, SourceFile
 
 GIT_TIMEOUT_S = 300
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)

@@ -14,8 +14,11 @@ from collections.abc import Sequence
 
 from grounding import db, store, validation
 from grounding.config import get_settings
-from grounding.index.embed import load_embedder
 from grounding.errors import EncoderNotFound, InvalidArgument, NotIndexed
+from grounding.index.embed import load_embedder
+from grounding.lexical import question_tokens
+from grounding.records import Hit, IndexVersion
+from grounding.roles import IMPLEMENTATION, asked_roles
 from grounding.search.filters import (
     LANGUAGE_ALIASES,
     SearchFilters,
@@ -25,9 +28,6 @@ from grounding.search.filters import (
     with_inline_filters,
 )
 from grounding.search.fusion import DEFAULT_WEIGHTS, FusionWeights
-from grounding.lexical import question_tokens
-from grounding.records import Hit, IndexVersion
-from grounding.roles import IMPLEMENTATION, asked_roles
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
@@ -235,7 +235,8 @@ def expands(hit: Hit) -> bool:
 
 def hybrid_weights(setting: str, version: IndexVersion | None = None) -> FusionWeights:
     """The weights hybrid search fuses by: GROUNDING_FUSION_WEIGHTS, or with `auto` the ones chosen for the index
-    version (grounding.evaluation.tuning), else DEFAULT_WEIGHTS. A malformed value is an InvalidArgument naming the variable."""
+    version (grounding.evaluation.tuning), else DEFAULT_WEIGHTS. A malformed value is an InvalidArgument naming the
+    variable."""
     if setting.strip().lower() == "auto":
         try:
             return FusionWeights.parse(

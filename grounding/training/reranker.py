@@ -39,11 +39,13 @@ import torch
 from grounding import db, store
 from grounding.config import get_settings
 from grounding.errors import DatasetError
+from grounding.evaluation.datasets import Question
 from grounding.evaluation.eval_index import training_splits
-from grounding.evaluation.metrics import Question, answers, evaluate, record_run
+from grounding.evaluation.metrics import answers, evaluate, record_run
+from grounding.models.checkpoint import default_device
 from grounding.search.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, combined, passage
 from grounding.search.retrieve import search
-from grounding.training.checkpoint import default_device, load_tokenizer
+from grounding.training.checkpoint import load_tokenizer
 from grounding.training.finetune import validation_split
 from grounding.training.pipeline import GateDecision, gate
 from grounding.training.runs import MetricsLog, recorded_run, update_run

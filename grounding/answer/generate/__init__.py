@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from grounding.config import get_settings
-from grounding.errors import GeneratorUnavailable
 from grounding.answer.generate.base import Generator
 from grounding.answer.generate.extractive import ExtractiveGenerator
+from grounding.config import get_settings
+from grounding.errors import GeneratorUnavailable
 
 GENERATORS = ("extractive", "hf", "openai", "retro")
 

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from grounding.errors import GeneratorUnavailable
 from grounding.answer.generate.base import Generator
 from grounding.answer.prompt import Prompt
+from grounding.errors import GeneratorUnavailable
 
 TEMPLATE_MARGIN = 32  # tokens a chat template adds around the messages (role tags, turn markers)
 STREAM_TIMEOUT_S = 600.0  # no token for this long: decoding is stuck, fail rather than hang
@@ -41,7 +41,7 @@ class HFGenerator(Generator):
     def __init__(
         self, path: str, *, max_new_tokens: int = 512, temperature: float = 0.0, device: str | None = None
     ) -> None:
-        from grounding.training.checkpoint import default_device
+        from grounding.models.checkpoint import default_device
 
         self.path = str(path)
         self.tokenizer, self.model = _load(self.path, device or default_device())

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Iterator
 
 import httpx
 
-from grounding.errors import GeneratorUnavailable
 from grounding.answer.generate.base import Generator
 from grounding.answer.prompt import Prompt
+from grounding.errors import GeneratorUnavailable
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
