@@ -1,12 +1,19 @@
-"""Embedders: one abstract batch method, the Hugging Face encoder behind it, and a hashing one for unit speed."""
+"""Embedders: one abstract batch method, the Hugging Face encoder behind it, and a hashing one for unit speed.
+
+Ingest embeds chunks and search embeds questions with the same encoder, so the loader lives here, below
+both. Encoders a higher stage defines (training's REALM towers) register with it by name prefix
+(`register_encoder`); the loader never imports them.
+"""
 
 from __future__ import annotations
 
 import abc
 import functools
 import hashlib
+import importlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,14 +118,26 @@ class HashingEmbedder(Embedder):
         return out / np.maximum(norms, 1e-9)
 
 
+# name prefix -> factory(name), or "module:attribute" naming one, imported when such a name is first loaded
+_ENCODERS: dict[str, Callable[[str], Embedder] | str] = {}
+
+
+def register_encoder(prefix: str, factory: Callable[[str], Embedder] | str) -> None:
+    """Make `load_embedder` build the names that start with `prefix` as `factory(name)`. A "module:attribute"
+    string is imported only when such a name is first loaded, so registering costs no import of torch."""
+    _ENCODERS[prefix] = factory
+
+
 @functools.cache
 def load_embedder(name: str) -> Embedder:
-    """The embedder an index version names: `hashing-N`, `realm:<checkpoint>#query|document` (a trained
-    tower), or a local Hugging Face encoder path. Cached per process."""
+    """The embedder an index version names: `hashing-N`, a registered prefix (`realm:<checkpoint>#query|document`,
+    a trained tower, which training registers), or a local Hugging Face encoder path. Cached per process."""
     if name.startswith("hashing-"):
         return HashingEmbedder(int(name.split("-", 1)[1]))
-    if name.startswith("realm:"):
-        from grounding.training.checkpoint import RealmEncoder
-
-        return RealmEncoder(name)
+    for prefix, factory in _ENCODERS.items():
+        if name.startswith(prefix):
+            if isinstance(factory, str):
+                module, _, attribute = factory.partition(":")
+                factory = getattr(importlib.import_module(module), attribute)
+            return factory(name)
     return HFEncoder(name)
