@@ -106,7 +106,7 @@ def tune_fusion_task(repo: str, *, only_if_untuned: bool) -> dict | None:
     Skipped when the version already has them (`only_if_untuned`); a repository with no question to
     harvest keeps the defaults. Tuning never fails the ingest or reindex it follows."""
     from grounding import db, store
-    from grounding.evaluation.metrics import DatasetError
+    from grounding.errors import DatasetError
     from grounding.evaluation.tuning import keep_defaults, tune_fusion
 
     logger = get_run_logger()
