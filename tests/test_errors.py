@@ -88,7 +88,7 @@ def test_killed_ingest_leaves_last_snapshot_and_rerun_finishes(engine, database_
         p.rename(src / p.name)
     # The same CLI with a slowed-down encoder, so that the kill lands between batches.
     slow = (
-        "import sys, time; from grounding import embed; batch = embed.HashingEmbedder.embed_batch; "
+        "import sys, time; from grounding.index import embed; batch = embed.HashingEmbedder.embed_batch; "
         "embed.HashingEmbedder.embed_batch = lambda self, texts: (time.sleep(0.3), batch(self, texts))[1]; "
         f"from grounding.cli import main; sys.exit(main({args!r}))"
     )
