@@ -18,7 +18,7 @@ from grounding.errors import GroundingError
 
 log = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent  # where prefect.yaml and flows/ live
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # where prefect.yaml and flows/ live
 POOLS = ("cpu", "gpu")
 STARTUP_TIMEOUT_S = 180
 
