@@ -151,8 +151,6 @@ def test_each_folder_says_what_it_holds():
     for folder in sorted(p for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__"):
         init = folder / "__init__.py"
         assert init.is_file(), f"{folder} is not a package"
-        if folder.name == "queries":  # data: the tree-sitter queries
-            continue
         assert ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))), f"{init} has no module docstring"
 
 
