@@ -12,7 +12,7 @@ from ui_common import current_user, errors_as_messages, scope_or_stop
 from grounding.records import Answer, Citation
 
 if TYPE_CHECKING:
-    from grounding.retrieve import SearchFilters
+    from grounding.search.retrieve import SearchFilters
 
 st.set_page_config(page_title="grounding copilot", page_icon=":material/code:", layout="wide")
 
@@ -69,7 +69,7 @@ def ask_and_show(repos: list[str], text: str, *, k: int, user: str | None) -> di
     final: dict = {}
     with errors_as_messages("Answering") as outcome:
         from grounding import ask_stream
-        from grounding.retrieve import parse_query
+        from grounding.search.retrieve import parse_query
 
         _, filters = parse_query(text)  # only to show them: ask_stream parses the question's filters itself
         if applied := filter_text(filters):

@@ -19,8 +19,8 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
-from grounding.serve import PROJECT_DIR
-from grounding.status import SnapshotView, latest_snapshot
+from grounding.service.serve import PROJECT_DIR
+from grounding.service.status import SnapshotView, latest_snapshot
 
 log = logging.getLogger("grounding.app")
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import streamlit as st
 
 from grounding.errors import GroundingError
-from grounding.status import RepoScope, repo_scope
+from grounding.service.status import RepoScope, repo_scope
 
 log = logging.getLogger("grounding.app")
 

@@ -71,7 +71,7 @@ def main() -> int:
     )
 
     import grounding
-    from grounding.retrieve import search
+    from grounding.search.retrieve import search
 
     for q in questions[: query.WARMUP]:
         grounding.ask(query.REPO, q, k=args.k, backend="extractive")
@@ -133,8 +133,8 @@ def eval_with_reranker(args) -> dict | None:
         return None
     from grounding import db
     from grounding.config import reset_settings
-    from grounding.eval_index import run_eval
-    from grounding.ingest import ingest
+    from grounding.evaluation.eval_index import run_eval
+    from grounding.index.ingest import ingest
 
     if args.eval_home:
         db.reset()

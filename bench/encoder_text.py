@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from grounding import db
     from grounding.config import get_settings, reset_settings
-    from grounding.embed import load_embedder
+    from grounding.index.embed import load_embedder
 
     reset_settings()
     embedder = load_embedder(get_settings().encoder)

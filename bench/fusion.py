@@ -4,7 +4,7 @@ The sets are bench/quality.py's: CoSQA dev-500 and commit-message localisation o
 express. The choice maximises the mean of the sets' MRR@10 (each set counts once, whatever its size).
 Each question's candidates (the vector, BM25 and trigram rankings' first GROUNDING_CANDIDATES,
 with each one's rank in each) are fetched once from Postgres; every (weights, rrf_k) of the grid then
-fuses them in Python (grounding.fusion.fuse, the same arithmetic as the SQL). Prints the grid's best
+fuses them in Python (grounding.search.fusion.fuse, the same arithmetic as the SQL). Prints the grid's best
 entries, and the chosen one against equal weights and against the vector ranking alone, each with a
 paired bootstrap 95% interval. Reuse the home bench/quality.py ingested CoSQA into:
 
@@ -33,8 +33,8 @@ def candidates_of(repo: str, questions: list[tuple[str, frozenset]]) -> list[lis
     The factor is 1 for a chunk of a favoured role (implementation, or a role the question asks for), 0
     otherwise; a prior p then multiplies the others' fused score by p."""
     from grounding import db, store
+    from grounding.evaluation.tuning import candidate_hits
     from grounding.roles import asked_roles
-    from grounding.tuning import candidate_hits
 
     with db.get_engine().connect() as conn:
         repo_id = store.repo_id(conn, repo)
@@ -56,7 +56,7 @@ def candidates_of(repo: str, questions: list[tuple[str, frozenset]]) -> list[lis
 
 
 def reciprocal_ranks(cands, questions, weights, rrf_k, prior=1.0) -> list[float]:
-    from grounding.fusion import fuse
+    from grounding.search.fusion import fuse
 
     rr = []
     for found, (_, gold) in zip(cands, questions):
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["GROUNDING_HOME"] = args.home
     from grounding import db
     from grounding.config import reset_settings
-    from grounding.fusion import FusionWeights, default_grid
+    from grounding.search.fusion import FusionWeights, default_grid
 
     reset_settings()
     sets = {}

@@ -31,11 +31,11 @@ def main() -> None:
     os.environ.pop("GROUNDING_DATABASE_URL", None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from grounding import db
-    from grounding.chunking import chunk_file
     from grounding.config import get_settings
-    from grounding.embed import load_embedder
-    from grounding.ingest import ingest
-    from grounding.sources import list_files, open_source
+    from grounding.index.chunking import chunk_file
+    from grounding.index.embed import load_embedder
+    from grounding.index.ingest import ingest
+    from grounding.index.sources import list_files, open_source
 
     site_packages = next(Path(p) for p in site.getsitepackages() if p.endswith("site-packages"))
     src = work / args.package

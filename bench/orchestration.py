@@ -65,7 +65,7 @@ def main() -> None:
     if args.encoder != "default":
         os.environ["GROUNDING_ENCODER"] = args.encoder
     from grounding import db
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     os.environ["GROUNDING_DATABASE_URL"] = db.embedded_url(work / "pgdata")
     from grounding.config import reset_settings

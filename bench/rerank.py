@@ -53,9 +53,9 @@ def main() -> int:
     os.environ["GROUNDING_RERANK_CANDIDATES"] = str(args.candidates)
     with package_home(args.package, args.home, prefix="rerank-bench-") as (home, source):
         from grounding.config import get_settings
-        from grounding.evaluation import select_split
-        from grounding.ingest import ingest
-        from grounding.retrieve import search
+        from grounding.evaluation.datasets import select_split
+        from grounding.index.ingest import ingest
+        from grounding.search.retrieve import search
         from grounding.training.reranker import RerankerConfig, train_reranker
 
         figures: dict = {"package": args.package, "encoder": get_settings().encoder, "candidates": args.candidates}
@@ -103,7 +103,7 @@ def main() -> int:
         )
         print(f"gate: {figures['decision']}")
 
-        from grounding.eval_index import build_eval_index
+        from grounding.evaluation.eval_index import build_eval_index
 
         index = build_eval_index(args.package)
         questions = [q.question for q in select_split(index.questions, "heldout")][: args.latency_questions]

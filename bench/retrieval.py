@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from grounding import evaluation
-from grounding.evaluation import Question
-from grounding.harvest import DocumentedFunction, documented_functions, strip_docstrings
+from grounding.evaluation import metrics as evaluation
+from grounding.evaluation.datasets import Question
+from grounding.evaluation.harvest import DocumentedFunction, documented_functions, strip_docstrings
 
 SITE_PACKAGES = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 MODES = ("lexical", "vector", "hybrid")
@@ -60,7 +60,7 @@ def scores(ranks: list[int | None]) -> dict[str, float]:
 
 
 def evaluate(repo: str, questions: list[Question], mode: str) -> dict[str, float]:
-    from grounding.retrieve import search
+    from grounding.search.retrieve import search
 
     search(repo, questions[0].question, k=K, mode=mode)  # load the encoder and warm the caches outside the timing
     ranks, strict_ranks, seconds = [], [], 0.0
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     os.environ["GROUNDING_HOME"] = str(tmp / "home")
     from grounding import config, db
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     config.reset_settings()
     db.reset()

@@ -43,10 +43,10 @@ def main() -> int:
     with package_home(args.package, args.home, prefix="retro-bench-") as (home, source):
         import grounding
         from grounding.config import get_settings
-        from grounding.ingest import ingest
+        from grounding.index.ingest import ingest
+        from grounding.index.retro_db import RetroDbConfig
+        from grounding.models.checkpoint import default_device
         from grounding.models.retro import RetroConfig
-        from grounding.retro_db import RetroDbConfig
-        from grounding.training.checkpoint import default_device
         from grounding.training.retro_train import RetroTrainConfig, tiny_model, train_retro
 
         device = args.device or default_device()
@@ -131,7 +131,7 @@ def main() -> int:
 
 
 def _heldout(path: str) -> bool:
-    from grounding.evaluation import split_of
+    from grounding.evaluation.datasets import split_of
 
     return split_of(path) == "heldout"
 

@@ -13,7 +13,7 @@ def each_repository(job: Callable[[str], dict], *, what: str) -> dict[str, dict]
     One repository's bad data must not stop the others' scheduled run: a failure is logged and the
     rest still run; the flow then fails, naming the repositories that failed and those that finished.
     """
-    from grounding.refresh import repositories
+    from grounding.index.refresh import repositories
 
     results, failed = {}, []
     for name in repositories():

@@ -48,7 +48,7 @@ def finetune_retriever(
     derived eval indexes; one that fails is reported and the others still run.
     """
     from grounding.config import get_settings
-    from grounding.training.checkpoint import default_device
+    from grounding.models.checkpoint import default_device
 
     device = device or default_device()
     if pretrain_steps is None:  # REALM pre-training is the GPU job: ~139 s a step on a 2-core CPU worker

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from grounding.errors import DatabaseUnavailable, SourceUnreachable
-from grounding.ingest import Progress, ingest
+from grounding.index.ingest import Progress, ingest
 from grounding.records import IngestReport
 
 IO_ERRORS = (DatabaseUnavailable, SourceUnreachable, ConnectionError, TimeoutError)
@@ -101,13 +101,13 @@ def publish_report(report: IngestReport) -> None:
 
 @task
 def tune_fusion_task(repo: str, *, only_if_untuned: bool) -> dict | None:
-    """Choose the active index version's fusion weights on the repository's own questions (grounding.tuning).
+    """Choose the active index version's fusion weights on the repository's own questions (grounding.evaluation.tuning).
 
     Skipped when the version already has them (`only_if_untuned`); a repository with no question to
     harvest keeps the defaults. Tuning never fails the ingest or reindex it follows."""
     from grounding import db, store
-    from grounding.evaluation import DatasetError
-    from grounding.tuning import keep_defaults, tune_fusion
+    from grounding.errors import DatasetError
+    from grounding.evaluation.tuning import keep_defaults, tune_fusion
 
     logger = get_run_logger()
     try:
@@ -140,7 +140,7 @@ def ingest_repo(
     """Ingest `source` (a directory or git URL) as repository `name` (default: its last path segment).
 
     With `user` (the copilot passes its user), the repository must be granted to them and is only
-    re-ingested from its registered source (grounding.ingest.ingest); `replace_source` re-points an
+    re-ingested from its registered source (grounding.index.ingest.ingest); `replace_source` re-points an
     existing repository at `source`, for a trusted caller only. With `tune_fusion`, an index version
     that has no fusion weights of its own yet gets them, chosen on the repository's harvested questions.
     """

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.ingest import retry_on_io
-from grounding.refresh import RefreshOutcome, refresh, repositories
+from grounding.index.refresh import RefreshOutcome, refresh, repositories
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)

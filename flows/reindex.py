@@ -8,7 +8,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.ingest import retry_on_io, tune_fusion_task
-from grounding.reindex import ReindexReport, reindex
+from grounding.index.reindex import ReindexReport, reindex
 
 
 @task(retries=1, retry_delay_seconds=[30], retry_condition_fn=retry_on_io)

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.each_repo import each_repository
-from grounding.retro_db import RetroDbConfig
+from grounding.index.retro_db import RetroDbConfig
 from grounding.training.retro_train import RetroReport, RetroTrainConfig, train_retro
 
 

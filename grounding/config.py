@@ -37,7 +37,7 @@ class Settings:
     embed_batch_size: int
     write_batch_files: int  # files per write transaction during ingest
     rrf_k: int  # the constant of reciprocal-rank fusion
-    fusion_weights: str  # vector=W,lexical=W,trigram=W (grounding.fusion), or auto: the index version's own
+    fusion_weights: str  # vector=W,lexical=W,trigram=W (grounding.search.fusion), or auto: the index version's own
     candidates: int  # how many hits each retriever contributes to fusion
     role_prior: float  # fused score factor of tests, docs, examples... unless the question asks for them
     reranker: str  # `promoted` (the repository's promoted train-reranker model, if any), `off`, or a local path

@@ -16,6 +16,20 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+SPLITS = ("train", "heldout")
+HELDOUT_PERCENT = 20
+
+
+def split_of(path: str) -> str:
+    """`heldout` for about HELDOUT_PERCENT of paths, `train` for the rest; the same on every machine.
+
+    By file, so no file is both trained on and held out: evaluation splits its questions by it, RETRO
+    indexes only train files.
+    """
+    bucket = int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:8], "big") % 100
+    return "heldout" if bucket < HELDOUT_PERCENT else "train"
+
+
 @dataclass(frozen=True)
 class SourceFile:
     """One file read from a repository, before chunking."""
@@ -141,7 +155,7 @@ class IndexVersion:
     dim: int
     status: str  # building, active, candidate, shadow, retired, failed
     query_encoder: str | None = None  # a trained query tower; None: questions use `encoder` too
-    fusion_weights: str | None = None  # chosen on this version's validation questions (grounding.tuning)
+    fusion_weights: str | None = None  # chosen on this version's validation questions (grounding.evaluation.tuning)
 
     @property
     def question_encoder(self) -> str:

@@ -134,7 +134,7 @@ index_versions = Table(
     Column("activated_at", DateTime(timezone=True)),
     Column("retired_at", DateTime(timezone=True)),
     Column("note", Text),
-    Column("fusion", JSONB),  # weights chosen on this version's own validation questions (grounding.tuning)
+    Column("fusion", JSONB),  # weights chosen on this version's own validation questions (grounding.evaluation.tuning)
     Index(
         "index_versions_one_active",
         "repo_id",
@@ -247,7 +247,7 @@ retro_chunks = Table(
     Column("id", BigInteger, primary_key=True),
     Column("database_id", Integer, ForeignKey("retro_databases.id", ondelete="CASCADE"), nullable=False),
     Column("path", Text, nullable=False),
-    Column("split", Text, nullable=False),  # train or heldout, by evaluation.split_of(path)
+    Column("split", Text, nullable=False),  # train or heldout, by records.split_of(path)
     Column("ordinal", Integer, nullable=False),  # position within the file
     Column("tokens", ARRAY(Integer), nullable=False),  # chunk_tokens ids; a file's last chunk may be shorter
     Column("text", Text, nullable=False),  # the file's text the tokens spell (a split character: the first)

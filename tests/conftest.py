@@ -24,7 +24,7 @@ from prefect import flow  # noqa: E402, F401  (prefect itself is imported lazily
 
 from grounding import db  # noqa: E402
 from grounding.config import reset_settings  # noqa: E402
-from grounding.embed import HashingEmbedder  # noqa: E402
+from grounding.index.embed import HashingEmbedder  # noqa: E402
 
 SITE_PACKAGES = Path(next(p for p in site.getsitepackages() if p.endswith("site-packages")))
 

@@ -144,9 +144,9 @@ def test_cli(names, capsys):
 def test_a_user_never_sees_an_ungranted_repository_through_any_path(engine, repo_name, hashing, tmp_path, capsys):
     """search, ask (one or several repositories), ask_stream, completion and the CLI all refuse, explicitly."""
     import grounding
-    from grounding.completion import complete, prefix_at
-    from grounding.ingest import ingest
-    from grounding.retrieve import search
+    from grounding.answer.completion import complete, prefix_at
+    from grounding.index.ingest import ingest
+    from grounding.search.retrieve import search
     from tests.conftest import copy_tree
 
     granted, secret = f"{repo_name}-open", f"{repo_name}-closed"

@@ -17,13 +17,14 @@ import sqlalchemy as sa
 from streamlit.testing.v1 import AppTest
 
 import grounding
-from grounding import access, db, status, store
+from grounding import access, db, store
+from grounding.answer.completion import complete, prefix_at
 from grounding.cli import main
-from grounding.completion import complete, prefix_at
 from grounding.config import reset_settings
 from grounding.errors import AccessDenied, GroundingError, InvalidArgument, SourceConflict
-from grounding.ingest import ingest
-from grounding.retrieve import search
+from grounding.index.ingest import ingest
+from grounding.search.retrieve import search
+from grounding.service import status
 from tests.conftest import git_repo
 
 APP = Path(__file__).resolve().parent.parent / "app"
@@ -34,7 +35,7 @@ QUESTION = "how is the zebra ledger reconciled with the quagga constant?"
 @pytest.fixture(scope="module")
 def world(database_url, tmp_path_factory):
     """`open` (granted to alice) and `closed` (granted to nobody), both real git checkouts, hashing vectors."""
-    from grounding.embed import HashingEmbedder
+    from grounding.index.embed import HashingEmbedder
 
     patch = pytest.MonkeyPatch()
     patch.setenv("GROUNDING_DATABASE_URL", database_url)

@@ -34,8 +34,8 @@ def ingested(database_url, tmp_path_factory):
     """A git checkout of `requests` (with a binary file, to be skipped) ingested with the hashing embedder,
     and a second small repository beside it; both deleted after the module."""
     from grounding import db
-    from grounding.embed import HashingEmbedder
-    from grounding.ingest import ingest
+    from grounding.index.embed import HashingEmbedder
+    from grounding.index.ingest import ingest
 
     patch = pytest.MonkeyPatch()
     patch.setenv("GROUNDING_DATABASE_URL", database_url)
@@ -158,7 +158,7 @@ def charts(at: AppTest) -> dict[str, int]:
 
 
 def test_training_page_plots_stored_runs_and_lists_evaluations(engine, ingested, monkeypatch):
-    from grounding.evaluation import EvalResult, record_run
+    from grounding.evaluation.metrics import EvalResult, record_run
     from grounding.training.runs import MetricsLog, start_run, update_run
 
     monkeypatch.delenv("GROUNDING_UI_USER", raising=False)

@@ -7,15 +7,15 @@ import uuid
 import pytest
 
 from grounding import Answer, ask, ask_stream
-from grounding.ask import fuse
+from grounding.answer.ask import fuse
+from grounding.answer.prompt import cited_numbers
 from grounding.cli import main
 from grounding.config import get_settings, reset_settings
-from grounding.embed import HashingEmbedder
 from grounding.errors import GeneratorUnavailable, NotIndexed, RepoNotFound
-from grounding.ingest import ingest
-from grounding.prompt import cited_numbers
+from grounding.index.embed import HashingEmbedder
+from grounding.index.ingest import ingest
 from grounding.records import Citation, Hit
-from grounding.retrieve import search
+from grounding.search.retrieve import search
 from tests import test_generate
 from tests.conftest import copy_tree, drop_repos, git, git_repo, module_environment
 
@@ -194,7 +194,7 @@ def test_ask_checks_its_arguments(trees):
 
 
 def test_filters_reach_the_search(trees):
-    from grounding import retrieve
+    from grounding.search import retrieve
 
     if not hasattr(retrieve, "SearchFilters"):
         pytest.skip("search has no filters yet")
@@ -252,7 +252,7 @@ def test_retro_backend_needs_a_trained_model(trees):
 
 def test_retro_backend_completes_code_and_cites_the_neighbours_it_read(trees):
     """A tiny RETRO model trained for a few steps: what matters here is how its completion is cited."""
-    from grounding.retro_db import RetroDbConfig
+    from grounding.index.retro_db import RetroDbConfig
     from grounding.training.retro_train import RetroTrainConfig, tiny_model, train_retro
 
     name, src, commit = trees["requests"]

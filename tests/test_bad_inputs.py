@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 import grounding
 from grounding import store
+from grounding.answer import completion
 from grounding.cli import main
 from grounding.errors import (
     DatabaseUnavailable,
@@ -23,9 +24,9 @@ from grounding.errors import (
     SourceNotFound,
     SourceUnreachable,
 )
-from grounding.filters import SearchFilters
-from grounding.ingest import ingest
-from grounding.retrieve import search
+from grounding.index.ingest import ingest
+from grounding.search.filters import SearchFilters
+from grounding.search.retrieve import search
 from tests.conftest import git_repo
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
@@ -57,7 +58,7 @@ def one_line_exit(capsys, argv, match, *, prefix="grounding: "):
 
 def case_only_ingest_failed(ctx):
     name = f"{ctx.repo}-failing"
-    ctx.monkeypatch.setattr(sys.modules["grounding.ingest"], "_write_snapshot", _boom)
+    ctx.monkeypatch.setattr(sys.modules["grounding.index.ingest"], "_write_snapshot", _boom)
     with pytest.raises(Exception):
         ingest(str(ctx.tmp_path / "src"), name=name)
     raises(NotIndexed, "has no index yet: its last ingest failed .*boom", lambda: grounding.ask(name, Q))
@@ -73,7 +74,7 @@ def case_dead_db(ctx):
 
     before = _visible(ctx)
     (ctx.tmp_path / "src" / "more.py").write_text("def more():\n    return 3\n")
-    ctx.monkeypatch.setattr(sys.modules["grounding.ingest"], "_write_snapshot", dead)
+    ctx.monkeypatch.setattr(sys.modules["grounding.index.ingest"], "_write_snapshot", dead)
     raises(DatabaseUnavailable, "stopped answering", lambda: ingest(str(ctx.tmp_path / "src"), name=ctx.repo))
     assert _visible(ctx) == before
     from flows.ingest import retry_on_io
@@ -125,7 +126,7 @@ def case_repoint(ctx):
 
 
 def case_complete_tokens(ctx):
-    from grounding.completion import complete
+    from grounding.answer.completion import complete
 
     raises(
         InvalidArgument, "max_new_tokens must be between 1 and 4096", lambda: complete(ctx.repo, "x", max_new_tokens=0)
@@ -136,7 +137,7 @@ def case_cli_unexpected(ctx):
     def bug(*args, **kwargs):
         raise KeyError("a bug")
 
-    ctx.monkeypatch.setattr(sys.modules["grounding.ask"], "ask_stream", bug)
+    ctx.monkeypatch.setattr(sys.modules["grounding.answer.ask"], "ask_stream", bug)
     one_line_exit(ctx.capsys, ["ask", ctx.repo, Q], r"unexpected error: KeyError: .*run with -v")
     with pytest.raises(KeyError):
         main(["-v", "ask", ctx.repo, Q])
@@ -255,10 +256,10 @@ CASES = {
     "dead-db-mid-ingest": case_dead_db,
     "deleted-before-refresh": case_deleted_before_refresh,
     "prefix-outside": lambda c: raises(
-        InvalidArgument, "not a path inside", lambda: grounding.completion.prefix_at(c.repo, "../other/x.py", None)
+        InvalidArgument, "not a path inside", lambda: completion.prefix_at(c.repo, "../other/x.py", None)
     ),
     "prefix-not-indexed": lambda c: raises(
-        SourceNotFound, "not a file that repository", lambda: grounding.completion.prefix_at(c.repo, ".env", None)
+        SourceNotFound, "not a file that repository", lambda: completion.prefix_at(c.repo, ".env", None)
     ),
     "complete-tokens": case_complete_tokens,
     "cli-user-empty": lambda c: one_line_exit(c.capsys, ["ask", c.repo, Q, "--user", ""], "user must be a user name"),

@@ -77,7 +77,7 @@ def _stats(engine, repo: str):
 def test_sql_bm25_equals_the_reference_and_its_statistics_follow_reingests(
     engine, repo_name, hashing, tmp_path, monkeypatch
 ):
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     root = tmp_path / "corpus"
     _write(
@@ -129,7 +129,7 @@ def test_sql_bm25_equals_the_reference_and_its_statistics_follow_reingests(
 
 def test_a_failed_run_leaves_the_statistics_of_the_visible_snapshot(engine, repo_name, hashing, tmp_path):
     from grounding.errors import IngestError
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     root = tmp_path / "corpus"
     _write(root, {f"m{i}.py": f"def handler_{i}(request):\n    return {i}\n" for i in range(4)})
@@ -156,7 +156,7 @@ def test_migration_0009_rebuilds_roles_postings_and_statistics_from_stored_chunk
     from alembic.config import Config
 
     from grounding import db
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     root = tmp_path / "corpus"
     _write(

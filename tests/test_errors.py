@@ -15,7 +15,7 @@ from grounding import ask, db
 from grounding.cli import main
 from grounding.config import reset_settings
 from grounding.errors import DatabaseUnavailable, EmptyRepository, RepoNotFound
-from grounding.ingest import ingest
+from grounding.index.ingest import ingest
 from tests.conftest import copy_tree
 from tests.test_ingest import table_counts, visible_chunks
 
@@ -88,7 +88,7 @@ def test_killed_ingest_leaves_last_snapshot_and_rerun_finishes(engine, database_
         p.rename(src / p.name)
     # The same CLI with a slowed-down encoder, so that the kill lands between batches.
     slow = (
-        "import sys, time; from grounding import embed; batch = embed.HashingEmbedder.embed_batch; "
+        "import sys, time; from grounding.index import embed; batch = embed.HashingEmbedder.embed_batch; "
         "embed.HashingEmbedder.embed_batch = lambda self, texts: (time.sleep(0.3), batch(self, texts))[1]; "
         f"from grounding.cli import main; sys.exit(main({args!r}))"
     )

@@ -15,21 +15,12 @@ import sqlalchemy as sa
 from grounding import store
 from grounding.cli import main
 from grounding.config import get_settings, reset_settings
-from grounding.evaluation import (
-    DatasetError,
-    Question,
-    eval_runs,
-    first_correct,
-    load_questions,
-    retrieval_metrics,
-    save_questions,
-    select_split,
-    split_of,
-)
-from grounding.harvest import first_sentence, functions, harvest_docstrings
-from grounding.ingest import ingest
+from grounding.evaluation.datasets import Question, load_questions, save_questions, select_split, split_of
+from grounding.evaluation.harvest import first_sentence, functions, harvest_docstrings
+from grounding.evaluation.metrics import DatasetError, eval_runs, first_correct, retrieval_metrics
+from grounding.index.ingest import ingest
+from grounding.index.reindex import reindex
 from grounding.records import Citation
-from grounding.reindex import reindex
 from tests.conftest import copy_tree, git_repo
 
 

@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import store
-from grounding.embed import HashingEmbedder
 from grounding.errors import InvalidArgument
-from grounding.ingest import ingest
+from grounding.index.embed import HashingEmbedder
+from grounding.index.ingest import ingest
 from grounding.records import Citation, Hit
-from grounding.retrieve import (
+from grounding.search.retrieve import (
     EXPAND_MAX_LINES,
     SearchFilters,
     chunk_filter,

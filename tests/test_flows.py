@@ -62,7 +62,7 @@ def test_flow_fails_without_retry_on_a_missing_path(prefect_server, engine, tmp_
 
 def test_refresh_repos_flow_ingests_moved_repos_and_reports_each(prefect_server, engine, repo_name, hashing, tmp_path):
     from flows.refresh import refresh_repos
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
     from tests.conftest import git, git_repo
 
     moving = git_repo(copy_tree("requests", tmp_path / "moving"))
@@ -96,8 +96,8 @@ def test_refresh_repos_flow_ingests_moved_repos_and_reports_each(prefect_server,
 
 def test_finetune_retriever_flow_trains_gates_and_publishes(prefect_server, engine, repo_name, tiny_encoder, tmp_path):
     from flows.finetune import finetune_retriever
-    from grounding.embed import HFEncoder
-    from grounding.ingest import ingest
+    from grounding.index.embed import HFEncoder
+    from grounding.index.ingest import ingest
     from grounding.training.runs import training_runs
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=HFEncoder(tiny_encoder))
@@ -127,7 +127,7 @@ def test_train_retro_flow_stores_bits_per_byte_and_publishes_them(
 ):
     from flows.retro import train_retro_flow
     from grounding.config import reset_settings
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
     from grounding.training.runs import training_runs
 
     monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")  # the frozen retrieval encoder, fast
@@ -148,7 +148,7 @@ def test_train_reranker_flow_trains_gates_and_publishes(
 ):
     from flows.rerank import train_reranker_flow
     from grounding.config import reset_settings
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
     from grounding.training.runs import training_runs
 
     monkeypatch.setenv("GROUNDING_RERANK_CANDIDATES", "10")
@@ -174,7 +174,7 @@ def test_scheduled_training_runs_every_repository_and_fails_naming_the_ones_that
     from prefect import flow
 
     from flows.each_repo import each_repository
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     src = tmp_path / "tiny"
     src.mkdir()

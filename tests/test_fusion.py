@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from grounding.errors import InvalidArgument
-from grounding.fusion import FusionWeights, choose_weights, default_grid, fuse
+from grounding.search.fusion import FusionWeights, choose_weights, default_grid, fuse
 
 
 def test_fuse_weighs_each_ranking():
@@ -31,7 +31,7 @@ def test_choose_weights_turns_off_a_useless_ranker():
 
 
 def test_paired_interval_holds_zero_for_noise_and_not_for_a_real_gain():
-    from grounding.fusion import paired_interval
+    from grounding.search.fusion import paired_interval
 
     same = [0.0, 1.0] * 50
     _, lo, hi = paired_interval(same[::-1], same)
@@ -48,8 +48,8 @@ def test_malformed_weights_are_refused(text):
 
 def test_hybrid_search_follows_the_configured_weights(engine, repo_name, hashing, tmp_path, monkeypatch):
     from grounding.config import reset_settings
-    from grounding.ingest import ingest
-    from grounding.retrieve import search
+    from grounding.index.ingest import ingest
+    from grounding.search.retrieve import search
     from tests.conftest import copy_tree
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)

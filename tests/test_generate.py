@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from grounding.answer.generate import ExtractiveGenerator, load_generator
+from grounding.answer.generate.extractive import best_lines
+from grounding.answer.generate.retro import RetroGenerator, completion_lines
+from grounding.answer.prompt import build_prompt, cited_numbers
 from grounding.config import reset_settings
 from grounding.errors import GeneratorUnavailable
-from grounding.generate import ExtractiveGenerator, load_generator
-from grounding.generate.extractive import best_lines
-from grounding.generate.retro import RetroGenerator, completion_lines
-from grounding.prompt import build_prompt, cited_numbers
 from grounding.records import Citation
 from tests.conftest import package_tree
 
@@ -26,7 +26,7 @@ SESSIONS = (package_tree("requests") / "sessions.py").read_text().split("\n")
 
 def cite(symbol: str, *, repo: str = "requests") -> Citation:
     """The citation of the chunk of requests/sessions.py that holds `symbol`, as the chunker cuts it."""
-    from grounding.chunking import RegexTokenCounter, chunk_file
+    from grounding.index.chunking import RegexTokenCounter, chunk_file
 
     data = (package_tree("requests") / "sessions.py").read_bytes()
     chunks = chunk_file("sessions.py", data, "python", max_tokens=400, counter=RegexTokenCounter())
@@ -135,7 +135,7 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from grounding.lm_tokenizer import train_tokenizer
+    from grounding.index.lm_tokenizer import train_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-gpt2")
     tokenizer = train_tokenizer([p.read_text() for p in sorted(package_tree("requests").glob("*.py"))], vocab_size=512)
@@ -155,7 +155,7 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
 
 
 def test_hf_streams_token_by_token_within_its_limits(tiny_causal_lm):
-    from grounding.generate.hf import HFGenerator
+    from grounding.answer.generate.hf import HFGenerator
 
     generator = HFGenerator(str(tiny_causal_lm), max_new_tokens=24, device="cpu")
     prompt = build_prompt(
@@ -171,7 +171,7 @@ def test_hf_streams_token_by_token_within_its_limits(tiny_causal_lm):
 
 
 def test_hf_answers_never_take_more_than_half_the_context(tiny_causal_lm):
-    from grounding.generate.hf import HFGenerator
+    from grounding.answer.generate.hf import HFGenerator
 
     assert HFGenerator(str(tiny_causal_lm), max_new_tokens=4096, device="cpu").max_new_tokens == 512
 
@@ -179,7 +179,7 @@ def test_hf_answers_never_take_more_than_half_the_context(tiny_causal_lm):
 def test_hf_uses_the_chat_template_when_the_tokenizer_has_one(tiny_causal_lm, tmp_path):
     import shutil
 
-    from grounding.generate.hf import HFGenerator
+    from grounding.answer.generate.hf import HFGenerator
 
     chat = tmp_path / "chat"
     shutil.copytree(tiny_causal_lm, chat)
@@ -199,7 +199,7 @@ def test_hf_uses_the_chat_template_when_the_tokenizer_has_one(tiny_causal_lm, tm
 
 
 def test_hf_stops_decoding_when_the_reader_stops(tiny_causal_lm):
-    from grounding.generate.hf import HFGenerator
+    from grounding.answer.generate.hf import HFGenerator
 
     generator = HFGenerator(str(tiny_causal_lm), max_new_tokens=500, device="cpu")
     stream = generator.stream(prompt_for())
@@ -280,7 +280,7 @@ def openai_server():
 
 
 def openai_generator(url: str, **kw):
-    from grounding.generate.openai import OpenAIGenerator
+    from grounding.answer.generate.openai import OpenAIGenerator
 
     return OpenAIGenerator(url, "qwen2.5-coder-7b", **kw)
 

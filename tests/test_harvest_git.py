@@ -9,10 +9,11 @@ import pytest
 from grounding.cli import main
 from grounding.config import get_settings
 from grounding.errors import DatasetError
-from grounding.eval_index import run_eval
-from grounding.evaluation import eval_runs, load_questions, split_of
-from grounding.harvest_git import harvest_commits, is_test_path, question_of
-from grounding.ingest import ingest
+from grounding.evaluation.datasets import load_questions, split_of
+from grounding.evaluation.eval_index import run_eval
+from grounding.evaluation.harvest_git import harvest_commits, is_test_path, question_of
+from grounding.evaluation.metrics import eval_runs
+from grounding.index.ingest import ingest
 from tests.conftest import copy_tree, git, git_repo
 
 # --- pure rules --------------------------------------------------------------------------------

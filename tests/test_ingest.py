@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from grounding import store
 from grounding.cli import main
 from grounding.config import reset_settings
-from grounding.embed import HashingEmbedder
 from grounding.errors import IngestBusy, IngestError
-from grounding.ingest import ingest
-from grounding.retrieve import search
+from grounding.index.embed import HashingEmbedder
+from grounding.index.ingest import ingest
+from grounding.search.retrieve import search
 from tests.conftest import copy_tree
 
 

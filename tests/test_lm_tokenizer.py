@@ -8,7 +8,7 @@ import random
 import pytest
 
 from grounding.errors import EncoderNotFound
-from grounding.lm_tokenizer import EOS, PAD, LMTokenizer, load_tokenizer, train_tokenizer
+from grounding.index.lm_tokenizer import EOS, PAD, LMTokenizer, load_tokenizer, train_tokenizer
 from tests.conftest import package_tree
 
 SYNTHETIC = [

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from grounding.prompt import (
+from grounding.answer.prompt import (
     MIN_TRUNCATED_LINES,
     MarkerFilter,
     approx_tokens,

@@ -135,9 +135,9 @@ def _shadow_versions(engine, repo):
 
 def test_tiny_realm_training_refreshes_the_index_checkpoints_and_gates(engine, repo_name, tiny_encoder, tmp_path):
     from grounding import store
-    from grounding.embed import HFEncoder
-    from grounding.ingest import ingest
-    from grounding.retrieve import search
+    from grounding.index.embed import HFEncoder
+    from grounding.index.ingest import ingest
+    from grounding.search.retrieve import search
     from grounding.training.checkpoint import load_checkpoint
     from grounding.training.finetune import FinetuneConfig
     from grounding.training.pipeline import train_retriever
@@ -238,7 +238,7 @@ def test_tiny_realm_training_refreshes_the_index_checkpoints_and_gates(engine, r
 
 
 def test_checkpoint_round_trip_embeds_identically(tiny_encoder, tmp_path):
-    from grounding.embed import load_embedder
+    from grounding.index.embed import load_embedder
     from grounding.training.checkpoint import encoder_name, load_tokenizer, save_checkpoint
 
     model, config = build_realm(RealmConfig(encoder=str(tiny_encoder), proj_dim=16), with_reader=True)
@@ -262,8 +262,8 @@ def test_checkpoint_round_trip_embeds_identically(tiny_encoder, tmp_path):
 @pytest.fixture
 def tiny_repo(engine, repo_name, tiny_encoder, tmp_path):
     """requests, ingested with the tiny encoder (fast, and a valid starting point for REALM's towers)."""
-    from grounding.embed import HFEncoder
-    from grounding.ingest import ingest
+    from grounding.index.embed import HFEncoder
+    from grounding.index.ingest import ingest
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=HFEncoder(tiny_encoder))
     return repo_name
@@ -461,7 +461,7 @@ def test_activation_checkpointing_keeps_the_gradients_and_keeps_less_for_the_bac
 
 def test_an_untrained_document_tower_reads_a_long_chunk_exactly_as_the_frozen_index_does(tiny_encoder, tmp_path):
     """A trained document tower starts where the frozen encoder's index is: same tokens read, same vector."""
-    from grounding.embed import HFEncoder
+    from grounding.index.embed import HFEncoder
     from grounding.training.checkpoint import encoder_name, load_tokenizer, save_checkpoint
 
     long_chunk = "def handler(request):\n" + "\n".join(f"    value_{i} = request.get('field_{i}')" for i in range(80))
@@ -469,7 +469,7 @@ def test_an_untrained_document_tower_reads_a_long_chunk_exactly_as_the_frozen_in
     assert len(frozen.tokenizer(long_chunk)["input_ids"]) > frozen.max_tokens, "the chunk is longer than either reads"
     model, _ = build_realm(RealmConfig(encoder=str(tiny_encoder)), with_reader=False)
     save_checkpoint(tmp_path / "ck", model, load_tokenizer(tiny_encoder), step=0)
-    from grounding.embed import load_embedder
+    from grounding.index.embed import load_embedder
 
     tower = load_embedder(encoder_name(tmp_path / "ck", "document"))
     assert tower.max_tokens == frozen.max_tokens
@@ -519,7 +519,7 @@ def _chunk(cid, path, symbol, start, end, content_hash=None):
 
 
 def test_self_supervised_name_pairs_come_from_train_files_and_copies_overrides_are_not_negatives():
-    from grounding.evaluation import split_of
+    from grounding.evaluation.datasets import split_of
     from grounding.training.corpus import Corpus
     from grounding.training.finetune import Pair, name_pairs, not_negatives
 

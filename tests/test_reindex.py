@@ -9,12 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import db, store
-from grounding.embed import HashingEmbedder
 from grounding.errors import IngestError
-from grounding.ingest import ingest
-from grounding.refresh import refresh
-from grounding.reindex import reindex
-from grounding.retrieve import search
+from grounding.index.embed import HashingEmbedder
+from grounding.index.ingest import ingest
+from grounding.index.refresh import refresh
+from grounding.index.reindex import reindex
+from grounding.search.retrieve import search
 from tests.conftest import copy_tree, git, git_repo
 
 
@@ -89,7 +89,7 @@ def test_reindex_builds_beside_and_swaps_atomically_under_load(engine, repo_name
 def test_reindex_killed_midway_leaves_the_old_version_active(engine, repo_name, hashing, tmp_path, monkeypatch):
     src = copy_tree("click", tmp_path / "click")
     ingest(str(src), name=repo_name, embedder=hashing)
-    monkeypatch.setattr("grounding.reindex.PAGE", 100)
+    monkeypatch.setattr("grounding.index.reindex.PAGE", 100)
     before = search(repo_name, "format a help page", k=5, mode="vector")
 
     def die(page: int) -> None:

@@ -12,11 +12,12 @@ import pytest
 from grounding.cli import main
 from grounding.config import reset_settings
 from grounding.errors import EncoderNotFound
-from grounding.evaluation import Question, eval_runs, save_questions
-from grounding.ingest import ingest
+from grounding.evaluation.datasets import Question, save_questions
+from grounding.evaluation.metrics import eval_runs
+from grounding.index.ingest import ingest
 from grounding.records import Citation, Hit
-from grounding.rerank import CrossEncoderReranker, Reranker, load_reranker, passage, rerank_hits
-from grounding.retrieve import search
+from grounding.search.rerank import CrossEncoderReranker, Reranker, load_reranker, passage, rerank_hits
+from grounding.search.retrieve import search
 from tests.conftest import copy_tree, save_tiny_bert
 
 QUESTION = "parse the docstring of a function into its parameters"
@@ -179,11 +180,11 @@ def test_grounding_eval_with_and_without_the_reranker(indexed, tiny_cross_encode
 
 def test_search_reranks_only_as_many_candidates_as_the_setting_names(indexed, monkeypatch):
     """Merging fetches 3k fused hits: the reranker still reads only GROUNDING_RERANK_CANDIDATES of them, the first."""
-    import grounding.rerank
+    import grounding.search.rerank
 
     name, _ = indexed
     counting = KeywordReranker("def")
-    monkeypatch.setattr(grounding.rerank, "load_reranker", lambda path: counting)
+    monkeypatch.setattr(grounding.search.rerank, "load_reranker", lambda path: counting)
     monkeypatch.setenv("GROUNDING_RERANKER", "/a/cross-encoder")
     monkeypatch.setenv("GROUNDING_RERANK_CANDIDATES", "4")
     reset_settings()

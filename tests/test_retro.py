@@ -122,7 +122,7 @@ def test_baseline_has_the_same_decoder_and_no_encoder():
 
 
 def test_checkpoint_reloads_with_its_config(tmp_path):
-    from grounding.training.retro_train import load_retro, save_retro
+    from grounding.models.checkpoint import load_retro, save_retro
 
     torch.manual_seed(0)
     model = Retro(_tiny(d_model=48)).eval()
@@ -160,8 +160,8 @@ def test_tiny_retro_trains_reports_bits_per_byte_and_completes_with_citations(
     engine, repo_name, hashing, tmp_path, capsys
 ):
     """One tiny real run (it is the slow part): training, bits per byte, then generation from it."""
-    from grounding.ingest import ingest
-    from grounding.retro_db import RetroDbConfig
+    from grounding.index.ingest import ingest
+    from grounding.index.retro_db import RetroDbConfig
     from grounding.training.retro_train import RetroTrainConfig, tiny_model, train_retro
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
@@ -221,9 +221,9 @@ def _check_completion(repo, report, capsys):
 def test_retrofit_a_local_gpt2_on_a_real_tree_trains_only_what_it_inserted(engine, repo_name, hashing, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from grounding.ingest import ingest
-    from grounding.lm_tokenizer import train_tokenizer
-    from grounding.retro_db import RetroDbConfig
+    from grounding.index.ingest import ingest
+    from grounding.index.lm_tokenizer import train_tokenizer
+    from grounding.index.retro_db import RetroDbConfig
     from grounding.training.retro_train import RetroTrainConfig, train_retrofit
     from grounding.training.runs import training_metrics
 

@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import db, store
-from grounding.embed import HashingEmbedder
 from grounding.errors import NotIndexed, RepoNotFound
-from grounding.evaluation import split_of
-from grounding.ingest import ingest
-from grounding.lm_tokenizer import LMTokenizer, train_tokenizer
-from grounding.retro_db import (
+from grounding.evaluation.datasets import split_of
+from grounding.index.embed import HashingEmbedder
+from grounding.index.ingest import ingest
+from grounding.index.lm_tokenizer import LMTokenizer, train_tokenizer
+from grounding.index.retro_db import (
     RetroDbConfig,
     build_database,
     chunk_file,

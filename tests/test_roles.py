@@ -106,7 +106,7 @@ TREE = {
 
 
 def _ingest(tmp_path, name, embedder):
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     root = tmp_path / "tree"
     for path, text in TREE.items():
@@ -116,8 +116,8 @@ def _ingest(tmp_path, name, embedder):
 
 
 def test_roles_are_stored_cited_and_filterable(engine, repo_name, hashing, tmp_path):
-    from grounding.filters import SearchFilters
-    from grounding.retrieve import search
+    from grounding.search.filters import SearchFilters
+    from grounding.search.retrieve import search
 
     _ingest(tmp_path, repo_name, hashing)
     hits = search(repo_name, "throttle requests limit window", k=5)
@@ -136,7 +136,7 @@ def test_the_prior_puts_implementation_first_unless_the_question_asks_for_tests(
     engine, repo_name, hashing, tmp_path, monkeypatch
 ):
     from grounding.config import reset_settings
-    from grounding.retrieve import search
+    from grounding.search.retrieve import search
 
     _ingest(tmp_path, repo_name, hashing)
     question = "throttle requests limit window"
@@ -153,7 +153,7 @@ def test_the_prior_puts_implementation_first_unless_the_question_asks_for_tests(
 
 def test_an_unknown_role_is_a_clear_error():
     from grounding.errors import InvalidArgument
-    from grounding.filters import SearchFilters, parse_query
+    from grounding.search.filters import SearchFilters, parse_query
 
     with pytest.raises(InvalidArgument, match="unknown role 'tests'.*source, test"):
         SearchFilters(roles=("tests",))
@@ -165,8 +165,8 @@ def test_a_reingest_reclassifies_unchanged_files_when_the_classifier_changes(
     engine, repo_name, hashing, tmp_path, monkeypatch
 ):
     import grounding.roles
-    from grounding.ingest import ingest
-    from grounding.retrieve import search
+    from grounding.index.ingest import ingest
+    from grounding.search.retrieve import search
 
     _ingest(tmp_path, repo_name, hashing)
     real = grounding.roles.classify

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from grounding import store
-from grounding.ingest import ingest
+from grounding.index.ingest import ingest
+from grounding.index.retro_db import repository_texts
+from grounding.index.secrets import find_secrets, is_secret_file, redact, redact_bytes
 from grounding.lexical import tokens
-from grounding.retrieve import search
-from grounding.retro_db import repository_texts
-from grounding.secrets import find_secrets, is_secret_file, redact, redact_bytes
+from grounding.search.retrieve import search
 from tests.conftest import copy_tree, package_tree
 
 _rng = random.SystemRandom()
@@ -340,8 +340,8 @@ def test_ingest_stores_no_secret_and_keeps_lines(engine, repo_name, hashing, see
 
 def test_an_index_made_before_redaction_is_redacted_by_the_next_ingest(engine, repo_name, hashing, seeded, monkeypatch):
     """Files whose bytes did not change are processed again when INDEXING_VERSION moves on."""
+    import grounding.index.secrets
     import grounding.records
-    import grounding.secrets
 
     tree, secrets = seeded
     (tree / ".env").unlink()  # a secret *file* is skipped by name, a separate rule: keep to redaction here
@@ -359,7 +359,7 @@ def test_an_index_made_before_redaction_is_redacted_by_the_next_ingest(engine, r
 
     # As an older grounding did: no redaction, files keyed by the version it had.
     with monkeypatch.context() as old:
-        old.setattr(grounding.secrets, "redact_bytes", lambda data: (data, []))
+        old.setattr(grounding.index.secrets, "redact_bytes", lambda data: (data, []))
         old.setattr(grounding.records, "INDEXING_VERSION", 1)
         first = ingest(str(tree), name=repo_name, embedder=hashing)
     assert first.secrets_redacted == 0 and stored(secrets["github"]) == 1

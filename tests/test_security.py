@@ -23,7 +23,7 @@ import grounding
 from grounding import access, store
 from grounding.cli import main
 from grounding.errors import AccessDenied, GroundingError, SourceNotFound
-from grounding.ingest import ingest
+from grounding.index.ingest import ingest
 from tests.conftest import git, git_repo, save_tiny_bert
 
 SECRET_PASSWORD = "Zq8vT2kWm4Rx9pLs7Yb3"
@@ -84,7 +84,7 @@ def test_a_granted_user_cannot_repoint_a_repository_at_another_directory(two_tea
 
 
 def test_prefix_at_reads_only_what_ingest_indexed_and_redacted(engine, repo_name, hashing, tmp_path):
-    from grounding.completion import prefix_at
+    from grounding.answer.completion import prefix_at
 
     root = tree(
         tmp_path / "svc",
@@ -251,7 +251,7 @@ def test_a_non_utf8_file_name_is_skipped_with_a_reason(engine, repo_name, hashin
 
 
 def test_a_repository_whose_only_ingest_failed_says_it_has_no_index(engine, repo_name, tmp_path, monkeypatch):
-    ingest_module = sys.modules["grounding.ingest"]
+    ingest_module = sys.modules["grounding.index.ingest"]
     from grounding.errors import NotIndexed
 
     src = tree(tmp_path / "r", {"a.py": "def a():\n    return 1\n"})
@@ -267,8 +267,8 @@ def test_a_repository_whose_only_ingest_failed_says_it_has_no_index(engine, repo
 
 
 def test_a_normal_file_with_a_few_long_lines_is_not_minified():
+    from grounding.index.sources import classify
     from grounding.records import SkippedFile
-    from grounding.sources import classify
 
     lines = [f"value_{i} = {i}\n" for i in range(200)] + ["TABLE = '" + "x" * 3000 + "'\n"] * 3
     normal = classify("table.py", "".join(lines).encode(), max_bytes=1 << 20, max_line_length=1000)
@@ -281,7 +281,7 @@ def test_a_normal_file_with_a_few_long_lines_is_not_minified():
 
 def test_a_dead_database_mid_ingest_is_retried_by_the_flow(engine, repo_name, hashing, tmp_path, monkeypatch):
     """The failure reaches the flow as DatabaseUnavailable (which retry_on_io retries), not as IngestError."""
-    ingest_module = sys.modules["grounding.ingest"]
+    ingest_module = sys.modules["grounding.index.ingest"]
     from grounding.errors import DatabaseUnavailable
 
     src = tree(tmp_path / "r", {"a.py": "def a():\n    return 1\n"})
@@ -295,7 +295,7 @@ def test_a_dead_database_mid_ingest_is_retried_by_the_flow(engine, repo_name, ha
 
 
 def test_refresh_leaves_derived_eval_indexes_alone(engine, repo_name, hashing, tmp_path):
-    from grounding.refresh import refresh, repositories
+    from grounding.index.refresh import refresh, repositories
 
     src = tree(tmp_path / "r", {"a.py": 'def a():\n    """Return one."""\n    return 1\n'})
     ingest(str(src), name=repo_name, embedder=hashing)
@@ -336,9 +336,9 @@ def test_grounding_ui_on_a_public_address_exits_with_one_line(capsys):
 
 
 def test_a_user_cannot_choose_the_model_files_a_call_loads(two_teams, tmp_path):
-    from grounding.completion import complete
-    from grounding.retrieve import search
-    from grounding.training.retro_train import load_retro
+    from grounding.answer.completion import complete
+    from grounding.models.checkpoint import load_retro
+    from grounding.search.retrieve import search
 
     t = two_teams
     with pytest.raises(GroundingError, match="trusted callers"):
@@ -374,7 +374,7 @@ def test_vectors_are_not_reused_across_unrelated_repositories(engine, repo_name,
 
 
 def test_a_password_holding_an_at_sign_is_stripped_whole():
-    from grounding.sources import display_url, scrub
+    from grounding.index.sources import display_url, scrub
 
     assert display_url("https://u:p@ss@host/x.git") == "https://host/x.git"
     assert display_url("ssh://git:p@ss@host/x.git") == "ssh://git@host/x.git"
@@ -421,7 +421,7 @@ def test_migration_0008_marks_old_eval_indexes_and_strips_stored_credentials(eng
 
 
 def test_a_default_name_is_made_to_fit_the_grammar():
-    from grounding.ingest import default_name
+    from grounding.index.ingest import default_name
     from grounding.validation import repo_name
 
     for source, expected in (("/srv/My Project (old)", "My-Project-old"), ("https://h/acme/api.git", "api")):

@@ -139,7 +139,7 @@ def test_ingest_page_submits_the_deployment_and_follows_its_flow_run(served, eng
     from prefect.settings import PREFECT_API_URL
     from streamlit.testing.v1 import AppTest
 
-    from grounding.retrieve import search
+    from grounding.search.retrieve import search
 
     env, _ = served
     api = env["PREFECT_API_URL"]

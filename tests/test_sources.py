@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from grounding.errors import SourceNotFound
-from grounding.sources import classify, list_files, open_source
+from grounding.index.sources import classify, list_files, open_source
 from tests.conftest import copy_tree, git, git_repo
 
 LIMITS = {"max_bytes": 1 << 20, "max_line_length": 1000}

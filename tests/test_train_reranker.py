@@ -11,9 +11,10 @@ import pytest
 
 from grounding.config import reset_settings
 from grounding.errors import DatasetError, EncoderNotFound
-from grounding.evaluation import Question, eval_runs
-from grounding.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, load_reranker, passage
-from grounding.retrieve import search
+from grounding.evaluation.datasets import Question
+from grounding.evaluation.metrics import eval_runs
+from grounding.search.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, load_reranker, passage
+from grounding.search.retrieve import search
 from grounding.training.reranker import (
     PRIOR_WEIGHTS,
     Candidates,
@@ -32,7 +33,7 @@ QUESTION = "Prepares the given HTTP headers"
 @pytest.fixture
 def requests_repo(engine, repo_name, hashing, tmp_path, monkeypatch):
     """requests, ingested with the hashing encoder; the reranker reorders its first 10 fused hits."""
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")
     monkeypatch.setenv("GROUNDING_RERANK_CANDIDATES", "10")
@@ -74,7 +75,7 @@ def test_reranked_mrr_ranks_by_score_and_keeps_the_fused_order_on_ties():
 
 
 def test_candidates_are_the_fused_hits_marked_by_whether_they_answer(requests_repo):
-    from grounding.evaluation import answers
+    from grounding.evaluation.metrics import answers
 
     asked = "Send a given PreparedRequest"  # Session.send is long: split into fragments, which serving widens
     hits = search(requests_repo, asked, k=10, mode="hybrid", rerank=False, merge=False, expand=False)
@@ -172,7 +173,7 @@ def test_gate_retires_a_reranker_that_does_not_beat_what_is_served(requests_repo
 
 
 def test_a_repository_without_questions_is_a_clear_error(engine, repo_name, hashing, tmp_path, tiny_encoder):
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     src = tmp_path / "bare"
     src.mkdir()

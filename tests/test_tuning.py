@@ -5,16 +5,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from grounding import store
-from grounding.fusion import DEFAULT_WEIGHTS, FusionWeights
-from grounding.retrieve import hybrid_weights
+from grounding.search.fusion import DEFAULT_WEIGHTS, FusionWeights
+from grounding.search.retrieve import hybrid_weights
 
 
 def test_tune_fusion_stores_the_choice_with_the_index_version_and_search_uses_it(
     engine, repo_name, hashing, tmp_path, monkeypatch
 ):
-    from grounding.ingest import ingest
-    from grounding.retrieve import search
-    from grounding.tuning import tune_fusion
+    from grounding.evaluation.tuning import tune_fusion
+    from grounding.index.ingest import ingest
+    from grounding.search.retrieve import search
     from tests.conftest import copy_tree
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
@@ -67,10 +67,10 @@ def test_tune_fusion_stores_the_choice_with_the_index_version_and_search_uses_it
 
 def test_an_eval_index_is_searched_by_its_parents_weights(engine, repo_name, hashing, tmp_path, monkeypatch):
     from grounding.config import reset_settings
-    from grounding.eval_index import eval_index_name
-    from grounding.ingest import ingest
-    from grounding.retrieve import search
-    from grounding.tuning import tune_fusion
+    from grounding.evaluation.eval_index import eval_index_name
+    from grounding.evaluation.tuning import tune_fusion
+    from grounding.index.ingest import ingest
+    from grounding.search.retrieve import search
     from tests.conftest import copy_tree
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
@@ -94,13 +94,13 @@ def test_an_eval_index_is_searched_by_its_parents_weights(engine, repo_name, has
 def test_tuned_weights_replace_defaults_that_clearly_lose(engine, repo_name, hashing, tmp_path, monkeypatch):
     import sys
 
-    from grounding.ingest import ingest
-    from grounding.tuning import tune_fusion
+    from grounding.evaluation.tuning import tune_fusion
+    from grounding.index.ingest import ingest
     from tests.conftest import copy_tree
 
     ingest(str(copy_tree("requests", tmp_path / "requests")), name=repo_name, embedder=hashing)
     # Defaults that rank by symbol-name fragments alone: a docstring question holds few, so they lose clearly.
-    monkeypatch.setattr(sys.modules["grounding.tuning"], "DEFAULT_WEIGHTS", "vector=0,lexical=0,trigram=1")
+    monkeypatch.setattr(sys.modules["grounding.evaluation.tuning"], "DEFAULT_WEIGHTS", "vector=0,lexical=0,trigram=1")
     choice = tune_fusion(repo_name)
     assert choice.gain[1] > 0 and choice.weights == choice.best != FusionWeights(0, 0, 1)
     assert "fuses by" in choice.describe()

@@ -6,9 +6,9 @@ import ingest_jobs
 import streamlit as st
 from ui_common import current_user, errors_as_messages, scope_or_stop, when
 
-from grounding.ingest import default_name
-from grounding.sources import is_git_url
-from grounding.status import SnapshotView, skipped_files
+from grounding.index.ingest import default_name
+from grounding.index.sources import is_git_url
+from grounding.service.status import SnapshotView, skipped_files
 
 st.set_page_config(page_title="Ingest · grounding copilot", page_icon=":material/download:", layout="wide")
 

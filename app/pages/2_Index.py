@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 from ui_common import errors_as_messages, scope_or_stop, when
 
-from grounding.status import file_roles, index_versions, skipped_files, snapshots
+from grounding.service.status import file_roles, index_versions, skipped_files, snapshots
 
 st.set_page_config(page_title="Index · grounding copilot", page_icon=":material/database:", layout="wide")
 st.title("Index")

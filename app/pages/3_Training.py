@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from ui_common import errors_as_messages, scope_or_stop, when
 
-from grounding.status import (
+from grounding.service.status import (
     REALM_KINDS,
     RERANKER_KINDS,
     RETRO_KINDS,

@@ -6,8 +6,8 @@ import argparse
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from grounding.eval_index import run_eval
-    from grounding.evaluation import MODES
+    from grounding.evaluation.eval_index import run_eval
+    from grounding.evaluation.metrics import MODES
 
     modes = MODES if args.mode == "all" else (args.mode,)
     report = run_eval(
@@ -40,7 +40,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune_fusion(args: argparse.Namespace) -> int:
-    from grounding.tuning import tune_fusion
+    from grounding.evaluation.tuning import tune_fusion
 
     choice = tune_fusion(args.repo, harvester=args.harvest, max_questions=args.max_questions)
     print(choice.describe())
@@ -126,7 +126,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_retro(args: argparse.Namespace) -> int:
-    from grounding.retro_db import RetroDbConfig
+    from grounding.index.retro_db import RetroDbConfig
     from grounding.training.retro_train import RetroTrainConfig, train_retro, train_retrofit
 
     train_config = RetroTrainConfig(
@@ -150,7 +150,7 @@ def _cmd_train_retro(args: argparse.Namespace) -> int:
 
 
 def _cmd_complete(args: argparse.Namespace) -> int:
-    from grounding.completion import complete, prefix_at
+    from grounding.answer.completion import complete, prefix_at
     from grounding.errors import InvalidArgument
 
     path, line = args.location.rsplit(":", 1) if ":" in args.location else (args.location, None)

@@ -13,7 +13,7 @@ from grounding.errors import GroundingError, InvalidArgument
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from grounding.ingest import ingest
+    from grounding.index.ingest import ingest
 
     bar = None
 
@@ -54,7 +54,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    from grounding.ask import ask_stream
+    from grounding.answer.ask import ask_stream
     from grounding.records import Answer
 
     repos = [args.repo, *(name for value in args.more_repos for name in value.split(",") if name)]
@@ -97,7 +97,7 @@ def _cmd_repos(args: argparse.Namespace) -> int:
 
 
 def _cmd_reindex(args: argparse.Namespace) -> int:
-    from grounding.reindex import reindex
+    from grounding.index.reindex import reindex
 
     r = reindex(args.repo, encoder=args.encoder, grace_seconds=args.grace_seconds, wait=not args.no_wait)
     print(
@@ -108,7 +108,7 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def _cmd_refresh(args: argparse.Namespace) -> int:
-    from grounding.refresh import refresh, repositories
+    from grounding.index.refresh import refresh, repositories
 
     failed = 0
     for name in args.repos or repositories():
@@ -122,7 +122,7 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from grounding.serve import serve
+    from grounding.service.serve import serve
 
     def ready(api_url: str) -> None:
         print(
@@ -162,7 +162,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     import webbrowser
 
     from grounding.config import get_settings
-    from grounding.serve import PROJECT_DIR
+    from grounding.service.serve import PROJECT_DIR
 
     check_ui_address(args.address, insecure=args.insecure_no_auth)
     app = PROJECT_DIR / "app" / "copilot.py"

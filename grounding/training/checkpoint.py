@@ -2,7 +2,8 @@
 
 A checkpoint rebuilds without the encoder it started from (its HF config travels in RealmConfig), so
 a model trained on a GPU worker is served anywhere the directory is. An index version names its
-query encoder as `realm:<checkpoint dir>#query`; `load_embedder` turns that name into RealmEncoder.
+query encoder as `realm:<checkpoint dir>#query`; `load_embedder` turns that name into RealmEncoder, which
+grounding/training/__init__.py registers with it.
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grounding.embed import Embedder
 from grounding.errors import EncoderNotFound
+from grounding.index.embed import Embedder
+from grounding.models.checkpoint import default_device
 from grounding.models.realm import Realm, RealmConfig, build_realm
 
 WEIGHTS = "checkpoint.pt"
 TOKENIZER = "tokenizer"
 PREFIX = "realm:"
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_tokenizer(path: str | Path):
@@ -128,6 +126,6 @@ class RealmEncoder(Embedder):
         return embed_texts(self.tower, self.tokenizer, texts, max_tokens=self.max_tokens, batch_size=len(texts) or 1)
 
     def token_counter(self):
-        from grounding.chunking import HFTokenCounter
+        from grounding.index.chunking import HFTokenCounter
 
         return HFTokenCounter(self.tokenizer)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from grounding.errors import DatasetError
-from grounding.evaluation import Question, split_of
+from grounding.evaluation.datasets import Question, split_of
 from grounding.lexical import identifier_words
 from grounding.models.realm import Realm
 from grounding.training.checkpoint import embed_texts

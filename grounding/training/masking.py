@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from grounding.languages import SYNTAX_LANGUAGES
+from grounding.index.languages import SYNTAX_LANGUAGES
 
 MIN_NAME_CHARS = 3  # `f`, `x`, `id` are everywhere and defined everywhere: nothing to retrieve
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -26,12 +26,13 @@ import torch
 from grounding import db, store
 from grounding.config import get_settings
 from grounding.errors import EncoderNotFound, NotIndexed
-from grounding.eval_index import training_splits
-from grounding.evaluation import evaluate, record_run
-from grounding.fusion import paired_interval
+from grounding.evaluation.eval_index import training_splits
+from grounding.evaluation.metrics import evaluate, record_run
+from grounding.index.reindex import reindex
+from grounding.models.checkpoint import default_device
 from grounding.models.realm import RealmConfig, build_realm
-from grounding.reindex import reindex
-from grounding.training.checkpoint import default_device, encoder_name, load_tokenizer, save_checkpoint
+from grounding.search.fusion import paired_interval
+from grounding.training.checkpoint import encoder_name, load_tokenizer, save_checkpoint
 from grounding.training.corpus import load_corpus
 from grounding.training.finetune import FinetuneConfig, finetune
 from grounding.training.mips import MipsIndex

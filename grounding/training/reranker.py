@@ -1,6 +1,6 @@
 """Training a cross-encoder reranker on a repository's own questions: the `train-reranker` job.
 
-A reranker reorders the first GROUNDING_RERANK_CANDIDATES fused hits of a search (grounding.rerank).
+A reranker reorders the first GROUNDING_RERANK_CANDIDATES fused hits of a search (grounding.search.rerank).
 No cross-encoder trained on code ships with this machine, so one is made from a local encoder (the
 default one unless told): its body, and a fresh one-logit head, fine-tuned on the harvested train
 questions of the eval index (the repository with those docstrings cut out, so nothing is given away).
@@ -13,7 +13,7 @@ training: the reranker can only reorder what it is given.
 
 As in fine-tuning the retriever, a validation slice of the train split (by file) is reranked every
 `eval_every` steps and the best step is kept, together with the weight of the fused order that serving
-adds back to the reranker's score (grounding.rerank.combined): a cross-encoder made from a bi-encoder's
+adds back to the reranker's score (grounding.search.rerank.combined): a cross-encoder made from a bi-encoder's
 body and a thousand questions may know less than the first stage, and then should only nudge it.
 
 The gate then compares held-out MRR of hybrid search reranked by the new model against what serving
@@ -39,11 +39,13 @@ import torch
 from grounding import db, store
 from grounding.config import get_settings
 from grounding.errors import DatasetError
-from grounding.eval_index import training_splits
-from grounding.evaluation import Question, answers, evaluate, record_run
-from grounding.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, combined, passage
-from grounding.retrieve import search
-from grounding.training.checkpoint import default_device, load_tokenizer
+from grounding.evaluation.datasets import Question
+from grounding.evaluation.eval_index import training_splits
+from grounding.evaluation.metrics import answers, evaluate, record_run
+from grounding.models.checkpoint import default_device
+from grounding.search.rerank import CONFIG_FILE, CrossEncoderReranker, Reranker, combined, passage
+from grounding.search.retrieve import search
+from grounding.training.checkpoint import load_tokenizer
 from grounding.training.finetune import validation_split
 from grounding.training.pipeline import GateDecision, gate
 from grounding.training.runs import MetricsLog, recorded_run, update_run
@@ -51,7 +53,7 @@ from grounding.training.runs import MetricsLog, recorded_run, update_run
 log = logging.getLogger(__name__)
 
 KIND = "reranker"  # training_runs.kind
-# How much of the fused order to keep (grounding.rerank.combined), chosen with the step on validation.
+# How much of the fused order to keep (grounding.search.rerank.combined), chosen with the step on validation.
 PRIOR_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 

@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from grounding import retro_db
 from grounding.config import get_settings
-from grounding.lm_tokenizer import LMTokenizer, load_tokenizer, train_tokenizer
+from grounding.index import retro_db
+from grounding.index.lm_tokenizer import LMTokenizer, load_tokenizer, train_tokenizer
+from grounding.models.checkpoint import default_device, save_retro
 from grounding.models.retro import Retro, RetroConfig, bits_per_byte, lm_loss
-from grounding.training.checkpoint import default_device
 from grounding.training.retro_data import (
     ChunkGrid,
     batch_tensors,
@@ -277,43 +275,6 @@ def heldout_bpb(
         keep=keep,
         device=device,
     )["bits_per_byte"]
-
-
-# --- checkpoints ---------------------------------------------------------------------------------
-
-
-def save_retro(path: str | Path, model: Retro, *, tokenizer: str, database: int, step: int, extra: dict | None = None):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "config": model.config.to_dict(),
-        "model": model.state_dict(),
-        "tokenizer": tokenizer,
-        "database": database,
-        "step": step,
-        "extra": extra or {},
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_retro(path: str | Path, *, device: str = "cpu") -> tuple[Retro, dict]:
-    """A RETRO (or baseline) model rebuilt from the config saved in its checkpoint, and the checkpoint's fields."""
-    from grounding.errors import EncoderNotFound
-
-    path = Path(path)
-    if not path.is_file():
-        raise EncoderNotFound(f"no RETRO checkpoint at {path}")
-    try:  # tensors and plain data only: a checkpoint is never a pickle that could run code
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise EncoderNotFound(f"{path} is not a RETRO checkpoint ({type(err).__name__})") from err
-    model = Retro(RetroConfig(**state["config"]))
-    # torch.compile prefixes parameter names; a checkpoint saved from a compiled module still loads.
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state["model"].items()})
-    return model.to(device).eval(), {k: v for k, v in state.items() if k != "model"}
 
 
 # --- the job ---------------------------------------------------------------------------------------

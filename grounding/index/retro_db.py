@@ -1,0 +1,399 @@
+"""The RETRO retrieval database: a repository's files as fixed-length chunks of LM tokens, and their neighbours.
+
+Each file's token stream (ending in eos) is cut into consecutive m-token chunks, as in RETRO, and
+every chunk's text is embedded with a frozen encoder. Files are split train/held-out by
+`records.split_of`; only train chunks are indexed, so a held-out file is never retrievable.
+A chunk's neighbours come from other files only: a chunk must not retrieve its own file's
+continuation. A retrieved neighbour is the chunk followed by the next chunk of its file (r = 2m).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from grounding import store
+from grounding.config import get_settings
+from grounding.db import get_engine
+from grounding.errors import EmptyRepository, NotIndexed
+from grounding.index import secrets, sources
+from grounding.index.embed import Embedder, load_embedder
+from grounding.index.lm_tokenizer import LMTokenizer
+from grounding.records import SourceFile, split_of
+
+log = logging.getLogger(__name__)
+
+NEIGHBOUR_BATCH = 256  # chunks searched per statement, and written to the cache per transaction
+# A completion that started on a database just retired still reads it for a few seconds; a week later
+# (train-retro's schedule) nothing does.
+RETIRED_GRACE_SECONDS = 600
+
+
+@dataclass(frozen=True)
+class RetroDbConfig:
+    """How a database is cut and searched: m tokens per chunk, k neighbours, the frozen encoder."""
+
+    chunk_tokens: int = 64
+    neighbours: int = 2
+    encoder: str | None = None  # None: the configured encoder (GROUNDING_ENCODER)
+
+    def __post_init__(self) -> None:
+        if self.chunk_tokens < 1 or self.neighbours < 1:
+            raise ValueError(
+                f"chunk_tokens and neighbours must be at least 1, not {self.chunk_tokens}, {self.neighbours}"
+            )
+
+    def resolved_encoder(self) -> str:
+        return self.encoder or get_settings().encoder
+
+    def key(self) -> str:
+        """Names the neighbours this configuration finds: equal keys, equal neighbours of one database."""
+        fields = {"chunk_tokens": self.chunk_tokens, "neighbours": self.neighbours, "encoder": self.resolved_encoder()}
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+        return f"m{self.chunk_tokens}-k{self.neighbours}-{digest}"
+
+
+@dataclass(frozen=True)
+class RetroChunk:
+    """m consecutive tokens of one file, with the 1-based inclusive lines its text spans."""
+
+    id: int
+    path: str
+    split: str  # train or heldout
+    ordinal: int  # position within the file
+    tokens: tuple[int, ...]
+    text: str
+    start_line: int
+    end_line: int
+
+
+@dataclass(frozen=True)
+class RetroDatabase:
+    id: int
+    repo: str
+    commit: str | None
+    tokenizer: str  # directory of the LM tokenizer
+    chunk_tokens: int
+    encoder: str
+    dim: int
+    status: str  # building, ready, retired, failed
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A retrieved chunk followed by its continuation, and where it comes from, for citation."""
+
+    chunk_id: int
+    path: str
+    start_line: int
+    end_line: int  # of the continuation, when there is one
+    commit: str | None
+    tokens: tuple[int, ...]  # 2m tokens, fewer at a file's end
+    text: str
+    score: float  # inner product with the query; 0.0 where none was asked (neighbour_tokens)
+
+
+# --- cutting files (pure) --------------------------------------------------------------------------
+
+
+def chunk_file(tokens: Sequence[int], m: int) -> list[tuple[int, int]]:
+    """Token index spans [start, end) of consecutive m-token chunks; the last one may be shorter."""
+    if m < 1:
+        raise ValueError(f"chunk length must be at least 1, not {m}")
+    return [(start, min(start + m, len(tokens))) for start in range(0, len(tokens), m)]
+
+
+def cut_file(path: str, text: str, tokenizer: LMTokenizer, m: int) -> list[tuple[str, str, int, tuple, str, int, int]]:
+    """(path, split, ordinal, tokens, text, start_line, end_line) of each chunk of a file's tokens and eos.
+
+    A chunk's text is the file's substring its tokens spell, so the chunks' texts add up to the
+    file; a character whose bytes a chunk boundary splits goes with the chunk where it starts
+    (decoding the tokens alone would give replacement characters at both ends).
+    """
+    ids, spans = tokenizer.encode_spans(text)
+    ids = [*ids, tokenizer.eos_id]
+    # Where each token's text begins: where the previous token's characters end.
+    cuts = [0, *(end for _, end in spans), len(text)]
+    newlines = [i for i, c in enumerate(text) if c == "\n"]
+    last = max(len(text) - 1, 0)
+
+    def line_of(char: int) -> int:
+        return bisect.bisect_left(newlines, min(char, last)) + 1
+
+    split = split_of(path)
+    out = []
+    for ordinal, (lo, hi) in enumerate(chunk_file(ids, m)):
+        first, end = cuts[lo], max(cuts[hi], cuts[lo])
+        # A chunk's last line is that of its last character (a newline belongs to the line it ends).
+        lines = (line_of(first), line_of(max(end - 1, first)))
+        out.append((path, split, ordinal, tuple(ids[lo:hi]), text[first:end], *lines))
+    return out
+
+
+def exact_neighbours(vectors: np.ndarray, paths: Sequence[str], train: Sequence[bool], *, k: int) -> list[list[int]]:
+    """Row indices of the k train rows nearest each row by inner product, from other paths, nearest first."""
+    names = {p: i for i, p in enumerate(dict.fromkeys(paths))}
+    path_ids = np.array([names[p] for p in paths])
+    pool = np.flatnonzero(np.asarray(train, dtype=bool))
+    out: list[list[int]] = []
+    for lo in range(0, len(vectors), 1024):
+        scores = vectors[lo : lo + 1024] @ vectors[pool].T  # (batch, train)
+        scores[path_ids[lo : lo + 1024, None] == path_ids[None, pool]] = -np.inf
+        for row in scores:
+            n = min(k, int(np.isfinite(row).sum()))
+            top = np.argpartition(-row, n - 1)[:n] if n else np.array([], dtype=int)
+            top = top[np.lexsort((pool[top], -row[top]))]
+            out.append([int(pool[i]) for i in top])
+    return out
+
+
+# --- building --------------------------------------------------------------------------------------
+
+
+def _read_files(repo: str) -> tuple[int, int | None, str | None, list[SourceFile]]:
+    """(repo id, current snapshot, commit, UTF-8 files) of the repository's source, read under its lock."""
+    settings = get_settings()
+    engine = get_engine()
+    with store.repo_lock(engine, repo):
+        with engine.connect() as conn:
+            source, ref, commit = store.repo_source(conn, repo)
+            rid = store.repo_id(conn, repo)
+            snapshot, _ = store.current_snapshot(conn, rid)
+        checkout = sources.reopen(
+            source, checkouts=settings.checkouts_dir, name=sources.checkout_key(rid), commit=commit, ref=ref
+        )
+        listing = sources.list_files(
+            checkout, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
+        )
+    return rid, snapshot, checkout.commit, [f for f in listing.files if not f.decode_errors]
+
+
+def repository_texts(repo: str, *, split: str | None = None) -> list[tuple[str, str]]:
+    """(path, text) of the repository's current UTF-8 files, of one split if named, in path order."""
+    if split not in (None, "train", "heldout"):
+        raise ValueError(f"split must be train or heldout, not {split!r}")
+    _, _, _, files = _read_files(repo)
+    chosen = [f for f in sorted(files, key=lambda f: f.path) if split is None or split_of(f.path) == split]
+    return [(f.path, _text(f)) for f in chosen]
+
+
+def _text(f: SourceFile) -> str:
+    """A file's text with its secrets redacted, line for line: the tokenizer, the model and its
+    completions never see them (see grounding.index.secrets)."""
+    return secrets.redact(f.data.decode("utf-8"))[0]
+
+
+def _fingerprint(files: Sequence[SourceFile], tokenizer: LMTokenizer) -> str:
+    # The redaction rules are part of what the chunks hold: new rules rebuild the database.
+    h = hashlib.sha256(f"{tokenizer.digest}\0redaction-{secrets.RULES_VERSION}".encode())
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"\0{f.path}\0{f.content_hash}".encode())
+    return h.hexdigest()
+
+
+def _database(row: dict) -> RetroDatabase:
+    return RetroDatabase(
+        row["id"],
+        row["repo"],
+        row["commit"],
+        row["tokenizer"],
+        row["chunk_tokens"],
+        row["encoder"],
+        row["dim"],
+        row["status"],
+    )
+
+
+def build_database(
+    repo: str, tokenizer: LMTokenizer, *, config: RetroDbConfig = RetroDbConfig(), embedder: Embedder | None = None
+) -> RetroDatabase:
+    """Cut the repository's current files into chunks, embed and index them; retire the database it replaces.
+
+    A ready database built from the same files, tokenizer, chunk length and encoder is returned as it is.
+    Databases retired more than RETIRED_GRACE_SECONDS ago are collected first.
+    """
+    if not tokenizer.name:
+        raise ValueError("save the tokenizer (LMTokenizer.save) first: the database records where it lives")
+    if embedder is not None and config.encoder is not None and embedder.name != config.encoder:
+        raise ValueError(f"the embedder is {embedder.name!r} but the configuration names {config.encoder!r}")
+    encoder = embedder.name if embedder is not None else config.resolved_encoder()
+    m = config.chunk_tokens
+    t0 = time.perf_counter()
+    rid, snapshot, commit, files = _read_files(repo)
+    if not files:
+        raise EmptyRepository(f"repository {repo!r} has no UTF-8 text file to build a retrieval database from")
+    fingerprint = _fingerprint(files, tokenizer)
+    collect_retired(repo)
+    engine = get_engine()
+    with engine.connect() as conn:
+        found = store.matching_retro_database(
+            conn, rid, tokenizer=tokenizer.name, chunk_tokens=m, encoder=encoder, fingerprint=fingerprint
+        )
+    if found is not None:
+        log.info("retrieval database %d of %s is up to date", found["id"], repo)
+        return _database(found)
+
+    rows = [row for f in sorted(files, key=lambda f: f.path) for row in cut_file(f.path, _text(f), tokenizer, m)]
+    embedder = embedder or load_embedder(encoder)
+    log.info("embedding %d chunks of %d files of %s", len(rows), len(files), repo)
+    vectors = embedder.embed([row[4] for row in rows], batch_size=get_settings().embed_batch_size)
+    train = sum(row[1] == "train" for row in rows)
+    stats = {
+        "files": len(files),
+        "chunks": len(rows),
+        "train_chunks": train,
+        "heldout_chunks": len(rows) - train,
+        "tokens": sum(len(row[3]) for row in rows),
+        "fingerprint": fingerprint,
+        "tokenizer_digest": tokenizer.digest,
+    }
+    with engine.begin() as conn:
+        did = store.create_retro_database(
+            conn,
+            rid,
+            snapshot=snapshot,
+            commit=commit,
+            tokenizer=tokenizer.name,
+            chunk_tokens=m,
+            encoder=encoder,
+            dim=embedder.dim,
+            stats=stats,
+        )
+    try:
+        with engine.begin() as conn:
+            store.copy_retro_chunks(conn, did, chunks=rows, vectors=vectors)
+            store.build_retro_index(conn, did, dim=embedder.dim)
+            retired = store.finish_retro_database(conn, did, stats={"seconds": round(time.perf_counter() - t0, 2)})
+    except BaseException as err:
+        with engine.begin() as conn:
+            store.fail_retro_database(conn, did, error=f"{type(err).__name__}: {err}")
+        raise
+    log.info("retrieval database %d of %s: %d chunks; retired %s", did, repo, len(rows), retired or "none")
+    with engine.connect() as conn:
+        return _database(store.retro_database(conn, did))
+
+
+def collect_retired(repo: str, *, grace_seconds: float = RETIRED_GRACE_SECONDS) -> list[int]:
+    """Free the rows of the repository's databases retired more than `grace_seconds` ago; their ids."""
+    with get_engine().begin() as conn:
+        collected = store.collect_retro_databases(conn, store.repo_id(conn, repo), older_than_seconds=grace_seconds)
+    if collected:
+        log.info("collected retired retrieval databases %s of %s", collected, repo)
+    return collected
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def get_database(database_id: int) -> RetroDatabase:
+    """A database by id, whatever its status (a checkpoint names the one it was trained with)."""
+    with get_engine().connect() as conn:
+        row = store.retro_database(conn, database_id)
+    if row is None:
+        raise NotIndexed(f"there is no retrieval database {database_id}; build one with build_database")
+    return _database(row)
+
+
+def latest_database(repo: str, *, tokenizer: str | None = None) -> RetroDatabase:
+    """The repository's newest ready database, of one tokenizer (its directory) if named."""
+    if tokenizer is not None:
+        tokenizer = str(Path(tokenizer).expanduser().resolve())  # as load_tokenizer and save record it
+    with get_engine().connect() as conn:
+        row = store.latest_retro_database(conn, store.repo_id(conn, repo), tokenizer=tokenizer)
+    if row is None:
+        which = f" with tokenizer {tokenizer}" if tokenizer else ""
+        raise NotIndexed(f"repository {repo!r} has no ready retrieval database{which}; build one with build_database")
+    return _database(row)
+
+
+def database_chunks(db: RetroDatabase, *, split: str | None = None) -> list[RetroChunk]:
+    """The database's chunks, of one split if named, in (path, ordinal) order."""
+    if split not in (None, "train", "heldout"):
+        raise ValueError(f"split must be train or heldout, not {split!r}")
+    with get_engine().connect() as conn:
+        rows = store.retro_chunks(conn, db.id, split=split)
+    return [RetroChunk(cid, path, sp, o, tuple(tokens), text, s, e) for cid, path, sp, o, tokens, text, s, e in rows]
+
+
+# --- neighbours ------------------------------------------------------------------------------------
+
+
+def neighbours(db: RetroDatabase, *, config: RetroDbConfig, embedder: Embedder | None = None) -> dict[int, list[int]]:
+    """For every chunk, train or held-out, the ids of its k nearest train chunks of other files, nearest first.
+
+    Cached under the configuration's key. With the database's encoder (config.encoder None means it)
+    the search goes through the database's HNSW index; another encoder re-embeds every chunk and
+    searches exactly.
+    """
+    if config.chunk_tokens != db.chunk_tokens:
+        raise ValueError(
+            f"database {db.id} has {db.chunk_tokens}-token chunks, the configuration {config.chunk_tokens}"
+        )
+    if config.encoder is None:
+        config = replace(config, encoder=embedder.name if embedder is not None else db.encoder)
+    elif embedder is not None and embedder.name != config.encoder:
+        raise ValueError(f"the embedder is {embedder.name!r} but the configuration names {config.encoder!r}")
+    key, k = config.key(), config.neighbours
+    engine = get_engine()
+    with engine.connect() as conn:
+        ids = store.retro_chunk_ids(conn, db.id)
+        found = store.cached_retro_neighbours(conn, db.id, config_key=key)
+    missing = [cid for cid in ids if cid not in found]
+    if missing:
+        log.info("finding %d neighbours of %d chunks of database %d", k, len(missing), db.id)
+    if missing and config.encoder == db.encoder:
+        for lo in range(0, len(missing), NEIGHBOUR_BATCH):
+            with engine.begin() as conn:
+                batch = store.retro_neighbours_of(
+                    conn, db.id, dim=db.dim, chunk_ids=missing[lo : lo + NEIGHBOUR_BATCH], k=k
+                )
+                store.write_retro_neighbours(conn, db.id, config_key=key, neighbours=batch)
+            found.update(batch)
+    elif missing:
+        chunks = database_chunks(db)
+        vectors = (embedder or load_embedder(config.encoder)).embed([c.text for c in chunks])
+        rows = exact_neighbours(vectors, [c.path for c in chunks], [c.split == "train" for c in chunks], k=k)
+        wanted = set(missing)
+        computed = {c.id: [chunks[i].id for i in row] for c, row in zip(chunks, rows) if c.id in wanted}
+        with engine.begin() as conn:
+            store.write_retro_neighbours(conn, db.id, config_key=key, neighbours=computed)
+        found.update(computed)
+    return {cid: found[cid] for cid in ids}
+
+
+def neighbour_tokens(db: RetroDatabase, ids: Sequence[int]) -> list[Neighbour]:
+    """The chunks `ids` of the database, in that order, each followed by its continuation."""
+    with get_engine().connect() as conn:
+        rows = store.retro_chunks_with_continuation(conn, db.id, ids)
+    absent = [cid for cid in ids if cid not in rows]
+    if absent:
+        raise ValueError(f"chunks {absent[:5]} are not in retrieval database {db.id}")
+    out = []
+    for cid in ids:
+        path, start, end, tokens, text = rows[cid]
+        out.append(Neighbour(cid, path, start, end, db.commit, tuple(tokens), text, 0.0))
+    return out
+
+
+def retrieve(
+    db: RetroDatabase, text: str, *, k: int, exclude_path: str | None = None, embedder: Embedder | None = None
+) -> list[Neighbour]:
+    """The k train chunks nearest `text` (with continuations), outside `exclude_path`: retrieval while generating."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    embedder = embedder or load_embedder(db.encoder)
+    if embedder.name != db.encoder:
+        raise ValueError(f"database {db.id} was embedded with {db.encoder!r}, not {embedder.name!r}")
+    vector = embedder.embed([text])[0]
+    with get_engine().begin() as conn:
+        hits = store.nearest_retro_chunks(conn, db.id, dim=db.dim, vector=vector, k=k, exclude_path=exclude_path)
+    found = neighbour_tokens(db, [cid for cid, _ in hits])
+    return [replace(n, score=score) for n, (_, score) in zip(found, hits)]
