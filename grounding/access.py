@@ -44,6 +44,11 @@ def _name_of(text: str, kind: str) -> str:
     return canonical.split(":", 1)[1]
 
 
+def user_name(text: str) -> str:
+    """The user a bare name or `user:NAME` names; InvalidArgument for a group or a malformed name."""
+    return _name_of(text, "user")
+
+
 def grant(principal: str, repo: str) -> None:
     """Let `principal` (a user, a group or a bare user name) read repository `repo`."""
     who = _canonical(principal)

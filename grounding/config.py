@@ -51,6 +51,11 @@ class Settings:
     openai_timeout: float  # seconds to connect, and between two pieces of a streamed answer
     prompt_tokens: int  # budget of one prompt (instructions, question, numbered evidence)
     answer_tokens: int  # the most tokens a generated answer may have
+    api_rate_limit: int  # requests a minute one API token may make (HTTP API, MCP over HTTP); 0: no limit
+    oidc_issuer: str | None  # an OpenID Connect issuer whose JWTs the API accepts as bearer tokens
+    oidc_audience: str | None  # the `aud` those JWTs must carry
+    oidc_jwks_url: str | None  # where the issuer's signing keys are; None: its discovery document says
+    oidc_user_claim: str  # the claim that names the grounding user (grants are given to that name)
 
     @property
     def embedded_data_dir(self) -> Path:
@@ -87,6 +92,11 @@ _ENV = {
     "openai_timeout": ("GROUNDING_OPENAI_TIMEOUT", float, 120.0),
     "prompt_tokens": ("GROUNDING_PROMPT_TOKENS", int, 3000),
     "answer_tokens": ("GROUNDING_ANSWER_TOKENS", int, 512),
+    "api_rate_limit": ("GROUNDING_API_RATE_LIMIT", int, 600),
+    "oidc_issuer": ("GROUNDING_OIDC_ISSUER", str, None),
+    "oidc_audience": ("GROUNDING_OIDC_AUDIENCE", str, None),
+    "oidc_jwks_url": ("GROUNDING_OIDC_JWKS_URL", str, None),
+    "oidc_user_claim": ("GROUNDING_OIDC_USER_CLAIM", str, "preferred_username"),
 }
 
 

@@ -81,3 +81,19 @@ class InvalidArgument(GroundingError, ValueError):
 
 class SourceConflict(GroundingError):
     """An ingest names a repository that was ingested from another source: re-pointing it needs a trusted caller."""
+
+
+class Unauthenticated(GroundingError):
+    """No credential, or one that is malformed, unknown, expired or revoked: the HTTP API answers 401."""
+
+
+class AdminRequired(GroundingError):
+    """The caller is authenticated but the action (ingest, grants, tokens) is an administrator's."""
+
+
+class RateLimited(GroundingError):
+    """The token made more requests than GROUNDING_API_RATE_LIMIT allows; retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"too many requests for this token; retry in {retry_after:.1f} s")
+        self.retry_after = retry_after

@@ -284,3 +284,19 @@ grants = Table(
     CheckConstraint("principal ~ '^(user|group):.+$'", name="grants_principal_kind"),
     Index("grants_repo", "repo_id"),
 )
+
+# API tokens (grounding.tokens): only a SHA-256 of each secret is kept; the token itself is shown once.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Text, primary_key=True),  # the public part of the token, shown by `grounding token list`
+    Column("user_name", Text, nullable=False),
+    Column("secret_hash", Text, nullable=False, unique=True),
+    Column("admin", Boolean, nullable=False, server_default=text("false")),
+    Column("label", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("last_used_at", DateTime(timezone=True)),
+    Index("api_tokens_user", "user_name"),
+)

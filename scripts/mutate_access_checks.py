@@ -61,7 +61,7 @@ M = [
     ("flow passes the user", "flows/ingest.py", "progress=progress, user=user,", "progress=progress,"),
     (
         "ingest page passes the user",
-        "app/ingest_jobs.py",
+        "grounding/service/jobs.py",
         "user=job.user,\n                replace_source",
         "user=None,\n                replace_source",
     ),

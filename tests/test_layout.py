@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "grounding"
 STAGES = (
     "core",  # config, errors, records, db, schema, validation, and the pure analysis records and store need
     "store",  # the only SQL
-    "access",  # who may read which repository; it reads the grants through store
+    "access",  # who may read which repository (access), and who is calling (tokens); through store
     "index",  # sources, languages, secrets, chunking, embed (the encoders), ingest, reindex, refresh, retro_db
     "search",  # filters, fusion, retrieve, rerank
     "models",  # nn.Modules and their configs: answer runs RETRO, training trains them all
@@ -44,7 +44,7 @@ def stage_of(module: str) -> str:
     head = parts[1]
     if head in FOLDERS:
         return head
-    if head == "access":
+    if head in ("access", "tokens"):
         return "access"
     if head in CORE:
         return "core"

@@ -1,5 +1,6 @@
 """The `grounding` command. Errors become one line on stderr and a non-zero exit; subcommands live in
-repos.py (ingest, ask, serve), models.py (eval and training) and access.py (grants)."""
+repos.py (ingest, ask, serve), models.py (eval and training), access.py (grants, tokens) and service.py
+(api, mcp)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import os
 import sys
 
-from grounding.cli import access, models, repos
+from grounding.cli import access, models, repos, service
 from grounding.cli.common import EXIT_ERROR, EXIT_USAGE
 from grounding.errors import GroundingError
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (repos, models, access):
+    for group in (repos, models, access, service):
         group.register(sub)
     return parser
 

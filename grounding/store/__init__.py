@@ -6,6 +6,7 @@ from grounding.store.evals import *  # noqa: F403
 from grounding.store.retro import *  # noqa: F403
 from grounding.store.search import *  # noqa: F403
 from grounding.store.status import *  # noqa: F403
+from grounding.store.tokens import *  # noqa: F403
 from grounding.store.training import *  # noqa: F403
 from grounding.store.versions import *  # noqa: F403
 from grounding.store.writes import *  # noqa: F403

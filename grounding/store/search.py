@@ -19,7 +19,7 @@ from grounding.lexical import K1, B
 from grounding.records import Citation, Hit, IndexVersion
 from grounding.store.writes import vector_literal
 
-__all__ = ["hybrid_search", "bm25_search", "symbol_parts", "ChunkSpan", "ChunkFilter"]
+__all__ = ["hybrid_search", "bm25_search", "symbol_parts", "visible_chunk", "ChunkSpan", "ChunkFilter"]
 
 POSTING_BUDGET = 100_000  # postings one BM25 ranking reads at most (the rarest term is always read whole)
 TRIGRAM_POOL = 4  # times `candidates`: symbols scored with word_similarity
@@ -270,3 +270,20 @@ def symbol_parts(conn: Connection, chunk_ids: Sequence[int], *, within_lines: in
     for hit, *span in rows:
         parts.setdefault(hit, []).append(ChunkSpan(*span))
     return parts
+
+
+def visible_chunk(conn: Connection, chunk_id: int) -> dict | None:
+    """One chunk that its repository's current snapshot shows (repo, path, lines, text, commit...); else None."""
+    row = conn.execute(
+        sa.text(
+            """
+            SELECT r.name AS repo, f.path, c.start_line, c.end_line, c.text, c.symbol, c.kind, f.language, f.role,
+                   s.commit
+            FROM chunks c JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = c.repo_id
+            LEFT JOIN snapshots s ON s.id = r.current_snapshot_id
+            WHERE c.id = :c AND f.snapshot_id <= r.current_snapshot_id
+            """
+        ),
+        {"c": chunk_id},
+    ).one_or_none()
+    return None if row is None else dict(row._mapping)

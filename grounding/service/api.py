@@ -1,0 +1,351 @@
+"""The HTTP API (`grounding api`): search, ask (streamed as server-sent events), complete, repositories,
+chunks, ingest and grants, for internal apps and IDE assistants.
+
+Every request carries `Authorization: Bearer TOKEN` (grounding.tokens: an API token, or an OIDC JWT where
+configured) and acts for that token's user: reads go through the same `authorize` as the Python API, and
+a repository the user may not read answers 404 exactly as a missing one does. Ingest and grants need an
+admin token. Errors are application/problem+json (RFC 9457) whose `type` names the grounding.errors class.
+Request models live in api_models.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from grounding import access, db, store, tokens, validation
+from grounding.config import get_settings
+from grounding.errors import (
+    AccessDenied,
+    AdminRequired,
+    DatabaseUnavailable,
+    GeneratorUnavailable,
+    GroundingError,
+    IngestBusy,
+    InvalidArgument,
+    NotIndexed,
+    RateLimited,
+    RepoNotFound,
+    SourceConflict,
+    SourceNotFound,
+    Unauthenticated,
+)
+from grounding.records import Answer, Citation
+from grounding.service import api_models as m
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "v1"
+_STATUS = (  # most specific first
+    (Unauthenticated, 401),
+    (AdminRequired, 403),
+    (AccessDenied, 404),
+    (RepoNotFound, 404),
+    (SourceNotFound, 404),
+    (RateLimited, 429),
+    (InvalidArgument, 422),
+    (NotIndexed, 409),
+    (IngestBusy, 409),
+    (SourceConflict, 409),
+    (GeneratorUnavailable, 503),
+    (DatabaseUnavailable, 503),
+)
+
+
+def _not_found(repos) -> str:
+    names = ", ".join(repr(r) for r in repos)
+    return f"no repository {names} that you may read; `GET /v1/repos` lists yours"
+
+
+def problem(err: Exception) -> JSONResponse:
+    """The problem+json response for a grounding error (AccessDenied and RepoNotFound read alike)."""
+    status = next(
+        (code for kind, code in _STATUS if isinstance(err, kind)), 500 if not isinstance(err, GroundingError) else 400
+    )
+    kind = type(err).__name__
+    detail = str(err)
+    if isinstance(err, AccessDenied):
+        kind, detail = "RepoNotFound", _not_found(err.repos)  # never tell "not granted" from "not there"
+    elif isinstance(err, RepoNotFound):
+        detail = _not_found([err.name])  # its message lists every repository: not for a user
+    elif status == 500:
+        kind, detail = "InternalError", "the server failed to answer; its log says why"
+    body = {"type": f"urn:grounding:error:{kind}", "title": kind, "status": status, "detail": detail}
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="grounding"'
+    if isinstance(err, RateLimited):
+        headers["Retry-After"] = str(max(1, int(err.retry_after + 0.999)))
+    return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
+
+
+def citation_out(c: Citation) -> m.CitationOut:
+    return m.CitationOut(
+        repo=c.repo,
+        path=c.path,
+        start_line=c.start_line,
+        end_line=c.end_line,
+        commit=c.commit,
+        score=c.score,
+        snippet=c.snippet,
+        symbol=c.symbol,
+        kind=c.kind,
+        language=c.language,
+        role=c.role,
+        cite=f"{c.path}:{c.start_line}-{c.end_line}@{c.commit or 'worktree'}",
+    )
+
+
+def answer_out(a: Answer) -> m.AnswerOut:
+    return m.AnswerOut(
+        question=a.question,
+        text=a.text,
+        backend=a.backend,
+        repos=list(a.repos),
+        citations=[citation_out(c) for c in a.citations],
+    )
+
+
+def create_app(*, rate_limit: int | None = None) -> FastAPI:
+    """The API as an ASGI app; `rate_limit` (requests a minute per token) overrides GROUNDING_API_RATE_LIMIT."""
+    limiter = tokens.RateLimiter(get_settings().api_rate_limit if rate_limit is None else rate_limit)
+    app = FastAPI(
+        title="grounding",
+        version=API_VERSION,
+        description="Answers about a company's code, cited to file and line. Send `Authorization: Bearer TOKEN`.",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+
+    @app.exception_handler(GroundingError)
+    async def _grounding_error(request: Request, err: GroundingError):
+        return problem(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, err: RequestValidationError):
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5])
+        return problem(InvalidArgument(f"the request is not valid: {where}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        body = {"type": "about:blank", "title": str(err.detail), "status": err.status_code, "detail": str(err.detail)}
+        return JSONResponse(body, status_code=err.status_code, media_type="application/problem+json")
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, err: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return problem(err)
+
+    def caller(request: Request) -> tokens.Principal:
+        who = tokens.authenticate(tokens.bearer(request.headers.get("authorization")))
+        limiter.check(who.token_id or f"{who.via}:{who.user}")
+        return who
+
+    def admin(who: tokens.Principal = Depends(caller)) -> tokens.Principal:
+        if not who.admin:
+            raise AdminRequired("this needs an admin token (`grounding token create USER --admin`)")
+        return who
+
+    @app.get("/v1/me", response_model=m.MeOut, tags=["auth"])
+    def me(who: tokens.Principal = Depends(caller)):
+        """Who the token acts for."""
+        return m.MeOut(user=who.user, admin=who.admin, via=who.via, token_id=who.token_id, expires_at=who.expires_at)
+
+    @app.post("/v1/search", response_model=m.SearchOut, tags=["retrieval"])
+    def search(body: m.SearchIn, who: tokens.Principal = Depends(caller)):
+        """The k best chunks of one repository for a query, each with its citation."""
+        from grounding.search.retrieve import search as run
+
+        hits = run(
+            body.repo,
+            body.query,
+            k=body.k,
+            mode=body.mode,
+            filters=body.search_filters(),
+            rerank=body.rerank,
+            user=who.user,
+        )
+        return m.SearchOut(
+            repo=body.repo,
+            hits=[
+                m.HitOut(
+                    chunk_id=h.chunk_id, score=h.score, index_version=h.index_version, citation=citation_out(h.citation)
+                )
+                for h in hits
+            ],
+        )
+
+    @app.post("/v1/ask", response_model=m.AnswerOut, tags=["answers"])
+    def ask(body: m.AskIn, request: Request, who: tokens.Principal = Depends(caller)):
+        """An answer cited [n] to the code it rests on; `stream` (or `Accept: text/event-stream`) sends
+        `delta` events as it is written, then one `answer` event (an `error` event if it fails midway)."""
+        from grounding.answer.ask import ask_stream
+
+        stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+        pieces = ask_stream(body.repo_names(), body.question, k=body.k, user=who.user, filters=body.search_filters())
+        first = next(pieces)  # validation, access and retrieval happen here: their errors are plain problems
+        if not stream:
+            answer = first
+            for answer in pieces:
+                pass
+            return answer_out(answer)
+        return StreamingResponse(
+            _events(first, pieces), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    @app.post("/v1/complete", response_model=m.CompletionOut, tags=["answers"])
+    def complete(body: m.CompleteIn, who: tokens.Principal = Depends(caller)):
+        """Continue code with the repository's RETRO model, retrieving from its own index."""
+        from grounding.answer.completion import complete as run
+
+        c = run(
+            body.repo,
+            body.prefix,
+            max_new_tokens=body.max_new_tokens,
+            temperature=body.temperature,
+            path=body.path,
+            seed=body.seed,
+            user=who.user,
+        )
+        return m.CompletionOut(
+            repo=body.repo,
+            text=c.text,
+            tokens=c.tokens,
+            seconds=c.seconds,
+            neighbours=[citation_out(n) for n in c.citations],
+        )
+
+    @app.get("/v1/repos", response_model=m.RepoPage, tags=["repositories"])
+    def repos(
+        who: tokens.Principal = Depends(caller),
+        limit: int = Query(100, ge=1, le=500),
+        cursor: str | None = Query(None, max_length=200, description="next_cursor of the previous page"),
+    ):
+        """The repositories the caller may read, by name, a page at a time."""
+        from grounding.service.status import repo_scope
+
+        names = sorted(repo_scope(who.user).repos, key=lambda r: r.name)
+        after = [r for r in names if cursor is None or r.name > cursor]
+        page = after[:limit]
+        return m.RepoPage(
+            items=[m.repo_out(r) for r in page], next_cursor=page[-1].name if len(after) > limit else None
+        )
+
+    @app.get("/v1/repos/{name}", response_model=m.RepoDetail, tags=["repositories"])
+    def repo(name: str, who: tokens.Principal = Depends(caller), snapshots: int = Query(20, ge=0, le=200)):
+        """One repository: its status, its newest snapshots and its index versions."""
+        from grounding.service import status
+
+        name = validation.repo_name(name, derived_ok=True)
+        access.authorize(who.user, [name])
+        found = [r for r in status.repositories(include_derived=True) if r.name == name]
+        if not found:
+            raise RepoNotFound(name)
+        return m.RepoDetail(
+            **m.repo_out(found[0]).model_dump(),
+            snapshots=[m.snapshot_out(s) for s in status.snapshots(name, limit=snapshots)] if snapshots else [],
+            index_versions=[m.version_out(v) for v in status.index_versions(name)],
+        )
+
+    @app.get("/v1/chunks/{chunk_id}", response_model=m.ChunkOut, tags=["retrieval"])
+    def chunk(chunk_id: int, who: tokens.Principal = Depends(caller)):
+        """One indexed chunk, as stored (secrets redacted), if its repository is the caller's to read."""
+        chunk_id = validation.count(chunk_id, "chunk id", maximum=2**63 - 1)
+        with db.get_engine().connect() as conn:
+            row = store.visible_chunk(conn, chunk_id)
+        gone = SourceNotFound(f"no chunk {chunk_id} that you may read")
+        if row is None:
+            raise gone
+        try:
+            access.authorize(who.user, [row["repo"]])
+        except AccessDenied:
+            raise gone from None  # the same answer as a chunk that does not exist
+        return m.ChunkOut(
+            id=chunk_id,
+            **row,
+            cite=f"{row['path']}:{row['start_line']}-{row['end_line']}@{row['commit'] or 'worktree'}",
+        )
+
+    @app.post("/v1/repos/{name}/ingest", response_model=m.IngestJobOut, status_code=202, tags=["admin"])
+    def ingest(name: str, body: m.IngestIn, who: tokens.Principal = Depends(admin)):
+        """Ingest a repository (admin): on the `ingest-repo` Prefect deployment when there is one, else here."""
+        from grounding.service import jobs
+
+        name = validation.repo_name(name)
+        source = body.source
+        if source is None:
+            with db.get_engine().connect() as conn:
+                record = store.repo_record(conn, name)
+            if record is None:
+                raise InvalidArgument(
+                    f"repository {name!r} is new: give the `source` (a path or git URL) to read it from"
+                )
+            source = record.source
+        try:
+            job = jobs.start(
+                source,
+                name=name,
+                ref=body.ref,
+                use_deployment=jobs.deployment_available(),
+                user=None,
+                replace_source=body.replace_source,
+            )
+        except ValueError as err:
+            raise IngestBusy(str(err)) from None
+        log.info("%s started ingest %s of %s", who.user, job.key, name)
+        return m.job_out(job)
+
+    @app.get("/v1/ingests/{key}", response_model=m.IngestJobOut, tags=["admin"])
+    def ingest_job(key: str, who: tokens.Principal = Depends(admin)):
+        """How an ingest this server started is going (admin)."""
+        from grounding.service import jobs
+
+        job = jobs.job(key) if len(key) <= 64 else None
+        if job is None:
+            raise SourceNotFound(f"no ingest {key!r} was started by this server")
+        return m.job_out(job)
+
+    @app.get("/v1/repos/{name}/grants", response_model=list[m.GrantOut], tags=["admin"])
+    def grants(name: str, who: tokens.Principal = Depends(admin)):
+        """Who may read the repository (admin)."""
+        return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(validation.repo_name(name))]
+
+    @app.post("/v1/repos/{name}/grants", response_model=list[m.GrantOut], tags=["admin"])
+    def grant(name: str, body: m.GrantIn, who: tokens.Principal = Depends(admin)):
+        """Let a user or group read the repository (admin)."""
+        name = validation.repo_name(name)
+        access.grant(body.principal, name)
+        return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(name)]
+
+    @app.delete("/v1/repos/{name}/grants/{principal}", response_model=list[m.GrantOut], tags=["admin"])
+    def revoke(name: str, principal: str, who: tokens.Principal = Depends(admin)):
+        """Take back a grant (admin); the remaining grants are returned."""
+        name = validation.repo_name(name)
+        access.revoke(principal, name)
+        return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(name)]
+
+    return app
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def _events(first: str | Answer, pieces: Iterator[str | Answer]) -> Iterator[str]:
+    try:
+        for piece in itertools.chain([first], pieces):
+            if isinstance(piece, Answer):
+                yield _sse("answer", answer_out(piece).model_dump(mode="json"))
+            else:
+                yield _sse("delta", {"text": piece})
+    except Exception as err:  # the status line is sent: the error goes in the stream
+        log.warning("answer stream failed: %s", err)
+        response = problem(err)
+        yield _sse("error", json.loads(response.body))

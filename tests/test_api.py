@@ -1,0 +1,294 @@
+"""The HTTP API against a real uvicorn server on loopback, called with httpx: tokens, every endpoint's access
+check (a user granted one of two repositories sees nothing of the other), problem+json errors, SSE."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import socket
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from grounding import access, tokens
+from grounding.cli import main
+from grounding.index.ingest import ingest
+from tests.conftest import git_repo
+
+PUBLIC = {"app/greet.py": "def greet(name):\n    return f'hello {name}'\n\n\ndef farewell(name):\n    return 'bye'\n"}
+PAYROLL = {"salaries/compute_bonus.py": "def compute_payroll_bonus(salary):\n    return salary * 0.42\n"}
+SECRET_WORDS = ("payroll", "bonus", "salar", "0.42")
+
+
+def tree(root, files):
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(app):
+    """`app` served by uvicorn on a free loopback port, in a thread of this process; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def world(engine, repo_name, hashing, tmp_path):
+    """Two ingested repositories, `public` granted to alice and `payroll` to nobody, alice's and an admin's token."""
+    names = {"public": f"{repo_name}-public", "payroll": f"{repo_name}-payroll"}
+    ingest(str(git_repo(tree(tmp_path / "public", PUBLIC))), name=names["public"], embedder=hashing)
+    ingest(str(git_repo(tree(tmp_path / "payroll", PAYROLL))), name=names["payroll"], embedder=hashing)
+    tag = uuid.uuid4().hex[:6]
+    alice, root = f"alice-{tag}", f"root-{tag}"
+    access.grant(alice, names["public"])
+    made = {"alice": tokens.create(alice), "admin": tokens.create(root, admin=True)}
+    yield {**names, "alice": alice, "root": root, "tokens": made, "tmp": tmp_path}
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM api_tokens WHERE user_name IN (:a, :r)"), {"a": alice, "r": root})
+
+
+@pytest.fixture
+def api(world):
+    from grounding.service.api import create_app
+
+    with running(create_app(rate_limit=0)) as url:
+        yield url
+
+
+def client(url: str, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=30)
+
+
+def leaks(response: httpx.Response, world, *, echoed: str = "") -> list[str]:
+    """Words of the payroll repository's code in a response; `echoed` (the name the caller sent) aside."""
+    text = response.text.lower().replace(echoed.lower(), "") if echoed else response.text.lower()
+    return [w for w in (*SECRET_WORDS, world["payroll"].lower()) if w in text]
+
+
+def test_a_token_is_shown_once_and_only_its_hash_is_stored(world, engine):
+    secret = world["tokens"]["alice"].secret
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT * FROM api_tokens WHERE user_name = :u"), {"u": world["alice"]}).one()
+    assert secret not in " ".join(str(v) for v in stored)
+    assert tokens.authenticate(secret).user == world["alice"]
+    listed = tokens.tokens(world["alice"])
+    assert [t["id"] for t in listed] == [world["tokens"]["alice"].id] and "secret_hash" not in listed[0]
+
+
+def test_search_ask_and_chunks_answer_within_the_grant(api, world):
+    with client(api, world["tokens"]["alice"].secret) as c:
+        assert c.get("/v1/me").json()["user"] == world["alice"]
+        hits = c.post("/v1/search", json={"repo": world["public"], "query": "greet someone by name", "k": 3})
+        assert hits.status_code == 200, hits.text
+        first = hits.json()["hits"][0]
+        assert first["citation"]["path"] == "app/greet.py"
+        assert first["citation"]["cite"].startswith("app/greet.py:1-2@")
+        chunk = c.get(f"/v1/chunks/{first['chunk_id']}").json()
+        assert "def greet" in chunk["text"] and chunk["cite"] == first["citation"]["cite"]
+
+        answer = c.post("/v1/ask", json={"repo": world["public"], "question": "how does greet say hello?"}).json()
+        assert answer["citations"] and answer["citations"][0]["path"] == "app/greet.py"
+
+        repos = c.get("/v1/repos").json()
+        assert [r["name"] for r in repos["items"]] == [world["public"]] and repos["next_cursor"] is None
+        detail = c.get(f"/v1/repos/{world['public']}").json()
+        assert detail["snapshots"][0]["status"] == "complete" and detail["index_versions"][0]["status"] == "active"
+        assert "source" not in detail  # the server's path or URL is an admin's business
+
+
+def test_ask_streams_server_sent_events(api, world):
+    body = {"repo": world["public"], "question": "how does greet say hello?", "stream": True}
+    with client(api, world["tokens"]["alice"].secret) as c, c.stream("POST", "/v1/ask", json=body) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        events = [line.split(": ", 1)[1] for line in response.iter_lines() if line.startswith("event: ")]
+    assert events[0] == "delta" and events[-1] == "answer" and "error" not in events
+
+
+def test_nothing_of_an_ungranted_repository_comes_back_from_any_endpoint(api, world):
+    """The access walk over every endpoint: alice is granted `public` only; `payroll` must look absent."""
+    payroll, missing = world["payroll"], f"{world['payroll']}-nope"
+    with client(api, world["tokens"]["admin"].secret) as admin:
+        payroll_chunk = admin.post("/v1/search", json={"repo": payroll, "query": "bonus"})
+        assert payroll_chunk.status_code == 404, "an admin token reads through grants too"
+    with sa_chunk_id(payroll) as chunk_id, client(api, world["tokens"]["alice"].secret) as c:
+        calls = {
+            "search": lambda name: c.post("/v1/search", json={"repo": name, "query": "compute payroll bonus"}),
+            "ask": lambda name: c.post("/v1/ask", json={"repo": name, "question": "how is the bonus computed?"}),
+            "ask two": lambda name: c.post("/v1/ask", json={"repos": [world["public"], name], "question": "bonus?"}),
+            "ask stream": lambda name: c.post("/v1/ask", json={"repo": name, "question": "bonus?", "stream": True}),
+            "complete": lambda name: c.post("/v1/complete", json={"repo": name, "prefix": "def compute_"}),
+            "repo": lambda name: c.get(f"/v1/repos/{name}"),
+        }
+        for what, call in calls.items():
+            denied, absent = call(payroll), call(missing)
+            assert denied.status_code == absent.status_code == 404, (what, denied.text)
+            assert denied.headers["content-type"] == "application/problem+json"
+            assert denied.json()["type"] == absent.json()["type"] == "urn:grounding:error:RepoNotFound", what
+            assert denied.json()["detail"].replace(payroll, "X") == absent.json()["detail"].replace(missing, "X")
+            assert not leaks(denied, world, echoed=payroll), (what, denied.text)
+        chunk = c.get(f"/v1/chunks/{chunk_id}")
+        nothing = c.get(f"/v1/chunks/{chunk_id + 10_000_000}")
+        assert chunk.status_code == nothing.status_code == 404 and chunk.json()["detail"].split()[:2] == ["no", "chunk"]
+        assert not leaks(chunk, world)
+        assert world["payroll"] not in c.get("/v1/repos").text
+        inline = c.post("/v1/search", json={"repo": world["public"], "query": f"repo:{payroll} compute payroll bonus"})
+        assert inline.status_code in (200, 422) and not leaks(inline, world)
+        for admin_only in (
+            c.post(f"/v1/repos/{payroll}/ingest", json={}),
+            c.get(f"/v1/repos/{payroll}/grants"),
+            c.post(f"/v1/repos/{payroll}/grants", json={"principal": world["alice"]}),
+        ):
+            assert admin_only.status_code == 403 and not leaks(admin_only, world, echoed=payroll), admin_only.text
+    assert access.allowed_repos(world["alice"]) == [world["public"]], "a refused grant changed nothing"
+
+
+@contextlib.contextmanager
+def sa_chunk_id(repo: str):
+    from grounding import db
+
+    with db.get_engine().connect() as conn:
+        yield conn.execute(
+            sa.text("SELECT c.id FROM chunks c JOIN repositories r ON r.id = c.repo_id WHERE r.name = :n LIMIT 1"),
+            {"n": repo},
+        ).scalar_one()
+
+
+def test_expired_revoked_malformed_and_missing_tokens_get_401(api, world, engine):
+    expired = tokens.create(world["alice"], expires="1m")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = :i"), {"i": expired.id}
+        )
+    revoked = tokens.create(world["alice"])
+    assert tokens.revoke(revoked.id) and not tokens.revoke(revoked.id)
+    good = world["tokens"]["alice"].secret
+    forged = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    body = {"repo": world["public"], "query": "greet"}
+    for token in (expired.secret, revoked.secret, forged, "gr_nothex_x", "not-a-token", "a.b.c", None):
+        with client(api, token) as c:
+            for response in (c.post("/v1/search", json=body), c.get("/v1/repos"), c.get("/v1/chunks/1")):
+                assert response.status_code == 401, (token, response.text)
+                assert response.headers["www-authenticate"].startswith("Bearer")
+                assert response.json()["type"] == "urn:grounding:error:Unauthenticated"
+                assert "greet" not in response.text
+    with httpx.Client(base_url=api) as c:
+        basic = c.get("/v1/repos", headers={"Authorization": "Basic " + good})
+        assert basic.status_code == 401
+
+
+def test_bad_requests_are_problems_not_tracebacks(api, world):
+    with client(api, world["tokens"]["alice"].secret) as c:
+        for response in (
+            c.post("/v1/search", json={"repo": world["public"], "query": "x", "k": 0}),
+            c.post("/v1/search", json={"repo": world["public"], "query": "x", "colour": "blue"}),
+            c.post("/v1/search", json={"repo": "../etc", "query": "x"}),
+            c.post("/v1/ask", json={"question": "no repository"}),
+            c.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"}),
+            c.get("/v1/repos", params={"limit": 100000}),
+        ):
+            assert response.status_code in (404, 422), response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["type"].startswith("urn:grounding:error:")
+            assert "Traceback" not in response.text
+        assert c.get("/v1/nowhere").status_code == 404
+
+
+def test_admin_grants_and_ingests_over_the_api(prefect_server, api, world):
+    new = world["payroll"] + "-new"
+    source = git_repo(tree(world["tmp"] / "new", {"lib/tax.py": "def withhold_tax(amount):\n    return amount\n"}))
+    with client(api, world["tokens"]["admin"].secret) as c:
+        granted = c.post(f"/v1/repos/{world['payroll']}/grants", json={"principal": world["alice"]})
+        assert (
+            granted.status_code == 200
+            and {"principal": f"user:{world['alice']}", "repo": world["payroll"]} in granted.json()
+        )
+        with client(api, world["tokens"]["alice"].secret) as alice:
+            assert alice.post("/v1/search", json={"repo": world["payroll"], "query": "bonus"}).status_code == 200
+        assert c.delete(f"/v1/repos/{world['payroll']}/grants/user:{world['alice']}").status_code == 200
+        assert access.allowed_repos(world["alice"]) == [world["public"]]
+
+        assert c.post(f"/v1/repos/{new}/ingest", json={}).status_code == 422  # a new repository needs a source
+        started = c.post(f"/v1/repos/{new}/ingest", json={"source": str(source)})
+        assert started.status_code == 202, started.text
+        job = started.json()
+        deadline = time.monotonic() + 120
+        while job["status"] not in ("complete", "failed") and time.monotonic() < deadline:
+            time.sleep(0.3)
+            job = c.get(f"/v1/ingests/{job['job']}").json()
+        assert job["status"] == "complete", job
+    from grounding.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(sa.text("DELETE FROM repositories WHERE name = :n"), {"n": new})
+
+
+def test_rate_limit_per_token(world):
+    from grounding.service.api import create_app
+
+    with running(create_app(rate_limit=3)) as url, client(url, world["tokens"]["alice"].secret) as c:
+        codes = [c.get("/v1/me").status_code for _ in range(5)]
+        assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
+        limited = c.get("/v1/me")
+        assert int(limited.headers["retry-after"]) >= 1
+        with client(url, world["tokens"]["admin"].secret) as other:
+            assert other.get("/v1/me").status_code == 200, "the limit is per token"
+
+
+def test_openapi_documents_every_endpoint(api):
+    paths = httpx.get(f"{api}/openapi.json").json()["paths"]
+    for path in (
+        "/v1/search",
+        "/v1/ask",
+        "/v1/complete",
+        "/v1/repos",
+        "/v1/repos/{name}",
+        "/v1/chunks/{chunk_id}",
+        "/v1/repos/{name}/ingest",
+        "/v1/repos/{name}/grants",
+    ):
+        assert path in paths, path
+    assert httpx.get(f"{api}/docs").status_code == 200
+
+
+def test_token_cli(world, capsys):
+    assert main(["token", "create", world["alice"], "--expires", "2d", "--label", "laptop"]) == 0
+    out = capsys.readouterr().out
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("gr_") and tokens.authenticate(secret).user == world["alice"]
+    made = tokens.authenticate(secret)
+    assert made.expires_at - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=1, hours=23)
+    assert main(["token", "list", world["alice"]]) == 0
+    listed = capsys.readouterr().out
+    assert made.token_id in listed and "laptop" in listed and secret not in listed
+    assert main(["token", "revoke", made.token_id]) == 0
+    with pytest.raises(Exception, match="credential"):
+        tokens.authenticate(secret)
+    assert main(["token", "create", world["alice"], "--expires", "yesterday"]) == 2
+    assert "expires" in capsys.readouterr().err
+    assert main(["token", "create", "group:ops"]) == 2
