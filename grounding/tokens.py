@@ -156,18 +156,27 @@ def _api_token(token: str) -> Principal:
 _jwks_clients: dict[str, object] = {}
 
 
+_discovered: dict[str, str] = {}  # issuer -> jwks_uri, once its discovery document answered
+
+
 def _jwks_url(issuer: str) -> str:
     settings = get_settings()
     if settings.oidc_jwks_url:
         return settings.oidc_jwks_url
+    if issuer in _discovered:
+        return _discovered[issuer]
     import httpx
 
     try:
         discovery = httpx.get(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=10).json()
-        return discovery["jwks_uri"]
+        url = discovery["jwks_uri"]
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ValueError(f"jwks_uri {url!r} is not an http(s) URL")
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
         log.warning("OIDC discovery at %s failed: %s", issuer, err)
         raise Unauthenticated(REJECTED) from None
+    _discovered[issuer] = url
+    return url
 
 
 def _oidc(token: str) -> Principal:

@@ -89,6 +89,13 @@ M = [
         "WHERE r.id IN (SELECT id FROM granted) OR",
         "WHERE true OR",
     ),
+    ("api chunk authorize", "grounding/service/api.py", '            access.authorize(who.user, [row["repo"]])\n', ""),
+    ("api repo detail authorize", "grounding/service/api.py", "        access.authorize(who.user, [name])\n", ""),
+    ("api repos scope", "grounding/service/api.py", "repo_scope(who.user)", "repo_scope(None)"),
+    ("api admin check", "grounding/service/api.py", "        if not who.admin:", "        if False:"),
+    ("api search user", "grounding/service/api.py", "            rerank=body.rerank,\n            user=who.user,", "            rerank=body.rerank,"),
+    ("token revoked check", "grounding/tokens.py", 'if row is None or row["revoked_at"] is not None:', "if row is None:"),
+    ("token expiry check", "grounding/tokens.py", 'if row["expires_at"] is not None and row["expires_at"] <= row["now"]:', "if False:"),
 ]
 only = sys.argv[1:]
 for label, rel, old, new in M:
@@ -110,6 +117,7 @@ for label, rel, old, new in M:
                 "no:cacheprovider",
                 "tests/test_access_walk.py",
                 "tests/test_security.py",
+                "tests/test_api.py",
             ],
             cwd=root,
             capture_output=True,

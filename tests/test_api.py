@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import socket
 import threading
 import time
@@ -121,6 +122,10 @@ def test_search_ask_and_chunks_answer_within_the_grant(api, world):
         assert detail["snapshots"][0]["status"] == "complete" and detail["index_versions"][0]["status"] == "active"
         assert "source" not in detail  # the server's path or URL is an admin's business
 
+        untrained = c.post("/v1/complete", json={"repo": world["public"], "prefix": "def greet"})
+        assert untrained.status_code == 409 and untrained.json()["type"] == "urn:grounding:error:NotIndexed"
+        assert "train-retro" in untrained.json()["detail"]
+
 
 def test_ask_streams_server_sent_events(api, world):
     body = {"repo": world["public"], "question": "how does greet say hello?", "stream": True}
@@ -217,6 +222,8 @@ def test_bad_requests_are_problems_not_tracebacks(api, world):
             assert response.json()["type"].startswith("urn:grounding:error:")
             assert "Traceback" not in response.text
         assert c.get("/v1/nowhere").status_code == 404
+        huge = c.post("/v1/complete", json={"repo": world["public"], "prefix": "x" * (2 << 20)})
+        assert huge.status_code == 413 and huge.json()["status"] == 413
 
 
 def test_admin_grants_and_ingests_over_the_api(prefect_server, api, world):
@@ -292,3 +299,75 @@ def test_token_cli(world, capsys):
     assert main(["token", "create", world["alice"], "--expires", "yesterday"]) == 2
     assert "expires" in capsys.readouterr().err
     assert main(["token", "create", "group:ops"]) == 2
+
+
+@contextlib.contextmanager
+def jwks_server(public_jwk: dict):
+    """An identity provider's key endpoint on loopback: /.well-known/openid-configuration and /jwks."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            base = f"http://127.0.0.1:{self.server.server_port}"
+            body = {"/jwks": {"keys": [public_jwk]}, "/.well-known/openid-configuration": {"jwks_uri": f"{base}/jwks"}}
+            found = body.get(self.path)
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(found or {}).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def test_oidc_bearer_jwts_from_a_configured_issuer(world, monkeypatch):
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    from grounding.config import reset_settings
+    from grounding.service.api import create_app
+
+    key, other = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+    public = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    public.update(kid="k1", use="sig", alg="RS256")
+    with jwks_server(public) as issuer:
+        monkeypatch.setenv("GROUNDING_OIDC_ISSUER", issuer)
+        monkeypatch.setenv("GROUNDING_OIDC_AUDIENCE", "grounding")
+        reset_settings()
+        now = int(time.time())
+        claims = {"iss": issuer, "aud": "grounding", "exp": now + 300, "preferred_username": world["alice"]}
+
+        def signed(signer=key, **change):
+            return jwt.encode({**claims, **change}, signer, algorithm="RS256", headers={"kid": "k1"})
+
+        with running(create_app(rate_limit=0)) as url:
+            good = client(url, signed()).post("/v1/search", json={"repo": world["public"], "query": "greet"})
+            assert good.status_code == 200 and good.json()["hits"]
+            assert client(url, signed()).get("/v1/me").json() == {
+                "user": world["alice"], "admin": False, "via": "oidc", "token_id": None,
+                "expires_at": dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+            }  # fmt: skip
+            denied = client(url, signed()).post("/v1/search", json={"repo": world["payroll"], "query": "bonus"})
+            assert denied.status_code == 404, "a JWT user reads through the same grants"
+            unsigned = jwt.encode(claims, None, algorithm="none")
+            for bad in (
+                signed(aud="someone-else"),
+                signed(iss="http://127.0.0.1:1/evil"),
+                signed(exp=now - 120),
+                signed(signer=other),
+                signed(preferred_username="../../root"),
+                signed(preferred_username=None),
+                unsigned,
+                jwt.encode(claims, "secret-guess", algorithm="HS256", headers={"kid": "k1"}),
+            ):
+                assert client(url, bad).get("/v1/repos").status_code == 401, jwt.decode(
+                    bad, options={"verify_signature": False}
+                )

@@ -43,6 +43,7 @@ from grounding.service import api_models as m
 log = logging.getLogger(__name__)
 
 API_VERSION = "v1"
+MAX_BODY_BYTES = 1 << 20  # the largest request body read (a completion prefix is at most 200,000 characters)
 _STATUS = (  # most specific first
     (Unauthenticated, 401),
     (AdminRequired, 403),
@@ -64,11 +65,10 @@ def _not_found(repos) -> str:
     return f"no repository {names} that you may read; `GET /v1/repos` lists yours"
 
 
-def problem(err: Exception) -> JSONResponse:
+def problem(err: Exception, *, status: int | None = None) -> JSONResponse:
     """The problem+json response for a grounding error (AccessDenied and RepoNotFound read alike)."""
-    status = next(
-        (code for kind, code in _STATUS if isinstance(err, kind)), 500 if not isinstance(err, GroundingError) else 400
-    )
+    fallback = 400 if isinstance(err, GroundingError) else 500
+    status = status or next((code for kind, code in _STATUS if isinstance(err, kind)), fallback)
     kind = type(err).__name__
     detail = str(err)
     if isinstance(err, AccessDenied):
@@ -123,6 +123,14 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            err = InvalidArgument(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+            return problem(err, status=413)
+        return await call_next(request)
 
     @app.exception_handler(GroundingError)
     async def _grounding_error(request: Request, err: GroundingError):

@@ -6,13 +6,14 @@ Limits here are the first line only; the library validates every argument again 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from grounding.search.filters import SearchFilters
 
 Name = Field(min_length=1, max_length=200)
+Pattern = Annotated[str, Field(min_length=1, max_length=500)]
 
 
 class _In(BaseModel):
@@ -22,11 +23,11 @@ class _In(BaseModel):
 class FiltersIn(_In):
     """Which chunks may come back: globs for paths, names for languages, kinds and roles (grounding.roles)."""
 
-    paths: list[str] = Field(default_factory=list, max_length=50)
-    exclude_paths: list[str] = Field(default_factory=list, max_length=50)
-    languages: list[str] = Field(default_factory=list, max_length=50)
-    kinds: list[str] = Field(default_factory=list, max_length=50)
-    roles: list[str] = Field(default_factory=list, max_length=50)
+    paths: list[Pattern] = Field(default_factory=list, max_length=50)
+    exclude_paths: list[Pattern] = Field(default_factory=list, max_length=50)
+    languages: list[Pattern] = Field(default_factory=list, max_length=50)
+    kinds: list[Pattern] = Field(default_factory=list, max_length=50)
+    roles: list[Pattern] = Field(default_factory=list, max_length=50)
 
 
 class _Filtered(_In):
@@ -46,7 +47,7 @@ class SearchIn(_Filtered):
 
 class AskIn(_Filtered):
     repo: str | None = Field(None, min_length=1, max_length=200)
-    repos: list[str] | None = Field(None, min_length=1, max_length=20)
+    repos: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(None, min_length=1, max_length=20)
     question: str = Field(min_length=1, max_length=4000)
     k: int = Field(5, ge=1, le=50)
     stream: bool = False
