@@ -225,6 +225,15 @@ def test_bad_requests_are_problems_not_tracebacks(api, world):
         huge = c.post("/v1/complete", json={"repo": world["public"], "prefix": "x" * (2 << 20)})
         assert huge.status_code == 413 and huge.json()["status"] == 413
 
+        def chunked():  # no Content-Length: counted as it arrives
+            yield b'{"repo": "x", "query": "'
+            for _ in range(40):
+                yield b"y" * 65536
+            yield b'"}'
+
+        streamed = c.post("/v1/search", content=chunked(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413 and "larger than" in streamed.json()["detail"], streamed.text
+
 
 def test_admin_grants_and_ingests_over_the_api(prefect_server, api, world):
     new = world["payroll"] + "-new"
