@@ -97,8 +97,10 @@ def test_a_token_is_shown_once_and_only_its_hash_is_stored(world, engine):
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT * FROM api_tokens WHERE user_name = :u"), {"u": world["alice"]}).one()
     assert secret not in " ".join(str(v) for v in stored)
+    assert tokens.tokens(world["alice"])[0]["last_used_at"] is None
     assert tokens.authenticate(secret).user == world["alice"]
     listed = tokens.tokens(world["alice"])
+    assert listed[0]["last_used_at"] is not None, "a use is noted"
     assert [t["id"] for t in listed] == [world["tokens"]["alice"].id] and "secret_hash" not in listed[0]
 
 

@@ -14,10 +14,12 @@ import itertools
 import json
 import logging
 from collections.abc import Iterator
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from grounding import access, db, store, tokens, validation
@@ -182,24 +184,24 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         log.exception("%s %s failed", request.method, request.url.path)
         return problem(err)
 
-    def caller(request: Request) -> tokens.Principal:
-        who = tokens.authenticate(tokens.bearer(request.headers.get("authorization")))
+    def login(credential: str | None, *, admin: bool = False) -> tokens.Principal:
+        """The caller, in the endpoint's own worker thread (a sync dependency would cost a second thread hop)."""
+        who = tokens.authenticate(credential)
         limiter.check(who.token_id or f"{who.via}:{who.user}")
-        return who
-
-    def admin(who: tokens.Principal = Depends(caller)) -> tokens.Principal:
-        if not who.admin:
+        if admin and not who.admin:
             raise AdminRequired("this needs an admin token (`grounding token create USER --admin`)")
         return who
 
     @app.get("/v1/me", response_model=m.MeOut, tags=["auth"])
-    def me(who: tokens.Principal = Depends(caller)):
+    def me(credential: Credential):
         """Who the token acts for."""
+        who = login(credential)
         return m.MeOut(user=who.user, admin=who.admin, via=who.via, token_id=who.token_id, expires_at=who.expires_at)
 
     @app.post("/v1/search", response_model=m.SearchOut, tags=["retrieval"])
-    def search(body: m.SearchIn, who: tokens.Principal = Depends(caller)):
+    def search(body: m.SearchIn, credential: Credential):
         """The k best chunks of one repository for a query, each with its citation."""
+        who = login(credential)
         from grounding.search.retrieve import search as run
 
         hits = run(
@@ -222,9 +224,10 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         )
 
     @app.post("/v1/ask", response_model=m.AnswerOut, tags=["answers"])
-    def ask(body: m.AskIn, request: Request, who: tokens.Principal = Depends(caller)):
+    def ask(body: m.AskIn, request: Request, credential: Credential):
         """An answer cited [n] to the code it rests on; `stream` (or `Accept: text/event-stream`) sends
         `delta` events as it is written, then one `answer` event (an `error` event if it fails midway)."""
+        who = login(credential)
         from grounding.answer.ask import ask_stream
 
         stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
@@ -240,8 +243,9 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         )
 
     @app.post("/v1/complete", response_model=m.CompletionOut, tags=["answers"])
-    def complete(body: m.CompleteIn, who: tokens.Principal = Depends(caller)):
+    def complete(body: m.CompleteIn, credential: Credential):
         """Continue code with the repository's RETRO model, retrieving from its own index."""
+        who = login(credential)
         from grounding.answer.completion import complete as run
 
         c = run(
@@ -263,11 +267,12 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
 
     @app.get("/v1/repos", response_model=m.RepoPage, tags=["repositories"])
     def repos(
-        who: tokens.Principal = Depends(caller),
+        credential: Credential,
         limit: int = Query(100, ge=1, le=500),
         cursor: str | None = Query(None, max_length=200, description="next_cursor of the previous page"),
     ):
         """The repositories the caller may read, by name, a page at a time."""
+        who = login(credential)
         from grounding.service.status import repo_scope
 
         names = sorted(repo_scope(who.user).repos, key=lambda r: r.name)
@@ -278,8 +283,9 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         )
 
     @app.get("/v1/repos/{name}", response_model=m.RepoDetail, tags=["repositories"])
-    def repo(name: str, who: tokens.Principal = Depends(caller), snapshots: int = Query(20, ge=0, le=200)):
+    def repo(name: str, credential: Credential, snapshots: int = Query(20, ge=0, le=200)):
         """One repository: its status, its newest snapshots and its index versions."""
+        who = login(credential)
         from grounding.service import status
 
         name = validation.repo_name(name, derived_ok=True)
@@ -294,8 +300,9 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         )
 
     @app.get("/v1/chunks/{chunk_id}", response_model=m.ChunkOut, tags=["retrieval"])
-    def chunk(chunk_id: int, who: tokens.Principal = Depends(caller)):
+    def chunk(chunk_id: int, credential: Credential):
         """One indexed chunk, as stored (secrets redacted), if its repository is the caller's to read."""
+        who = login(credential)
         chunk_id = validation.count(chunk_id, "chunk id", maximum=2**63 - 1)
         with db.get_engine().connect() as conn:
             row = store.visible_chunk(conn, chunk_id)
@@ -313,8 +320,9 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         )
 
     @app.post("/v1/repos/{name}/ingest", response_model=m.IngestJobOut, status_code=202, tags=["admin"])
-    def ingest(name: str, body: m.IngestIn, who: tokens.Principal = Depends(admin)):
+    def ingest(name: str, body: m.IngestIn, credential: Credential):
         """Ingest a repository (admin): on the `ingest-repo` Prefect deployment when there is one, else here."""
+        who = login(credential, admin=True)
         from grounding.service import jobs
 
         name = validation.repo_name(name)
@@ -342,8 +350,9 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         return m.job_out(job)
 
     @app.get("/v1/ingests/{key}", response_model=m.IngestJobOut, tags=["admin"])
-    def ingest_job(key: str, who: tokens.Principal = Depends(admin)):
+    def ingest_job(key: str, credential: Credential):
         """How an ingest this server started is going (admin)."""
+        login(credential, admin=True)
         from grounding.service import jobs
 
         job = jobs.job(key) if len(key) <= 64 else None
@@ -352,25 +361,40 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         return m.job_out(job)
 
     @app.get("/v1/repos/{name}/grants", response_model=list[m.GrantOut], tags=["admin"])
-    def grants(name: str, who: tokens.Principal = Depends(admin)):
+    def grants(name: str, credential: Credential):
         """Who may read the repository (admin)."""
+        login(credential, admin=True)
         return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(validation.repo_name(name))]
 
     @app.post("/v1/repos/{name}/grants", response_model=list[m.GrantOut], tags=["admin"])
-    def grant(name: str, body: m.GrantIn, who: tokens.Principal = Depends(admin)):
+    def grant(name: str, body: m.GrantIn, credential: Credential):
         """Let a user or group read the repository (admin)."""
+        who = login(credential, admin=True)
         name = validation.repo_name(name)
         access.grant(body.principal, name)
+        log.info("%s granted %s to %s", who.user, name, body.principal)
         return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(name)]
 
     @app.delete("/v1/repos/{name}/grants/{principal}", response_model=list[m.GrantOut], tags=["admin"])
-    def revoke(name: str, principal: str, who: tokens.Principal = Depends(admin)):
+    def revoke(name: str, principal: str, credential: Credential):
         """Take back a grant (admin); the remaining grants are returned."""
+        who = login(credential, admin=True)
         name = validation.repo_name(name)
         access.revoke(principal, name)
+        log.info("%s revoked %s from %s", who.user, name, principal)
         return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(name)]
 
     return app
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API token (`grounding token create USER`) or an OIDC JWT")
+
+
+async def _credential(found: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str | None:
+    return found.credentials if found is not None else None
+
+
+Credential = Annotated[str | None, Depends(_credential)]  # checked by login(), inside the endpoint
 
 
 def _sse(event: str, data: dict) -> str:

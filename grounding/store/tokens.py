@@ -7,7 +7,7 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["TOKEN_COLUMNS", "insert_token", "token_by_hash", "touch_token", "revoke_token", "list_tokens"]
+__all__ = ["TOKEN_COLUMNS", "insert_token", "token_by_hash", "revoke_token", "list_tokens"]
 
 TOKEN_COLUMNS = "id, user_name, admin, label, created_at, expires_at, revoked_at, last_used_at"
 
@@ -33,22 +33,26 @@ def insert_token(
 
 
 def token_by_hash(conn: Connection, secret_hash: str) -> dict | None:
-    """The row whose secret hashes to `secret_hash`, revoked and expired ones included; None if none does."""
+    """The row whose secret hashes to `secret_hash`, revoked and expired ones included; None if none does.
+
+    A live token's use is noted in the same statement (one round trip), at most once a minute, so a busy
+    token does not write on every request."""
     row = conn.execute(
-        sa.text(f"SELECT {TOKEN_COLUMNS}, now() AS now FROM api_tokens WHERE secret_hash = :h"), {"h": secret_hash}
+        sa.text(
+            f"""
+            WITH found AS (SELECT {TOKEN_COLUMNS}, now() AS now FROM api_tokens WHERE secret_hash = :h),
+            touched AS (
+                UPDATE api_tokens SET last_used_at = now()
+                WHERE id = (SELECT id FROM found) AND revoked_at IS NULL
+                  AND (expires_at IS NULL OR expires_at > now())
+                  AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+            )
+            SELECT * FROM found
+            """
+        ),
+        {"h": secret_hash},
     ).one_or_none()
     return None if row is None else dict(row._mapping)
-
-
-def touch_token(conn: Connection, token_id: str) -> None:
-    """Note that the token was used; at most once a minute, so a busy token does not write on every request."""
-    conn.execute(
-        sa.text(
-            "UPDATE api_tokens SET last_used_at = now() WHERE id = :i "
-            "AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')"
-        ),
-        {"i": token_id},
-    )
 
 
 def revoke_token(conn: Connection, token_id: str) -> bool:
