@@ -26,6 +26,10 @@ def _default_encoder() -> str:
 DOCUMENT_TOKENS = 256
 
 
+def _paths(raw: str) -> tuple[Path, ...]:
+    return tuple(Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path  # checkouts and the embedded database live here
@@ -56,6 +60,7 @@ class Settings:
     oidc_audience: str | None  # the `aud` those JWTs must carry
     oidc_jwks_url: str | None  # where the issuer's signing keys are; None: its discovery document says
     oidc_user_claim: str  # the claim that names the grounding user (grants are given to that name)
+    ingest_roots: tuple[Path, ...]  # directories an ingest asked for over the API may read (git URLs aside)
 
     @property
     def embedded_data_dir(self) -> Path:
@@ -96,7 +101,8 @@ _ENV = {
     "oidc_issuer": ("GROUNDING_OIDC_ISSUER", str, None),
     "oidc_audience": ("GROUNDING_OIDC_AUDIENCE", str, None),
     "oidc_jwks_url": ("GROUNDING_OIDC_JWKS_URL", str, None),
-    "oidc_user_claim": ("GROUNDING_OIDC_USER_CLAIM", str, "preferred_username"),
+    "oidc_user_claim": ("GROUNDING_OIDC_USER_CLAIM", str, "sub"),  # unique per issuer, unlike preferred_username
+    "ingest_roots": ("GROUNDING_INGEST_ROOTS", lambda raw: _paths(raw), ()),
 }
 
 

@@ -204,14 +204,18 @@ def _oidc(token: str) -> Principal:
         log.info("JWT refused: %s", err)
         raise Unauthenticated(REJECTED) from None
     name = claims.get(settings.oidc_user_claim)
-    try:
-        user = user_name(name) if isinstance(name, str) else None
+    try:  # a bare name only: `user:x` or `group:y` in a claim is refused, not read as a principal
+        user = user_name(name) if isinstance(name, str) and ":" not in name else None
     except InvalidArgument:
         user = None
     if user is None:
         log.info("JWT refused: claim %s is not a user name: %r", settings.oidc_user_claim, name)
         raise Unauthenticated(REJECTED)
-    exp = dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc)
+    try:
+        exp = dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc)
+    except (ValueError, OverflowError, OSError, TypeError):  # an `exp` past year 9999 is valid to PyJWT
+        log.info("JWT refused: exp %r is not a date", claims.get("exp"))
+        raise Unauthenticated(REJECTED) from None
     return Principal(user, admin=False, expires_at=exp, via="oidc")
 
 

@@ -237,7 +237,9 @@ def test_bad_requests_are_problems_not_tracebacks(api, world):
         assert streamed.status_code == 413 and "larger than" in streamed.json()["detail"], streamed.text
 
 
-def test_admin_grants_and_ingests_over_the_api(prefect_server, api, world):
+def test_admin_grants_and_ingests_over_the_api(prefect_server, api, world, monkeypatch):
+    from grounding.config import reset_settings
+
     new = world["payroll"] + "-new"
     source = git_repo(tree(world["tmp"] / "new", {"lib/tax.py": "def withhold_tax(amount):\n    return amount\n"}))
     with client(api, world["tokens"]["admin"].secret) as c:
@@ -252,6 +254,12 @@ def test_admin_grants_and_ingests_over_the_api(prefect_server, api, world):
         assert access.allowed_repos(world["alice"]) == [world["public"]]
 
         assert c.post(f"/v1/repos/{new}/ingest", json={}).status_code == 422  # a new repository needs a source
+        for where in ("/etc", str(source), "file:///etc", "http://127.0.0.1:9/r.git", "git://127.0.0.1/r.git", "etc"):
+            refused = c.post(f"/v1/repos/{new}/ingest", json={"source": where})
+            assert refused.status_code == 422, refused.text
+        monkeypatch.setenv("GROUNDING_INGEST_ROOTS", str(world["tmp"]))
+        reset_settings()
+        assert c.post(f"/v1/repos/{new}/ingest", json={"source": "/etc"}).status_code == 422
         started = c.post(f"/v1/repos/{new}/ingest", json={"source": str(source)})
         assert started.status_code == 202, started.text
         job = started.json()
@@ -354,7 +362,7 @@ def test_oidc_bearer_jwts_from_a_configured_issuer(world, monkeypatch):
         monkeypatch.setenv("GROUNDING_OIDC_AUDIENCE", "grounding")
         reset_settings()
         now = int(time.time())
-        claims = {"iss": issuer, "aud": "grounding", "exp": now + 300, "preferred_username": world["alice"]}
+        claims = {"iss": issuer, "aud": "grounding", "exp": now + 300, "sub": world["alice"]}
 
         def signed(signer=key, **change):
             return jwt.encode({**claims, **change}, signer, algorithm="RS256", headers={"kid": "k1"})
@@ -368,17 +376,37 @@ def test_oidc_bearer_jwts_from_a_configured_issuer(world, monkeypatch):
             assert expires == dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc)
             denied = client(url, signed()).post("/v1/search", json={"repo": world["payroll"], "query": "bonus"})
             assert denied.status_code == 404, "a JWT user reads through the same grants"
+            other_claim = client(url, signed(sub="someone-else", preferred_username=world["alice"])).get("/v1/me")
+            assert other_claim.json()["user"] == "someone-else", "only the configured claim (sub) names the user"
             unsigned = jwt.encode(claims, None, algorithm="none")
             for bad in (
                 signed(aud="someone-else"),
                 signed(iss="http://127.0.0.1:1/evil"),
                 signed(exp=now - 120),
                 signed(signer=other),
-                signed(preferred_username="../../root"),
-                signed(preferred_username=None),
+                signed(sub="../../root"),
+                signed(sub=None),
+                signed(sub=f"user:{world['alice']}"),  # a principal, not a name
+                signed(sub=f"group:{world['alice']}"),
+                signed(exp=10**12),  # valid to PyJWT, past what a date holds
                 unsigned,
                 jwt.encode(claims, "secret-guess", algorithm="HS256", headers={"kid": "k1"}),
             ):
                 assert client(url, bad).get("/v1/repos").status_code == 401, jwt.decode(
                     bad, options={"verify_signature": False}
                 )
+
+
+def test_owner_name_repositories_and_no_slash_redirects(api, world, hashing):
+    nested = f"{world['public']}/tools"
+    ingest(str(git_repo(tree(world["tmp"] / "nested", {"run.py": "def run_tool():\n    return 0\n"}))), name=nested,
+           embedder=hashing)  # fmt: skip
+    with client(api, world["tokens"]["admin"].secret) as admin:
+        assert admin.post(f"/v1/repos/{nested}/grants", json={"principal": world["alice"]}).status_code == 200
+        assert [g["repo"] for g in admin.get(f"/v1/repos/{nested}/grants").json()] == [nested]
+    with client(api, world["tokens"]["alice"].secret) as c:
+        detail = c.get(f"/v1/repos/{nested}")
+        assert detail.status_code == 200 and detail.json()["name"] == nested
+        assert nested in [r["name"] for r in c.get("/v1/repos").json()["items"]]
+        slashed = c.get("/v1/me/", headers={"Host": "evil.example"})
+        assert slashed.status_code == 404 and "location" not in slashed.headers

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from grounding.errors import SourceNotFound
+from grounding.index import sources
 from grounding.index.sources import classify, list_files, open_source
 from tests.conftest import copy_tree, git, git_repo
 
@@ -129,3 +131,33 @@ def test_an_untracked_directory_inside_a_work_tree_is_walked(tmp_path):
     assert not checkout.is_git and checkout.commit is None
     files, _, _ = listing(vendored)
     assert "sessions.py" in files
+
+
+@pytest.mark.parametrize(
+    "url, hosts, asked, lent",
+    [
+        ("https://git.corp.example/acme/api.git", "git.corp.example", "https://git.corp.example", True),
+        ("https://git.corp.example/acme/api.git", "", "https://git.corp.example", False),  # no host named
+        ("https://evil.example/r.git", "git.corp.example", "https://evil.example", False),
+        ("http://git.corp.example/acme/api.git", "git.corp.example", "http://git.corp.example", False),  # clear text
+        ("https://git.corp.example/a.git", "git.corp.example", "https://evil.example", False),  # a redirect
+        ("https://u:pw@other.example/a.git", "", "https://other.example", True),  # the URL's own, for its host
+        ("https://u:pw@other.example/a.git", "", "https://evil.example", False),
+    ],
+)
+def test_git_credentials_go_only_to_the_hosts_they_are_lent_to(monkeypatch, url, hosts, asked, lent):
+    """Real git asks the real credential helper, as a clone would; only a lent protocol://host gets an answer."""
+    monkeypatch.setenv("GROUNDING_GIT_TOKEN", "ghp_COMPANYWIDE")
+    monkeypatch.setenv("GROUNDING_GIT_HOSTS", hosts)
+    protocol, host = asked.split("://")
+    result = subprocess.run(
+        ["git", "-c", f"credential.helper={sources._CREDENTIAL_HELPER}", "credential", "fill"],
+        input=f"protocol={protocol}\nhost={host}\n\n",
+        capture_output=True,
+        text=True,
+        env=sources._git_env(url),
+    )
+    answered = "password=" in result.stdout
+    assert answered == lent, result.stdout + result.stderr
+    if lent:
+        assert ("password=pw" if "pw@" in url else "password=ghp_COMPANYWIDE") in result.stdout

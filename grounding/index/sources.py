@@ -2,8 +2,9 @@
 
 Git URLs are checked before git sees them (a known scheme or `user@host:path`, nothing git could read as
 an option) and are stored and shown without credentials (`display_url`). Credentials come from git's
-own credential helpers, from GROUNDING_GIT_USERNAME / GROUNDING_GIT_PASSWORD (or GROUNDING_GIT_TOKEN),
-or from the URL itself for that one call: they are handed to git through its environment, never on a
+own credential helpers, from GROUNDING_GIT_USERNAME / GROUNDING_GIT_PASSWORD (or GROUNDING_GIT_TOKEN), sent
+only over https to the hosts GROUNDING_GIT_HOSTS names, or from the URL itself for that one call and that
+URL's host only: they are handed to git through its environment, never on a
 command line, and never written to the catalogue, the checkout's config or an error message. A clone
 lives under `checkouts/<key>`, a key the caller derives from the repository's id, never from user text.
 """
@@ -11,6 +12,7 @@ lives under `checkouts/<key>`, a key the caller derives from the repository's id
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 import subprocess
@@ -23,6 +25,8 @@ from grounding.index.languages import detect_language
 from grounding.index.secrets import is_secret_file
 from grounding.records import SkippedFile, SourceFile
 
+log = logging.getLogger(__name__)
+
 GIT_TIMEOUT_S = 300
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.IGNORECASE)
 _SCHEMES = ("https", "http", "ssh", "git", "file")
@@ -30,12 +34,17 @@ _SCHEMES = ("https", "http", "ssh", "git", "file")
 _USERINFO = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/?#@:]*)(?::(?P<password>[^/?#]*))?@", re.I)
 _ANY_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#\s'\"]*@", re.I)
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-# Answers git's credential questions from the environment the call is given (values never in argv).
+# Answers git's credential questions from the environment the call is given (values never in argv), and only
+# for a protocol://host the call lends them to (GROUNDING_GIT_LEND, set by _git_env): a redirect to another
+# host, a submodule, or a URL an administrator was talked into gets nothing.
 _CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get || exit 0; '
+    '!f() { test "$1" = get || exit 0; p=; h=; '
+    'while IFS== read -r k v; do case "$k" in protocol) p=$v;; host) h=$v;; esac; done; '
+    'case " $GROUNDING_GIT_LEND " in *" $p://$h "*) ;; *) exit 0;; esac; '
     'test -n "$GROUNDING_GIT_USERNAME" && echo "username=$GROUNDING_GIT_USERNAME"; '
     'test -n "$GROUNDING_GIT_PASSWORD" && echo "password=$GROUNDING_GIT_PASSWORD"; }; f'
 )
+_AUTHORITY = re.compile(r"^(?P<scheme>https?)://(?:[^/?#@]*@)?(?P<host>[^/?#@]+)", re.I)
 GENERATED_NAMES = (
     "*.min.js",
     "*.min.css",
@@ -117,17 +126,37 @@ def checkout_key(repo_id: int) -> str:
     return f"repo-{int(repo_id)}"
 
 
+def credential_hosts() -> set[str]:
+    """The hosts (`host` or `host:port`) that GROUNDING_GIT_TOKEN / _USERNAME / _PASSWORD may be sent to, over
+    https only: GROUNDING_GIT_HOSTS, comma-separated. Unset, the environment's credentials go nowhere."""
+    return {h.strip().lower() for h in os.environ.get("GROUNDING_GIT_HOSTS", "").split(",") if h.strip()}
+
+
 def _git_env(url: str | None) -> dict[str, str]:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": ":".join(_SCHEMES)}
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": ":".join(_SCHEMES), "GROUNDING_GIT_LEND": ""}
     if os.environ.get("GROUNDING_GIT_TOKEN") and not os.environ.get("GROUNDING_GIT_PASSWORD"):
         env["GROUNDING_GIT_PASSWORD"] = os.environ["GROUNDING_GIT_TOKEN"]
         env.setdefault("GROUNDING_GIT_USERNAME", "x-access-token")
-    found = _USERINFO.match(url) if url else None
-    if found and found["scheme"].lower() in ("http://", "https://"):
+    authority = _AUTHORITY.match(url) if url else None
+    if authority is None:
+        return env
+    scheme, host = authority["scheme"].lower(), authority["host"].lower()
+    found = _USERINFO.match(url)
+    if found:  # credentials in the URL: for that URL's own host and scheme, this one call
         user, password = found["user"], found["password"]
         if password is None:  # https://TOKEN@host: the token is the password
             user, password = "x-access-token", user
         env["GROUNDING_GIT_USERNAME"], env["GROUNDING_GIT_PASSWORD"] = user, password
+        env["GROUNDING_GIT_LEND"] = f"{scheme}://{host}"
+    elif scheme == "https" and (host in credential_hosts() or host.split(":")[0] in credential_hosts()):
+        env["GROUNDING_GIT_LEND"] = f"https://{host}"
+    elif env.get("GROUNDING_GIT_PASSWORD"):
+        log.warning(
+            "git credentials from the environment are not sent to %s://%s: only over https, to a host in "
+            "GROUNDING_GIT_HOSTS",
+            scheme,
+            host,
+        )
     return env
 
 

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -77,6 +78,8 @@ def problem(err: Exception, *, status: int | None = None) -> JSONResponse:
         kind, detail = "RepoNotFound", _not_found(err.repos)  # never tell "not granted" from "not there"
     elif isinstance(err, RepoNotFound):
         detail = _not_found([err.name])  # its message lists every repository: not for a user
+    elif isinstance(err, GeneratorUnavailable):
+        detail = "the answer generator is unavailable; the server's log says why"  # its message names the server
     elif status == 500:
         kind, detail = "InternalError", "the server failed to answer; its log says why"
     body = {"type": f"urn:grounding:error:{kind}", "title": kind, "status": status, "detail": detail}
@@ -125,6 +128,33 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+def network_source(source: str) -> str:
+    """What an ingest asked for over the network may read: a git URL over https or ssh (`user@host:path`),
+    or a directory under one of GROUNDING_INGEST_ROOTS. Plain http, git:// and file:// are refused: their
+    bytes (or credentials) travel in clear or come from the server's own disk."""
+    from grounding.index import sources
+
+    if sources.is_git_url(source):
+        sources.check_git_url(source)
+        scheme = source.split("://", 1)[0].lower() if "://" in source else "ssh"
+        if scheme not in ("https", "ssh"):
+            raise InvalidArgument(
+                f"over the API a git URL is https://, ssh:// or user@host:path, not {scheme}://; "
+                "an administrator can ingest others with the `grounding ingest` command"
+            )
+        return source
+    roots = get_settings().ingest_roots
+    path = Path(source).expanduser()
+    resolved = path.resolve() if path.is_absolute() else None
+    if resolved is None or not any(resolved == r or resolved.is_relative_to(r) for r in roots):
+        allowed = ", ".join(str(r) for r in roots) if roots else "none is set"
+        raise InvalidArgument(
+            f"{source!r} is not a directory the API may read: it must be an absolute path under "
+            f"GROUNDING_INGEST_ROOTS ({allowed}), or a git URL"
+        )
+    return str(resolved)
+
+
 def citation_out(c: Citation) -> m.CitationOut:
     return m.CitationOut(
         repo=c.repo,
@@ -161,6 +191,7 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         description="Answers about a company's code, cited to file and line. Send `Authorization: Bearer TOKEN`.",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        redirect_slashes=False,  # a redirect would echo the Host header into Location, token and all
     )
 
     app.add_middleware(BodyLimit)
@@ -282,23 +313,6 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
             items=[m.repo_out(r) for r in page], next_cursor=page[-1].name if len(after) > limit else None
         )
 
-    @app.get("/v1/repos/{name}", response_model=m.RepoDetail, tags=["repositories"])
-    def repo(name: str, credential: Credential, snapshots: int = Query(20, ge=0, le=200)):
-        """One repository: its status, its newest snapshots and its index versions."""
-        who = login(credential)
-        from grounding.service import status
-
-        name = validation.repo_name(name, derived_ok=True)
-        access.authorize(who.user, [name])
-        found = [r for r in status.repositories(include_derived=True) if r.name == name]
-        if not found:
-            raise RepoNotFound(name)
-        return m.RepoDetail(
-            **m.repo_out(found[0]).model_dump(),
-            snapshots=[m.snapshot_out(s) for s in status.snapshots(name, limit=snapshots)] if snapshots else [],
-            index_versions=[m.version_out(v) for v in status.index_versions(name)],
-        )
-
     @app.get("/v1/chunks/{chunk_id}", response_model=m.ChunkOut, tags=["retrieval"])
     def chunk(chunk_id: int, credential: Credential):
         """One indexed chunk, as stored (secrets redacted), if its repository is the caller's to read."""
@@ -319,14 +333,14 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
             cite=f"{row['path']}:{row['start_line']}-{row['end_line']}@{row['commit'] or 'worktree'}",
         )
 
-    @app.post("/v1/repos/{name}/ingest", response_model=m.IngestJobOut, status_code=202, tags=["admin"])
+    @app.post("/v1/repos/{name:path}/ingest", response_model=m.IngestJobOut, status_code=202, tags=["admin"])
     def ingest(name: str, body: m.IngestIn, credential: Credential):
         """Ingest a repository (admin): on the `ingest-repo` Prefect deployment when there is one, else here."""
         who = login(credential, admin=True)
         from grounding.service import jobs
 
         name = validation.repo_name(name)
-        source = body.source
+        source = None if body.source is None else network_source(body.source)
         if source is None:
             with db.get_engine().connect() as conn:
                 record = store.repo_record(conn, name)
@@ -360,13 +374,13 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
             raise SourceNotFound(f"no ingest {key!r} was started by this server")
         return m.job_out(job)
 
-    @app.get("/v1/repos/{name}/grants", response_model=list[m.GrantOut], tags=["admin"])
+    @app.get("/v1/repos/{name:path}/grants", response_model=list[m.GrantOut], tags=["admin"])
     def grants(name: str, credential: Credential):
         """Who may read the repository (admin)."""
         login(credential, admin=True)
         return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(validation.repo_name(name))]
 
-    @app.post("/v1/repos/{name}/grants", response_model=list[m.GrantOut], tags=["admin"])
+    @app.post("/v1/repos/{name:path}/grants", response_model=list[m.GrantOut], tags=["admin"])
     def grant(name: str, body: m.GrantIn, credential: Credential):
         """Let a user or group read the repository (admin)."""
         who = login(credential, admin=True)
@@ -375,7 +389,7 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         log.info("%s granted %s to %s", who.user, name, body.principal)
         return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(name)]
 
-    @app.delete("/v1/repos/{name}/grants/{principal}", response_model=list[m.GrantOut], tags=["admin"])
+    @app.delete("/v1/repos/{name:path}/grants/{principal}", response_model=list[m.GrantOut], tags=["admin"])
     def revoke(name: str, principal: str, credential: Credential):
         """Take back a grant (admin); the remaining grants are returned."""
         who = login(credential, admin=True)
@@ -383,6 +397,25 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
         access.revoke(principal, name)
         log.info("%s revoked %s from %s", who.user, name, principal)
         return [m.GrantOut(principal=p, repo=r) for p, r in access.grants(name)]
+
+    @app.get("/v1/repos/{name:path}", response_model=m.RepoDetail, tags=["repositories"])
+    def repo(name: str, credential: Credential, snapshots: int = Query(20, ge=0, le=200)):
+        """One repository: its status, its newest snapshots and its index versions."""
+        who = login(credential)
+        from grounding.service import status
+
+        name = validation.repo_name(name, derived_ok=True)
+        access.authorize(who.user, [name])
+        found = [r for r in status.repositories(include_derived=True) if r.name == name]
+        if not found:
+            raise RepoNotFound(name)
+        return m.RepoDetail(
+            **m.repo_out(found[0]).model_dump(),
+            snapshots=[m.snapshot_out(s, error=who.admin) for s in status.snapshots(name, limit=snapshots)]
+            if snapshots
+            else [],
+            index_versions=[m.version_out(v) for v in status.index_versions(name)],
+        )
 
     return app
 

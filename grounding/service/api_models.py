@@ -228,7 +228,8 @@ def repo_out(r) -> RepoOut:
     )
 
 
-def snapshot_out(s) -> SnapshotOut:
+def snapshot_out(s, *, error: bool) -> SnapshotOut:
+    """A snapshot as the API shows it; a failure's text (which may name server paths) only with `error`."""
     return SnapshotOut(
         id=s.id,
         status=s.status,
@@ -236,7 +237,7 @@ def snapshot_out(s) -> SnapshotOut:
         ref=s.ref,
         started_at=s.started_at,
         finished_at=s.finished_at,
-        error=s.error,
+        error=s.error if error or s.error is None else "the ingest failed; an administrator can read why",
         stats=s.stats,
     )
 

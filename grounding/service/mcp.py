@@ -197,7 +197,7 @@ def create_server(*, http: bool, token: str | None = None, rate_limit: int | Non
         repo: Annotated[str, Field(description="a repository name, as list_repos gives it")],
         query: Annotated[str, Field(description="what to find; may hold inline filters: path:src/** lang:go")],
         ctx: Context,
-        k: Annotated[int, Field(description="how many chunks (1-100)")] = 8,
+        k: Annotated[int, Field(ge=1, le=100, description="how many chunks (1-100)")] = 8,
         filters: Annotated[
             m.FiltersIn | None,
             Field(
@@ -235,7 +235,7 @@ def create_server(*, http: bool, token: str | None = None, rate_limit: int | Non
         repo: Annotated[str | list[str], Field(description="a repository name, or a list of names")],
         question: Annotated[str, Field(description="the question; may hold inline filters: role:test")],
         ctx: Context,
-        k: Annotated[int, Field(description="how many pieces of code to answer from (1-50)")] = 5,
+        k: Annotated[int, Field(ge=1, le=50, description="how many pieces of code to answer from (1-50)")] = 5,
     ) -> Annotated[CallToolResult, m.AnswerOut]:
         """An answer from the repositories' own code, each claim ending in [n], citing citation n."""
         from grounding.answer.ask import ask as answer

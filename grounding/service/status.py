@@ -100,10 +100,12 @@ def repositories(*, include_derived: bool = False) -> list[RepoStatus]:
 
 def repo_scope(user: str | None, *, include_derived: bool = False) -> RepoScope:
     """What `user` may see (grounding.access.allowed_repos); without a user, everything (local trusted mode)."""
+    from grounding import validation
     from grounding.access import allowed_repos
 
+    user = validation.user(user)  # "" or "  " is an error, never the trusted caller
     repos = repositories(include_derived=include_derived)
-    if not user:
+    if user is None:
         return RepoScope(None, tuple(repos), "Local trusted mode: no user is set, every repository is shown.")
     allowed = set(allowed_repos(user))
     visible = tuple(r for r in repos if r.name in allowed)
