@@ -95,8 +95,8 @@ def ask_and_show(repos: list[str], text: str, *, k: int, user: str | None) -> di
     return message
 
 
+user = current_user()  # first: with a login on, the sign-in form stops the page here
 st.title("Copilot")
-user = current_user()
 scope = scope_or_stop()
 if not scope.repos:
     st.info("No repository to ask about yet. Ingest one on the Ingest page, or with `grounding ingest PATH`.")

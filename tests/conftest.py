@@ -36,6 +36,14 @@ def package_tree(name: str) -> Path:
     return path
 
 
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    """Write `files` (relative path -> text) under root; returns root."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
 def copy_tree(name: str, dest: Path) -> Path:
     """A copy of an installed package's .py files (no caches), to change freely."""
     shutil.copytree(package_tree(name), dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

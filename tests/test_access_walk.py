@@ -159,6 +159,7 @@ def rendered(at: AppTest) -> str:
 def run_page(name: str, monkeypatch, user: str, **query) -> AppTest:
     monkeypatch.syspath_prepend(str(APP))
     monkeypatch.setenv("GROUNDING_UI_USER", user)
+    monkeypatch.setenv("GROUNDING_UI_AUTH", "none")  # the server's one user, as `grounding ui --user` on loopback
     at = AppTest.from_file(str(APP / name), default_timeout=120)
     for key, values in query.items():
         at.query_params[key] = values

@@ -19,17 +19,13 @@ from grounding import access, tokens
 from grounding.cli import main
 from grounding.index.ingest import ingest
 from tests.conftest import git_repo
+from tests.conftest import write_tree as tree
 
 PUBLIC = {"app/greet.py": "def greet(name):\n    return f'hello {name}'\n\n\ndef farewell(name):\n    return 'bye'\n"}
 PAYROLL = {"salaries/compute_bonus.py": "def compute_payroll_bonus(salary):\n    return salary * 0.42\n"}
 SECRET_WORDS = ("payroll", "bonus", "salar", "0.42")
 
 
-def tree(root, files):
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    return root
 
 
 def free_port() -> int:

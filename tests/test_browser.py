@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,18 +36,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def copilot(engine, repo_name, hashing, tmp_path):
-    """`grounding ui --headless` on a free port against the test database, with `requests` ingested."""
-    from grounding.index.ingest import ingest
-
-    ingest(str(git_repo(copy_tree("requests", tmp_path / "requests"))), name=repo_name, embedder=hashing)
+@contextlib.contextmanager
+def running_copilot(
+    tmp_path: Path, *args: str, drop: tuple[str, ...] = ()
+) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """`grounding ui --headless ARGS` on a free port, with this test's GROUNDING_* environment less `drop`;
+    yields (url, process, log file) once it answers, and stops it with Ctrl-C after."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("GROUNDING_UI_USER", "PREFECT_API_URL")}
+    env = {k: v for k, v in os.environ.items() if k not in ("GROUNDING_UI_USER", "PREFECT_API_URL", *drop)}
     log_path = tmp_path / "ui.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "grounding.cli", "ui", "--port", str(port), "--headless"],
+            [sys.executable, "-m", "grounding.cli", "ui", "--port", str(port), "--headless", *args],
             env=env,  # GROUNDING_DATABASE_URL and GROUNDING_HOME of this test
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -55,12 +57,22 @@ def copilot(engine, repo_name, hashing, tmp_path):
             while "grounding copilot at" not in log_path.read_text():
                 assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
                 time.sleep(0.3)
-            yield f"http://127.0.0.1:{port}", proc
+            yield f"http://127.0.0.1:{port}", proc, log_path
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # Ctrl-C
-            code = proc.wait(timeout=60)
-    assert code == 0, f"grounding ui stops cleanly on Ctrl-C:\n{log_path.read_text()[-3000:]}"
+            proc.wait(timeout=60)
+
+
+@pytest.fixture
+def copilot(engine, repo_name, hashing, tmp_path):
+    """`grounding ui --headless` on a free port against the test database, with `requests` ingested."""
+    from grounding.index.ingest import ingest
+
+    ingest(str(git_repo(copy_tree("requests", tmp_path / "requests"))), name=repo_name, embedder=hashing)
+    with running_copilot(tmp_path) as (url, proc, log_path):
+        yield url, proc
+    assert proc.returncode == 0, f"grounding ui stops cleanly on Ctrl-C:\n{log_path.read_text()[-3000:]}"
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from grounding import access, db, tokens
 from grounding.index.embed import HashingEmbedder
 from grounding.index.ingest import ingest
 from tests.conftest import drop_repos, git, git_repo, module_environment
+from tests.conftest import write_tree as tree
 
 ROOT = Path(__file__).resolve().parents[1]
 GITHUB_TOKEN = "ghp_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(36))
@@ -43,11 +44,6 @@ SECRET_WORDS = ("payroll", "bonus", "salar", "0.42", "hunter2")
 TOOLS = {"search_code", "ask", "read_span", "list_repos"}
 
 
-def tree(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    return root
 
 
 @pytest.fixture(scope="module")

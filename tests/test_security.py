@@ -25,15 +25,11 @@ from grounding.cli import main
 from grounding.errors import AccessDenied, GroundingError, SourceNotFound
 from grounding.index.ingest import ingest
 from tests.conftest import git, git_repo, save_tiny_bert
+from tests.conftest import write_tree as tree
 
 SECRET_PASSWORD = "Zq8vT2kWm4Rx9pLs7Yb3"
 
 
-def tree(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    return root
 
 
 @pytest.fixture
@@ -306,30 +302,30 @@ def test_refresh_leaves_derived_eval_indexes_alone(engine, repo_name, hashing, t
 
 
 @pytest.mark.parametrize(
-    ("address", "insecure", "allowed"),
+    ("address", "login", "auth"),
     [
-        ("127.0.0.1", False, True),
-        ("::1", False, True),
-        ("localhost", False, True),
-        ("0.0.0.0", False, False),
-        ("10.1.2.3", False, False),
-        ("0.0.0.0", True, True),
+        ("127.0.0.1", False, "none"),
+        ("::1", False, "none"),
+        ("localhost", False, "none"),
+        ("127.0.0.1", True, "token"),
+        ("0.0.0.0", False, "token"),  # off loopback every session signs in: no trusted mode to offer
+        ("10.1.2.3", False, "token"),
+        ("copilot.internal", False, "token"),
     ],
 )
-def test_the_copilot_refuses_a_non_loopback_address_without_an_explicit_flag(address, insecure, allowed):
-    from grounding.cli.repos import check_ui_address
+def test_the_copilot_offers_trusted_mode_only_on_loopback(address, login, auth):
+    from grounding.cli.repos import ui_auth
 
-    if allowed:
-        check_ui_address(address, insecure=insecure)
-    else:
-        with pytest.raises(GroundingError, match="--insecure-no-auth"):
-            check_ui_address(address, insecure=insecure)
+    assert ui_auth(address, login=login, user=None) == auth
+    if auth == "token":
+        with pytest.raises(GroundingError, match="--user is for the copilot on this machine only"):
+            ui_auth(address, login=login, user="alice")
 
 
-def test_grounding_ui_on_a_public_address_exits_with_one_line(capsys):
-    assert main(["ui", "--address", "0.0.0.0", "--headless"]) == 1
+def test_grounding_ui_with_a_user_off_loopback_exits_with_one_line(capsys):
+    assert main(["ui", "--address", "0.0.0.0", "--user", "alice", "--headless"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "has no login" in err
+    assert err.count("\n") == 1 and "signs in with its own API token" in err
 
 
 # What an attacker review of the fix found, each pinned ---------------------------------------------

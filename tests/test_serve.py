@@ -147,6 +147,7 @@ def test_ingest_page_submits_the_deployment_and_follows_its_flow_run(served, eng
     import ingest_jobs
 
     monkeypatch.delenv("GROUNDING_UI_USER", raising=False)
+    monkeypatch.setenv("GROUNDING_UI_AUTH", "none")  # local trusted mode, as `grounding ui` on loopback
     monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")  # as the worker's, to search what it wrote
     reset_settings()
     # The page checks PREFECT_API_URL itself; Prefect read its settings at import, so its client (in the page's

@@ -77,8 +77,8 @@ def show_job(key: str) -> None:
         st.rerun()  # the whole page, once, so that polling stops
 
 
+user = current_user()  # first: with a login on, the sign-in form stops the page here
 st.title("Ingest a repository")
-user = current_user()
 scope = scope_or_stop()
 use_deployment = ingest_jobs.deployment_available()
 if use_deployment:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import streamlit as st
-from ui_common import errors_as_messages, scope_or_stop, when
+from ui_common import current_user, errors_as_messages, scope_or_stop, when
 
 from grounding.service.status import file_roles, index_versions, skipped_files, snapshots
 
 st.set_page_config(page_title="Index · grounding copilot", page_icon=":material/database:", layout="wide")
+current_user()  # first: with a login on, the sign-in form stops the page here
 st.title("Index")
 scope = scope_or_stop()
 if not scope.repos:

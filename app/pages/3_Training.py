@@ -6,7 +6,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
-from ui_common import errors_as_messages, scope_or_stop, when
+from ui_common import current_user, errors_as_messages, scope_or_stop, when
 
 from grounding.service.status import (
     REALM_KINDS,
@@ -63,6 +63,7 @@ def grouped_bars(
     st.altair_chart(chart, width="stretch")
 
 
+current_user()  # first: with a login on, the sign-in form stops the page here
 st.title("Training")
 scope = scope_or_stop()
 if not scope.repos:

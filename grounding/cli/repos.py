@@ -134,23 +134,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(port=args.port, ready=ready)
 
 
-def check_ui_address(address: str, *, insecure: bool) -> None:
-    """Refuse to serve the copilot beyond this machine without authentication, unless told so explicitly.
-
-    The copilot has no login yet: whoever reaches its port acts as its user (or, with none, as a trusted
-    local caller who reads every repository).
-    """
+def is_loopback(address: str) -> bool:
     import ipaddress
 
     try:
-        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+        return address == "localhost" or ipaddress.ip_address(address).is_loopback
     except ValueError:
-        loopback = False
-    if not loopback and not insecure:
+        return False
+
+
+def ui_auth(address: str, *, login: bool, user: str | None) -> str:
+    """How the copilot's sessions authenticate: `token` (each signs in with an API token) or `none`.
+
+    `none` (local trusted mode, or the one `--user`) only on loopback and only without --login: whoever
+    reaches the port acts as that user, or reads every repository. Off loopback every session signs in.
+    """
+    if is_loopback(address) and not login:
+        return "none"
+    if user:
         raise InvalidArgument(
-            f"the copilot has no login: on {address!r} anyone who reaches the port reads what its user may read. "
-            "Serve it on 127.0.0.1 (behind your own authenticating proxy), or pass --insecure-no-auth to accept that"
+            "--user is for the copilot on this machine only; with --login or off loopback every browser session "
+            "signs in with its own API token (`grounding token create USER`)"
         )
+    return "token"
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
@@ -164,12 +170,15 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     from grounding.config import get_settings
     from grounding.service.serve import PROJECT_DIR
 
-    check_ui_address(args.address, insecure=args.insecure_no_auth)
+    auth = ui_auth(args.address, login=args.login, user=args.user)
     app = PROJECT_DIR / "app" / "copilot.py"
     if not app.is_file():
         raise GroundingError(f"the copilot app is not at {app}; run `grounding ui` from a checkout of grounding")
     env = dict(os.environ)
-    if args.user:
+    env["GROUNDING_UI_AUTH"] = auth
+    if auth == "token":
+        env.pop("GROUNDING_UI_USER", None)
+    elif args.user:
         env["GROUNDING_UI_USER"] = args.user
     user = env.get("GROUNDING_UI_USER")
     env.setdefault("PREFECT_HOME", str(get_settings().home / "prefect"))  # as `grounding serve` has it
@@ -197,7 +206,13 @@ def _cmd_ui(args: argparse.Namespace) -> int:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.3)
         if proc.poll() is None:
-            who = f"as user {user!r}" if user else "in local trusted mode (every repository)"
+            who = (
+                "with a login (each session signs in with an API token)"
+                if auth == "token"
+                else f"as user {user!r}"
+                if user
+                else "in local trusted mode (every repository)"
+            )
             print(f"grounding copilot at {url} {who}. Ctrl-C stops it.", flush=True)
             if not args.headless:
                 webbrowser.open(url)
@@ -273,9 +288,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8501, help="port of the web UI (default 8501)")
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument(
-        "--insecure-no-auth",
+        "--login",
         action="store_true",
-        help="allow a non-loopback --address although the copilot has no login: anyone reaching it acts as its user",
+        help="every browser session signs in with an API token (always so off loopback)",
     )
     p.add_argument("--user", help="show only the repositories this user may read (default: GROUNDING_UI_USER)")
     p.add_argument("--headless", action="store_true", help="do not open a browser")
