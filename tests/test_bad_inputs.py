@@ -267,7 +267,9 @@ CASES = {
         c.capsys, ["complete", c.repo, "a.py:notanumber"], "not PATH or PATH:LINE"
     ),
     "cli-eval-k-zero": lambda c: one_line_exit(c.capsys, ["eval", c.repo, "-k", "0"], "k must be between 1 and 200"),
-    "cli-ui-public": lambda c: one_line_exit(c.capsys, ["ui", "--address", "0.0.0.0", "--headless"], "has no login"),
+    "cli-ui-public": lambda c: one_line_exit(
+        c.capsys, ["ui", "--address", "0.0.0.0", "--user", "alice", "--headless"], "on this machine only"
+    ),
     "cli-unexpected": case_cli_unexpected,
 }
 
