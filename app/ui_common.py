@@ -5,8 +5,9 @@
 GROUNDING_UI_AUTH says how sessions authenticate. `token` (the default, and always so off loopback): each
 browser session signs in with an API token (`grounding token create USER`), which is checked again on every
 rerun, so a revoked or expired token signs the session out; where Streamlit's own OIDC is configured
-(`[auth]` in .streamlit/secrets.toml) the provider's sign-in is offered too. `none`, which only `grounding ui`
-on loopback sets: the server's one user (GROUNDING_UI_USER), or local trusted mode. Every page asks
+(`[auth]` in .streamlit/secrets.toml, and Authlib installed) the provider's sign-in is offered too. `none`,
+which only `grounding ui` on loopback sets: the server's one user (GROUNDING_UI_USER), or local trusted mode;
+a server told to listen off loopback (`--server.address`) asks for a login even then. Every page asks
 `current_user()` first, and that is where the login form stops a page.
 """
 
@@ -15,26 +16,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from grounding.errors import GroundingError
 from grounding.service.status import RepoScope, repo_scope
+from grounding.validation import is_loopback
+
+if TYPE_CHECKING:
+    from grounding.tokens import Principal
 
 log = logging.getLogger("grounding.app")
 
 USER_ENV = "GROUNDING_UI_USER"  # set by `grounding ui --user NAME`
 AUTH_ENV = "GROUNDING_UI_AUTH"  # token or none (grounding.cli.repos.ui_auth)
-TOKEN_KEY = "grounding_token"
+TOKEN_KEY, PRINCIPAL_KEY = "grounding_token", "grounding_principal"  # in st.session_state, once signed in
 
 
 def login_required() -> bool:
-    """Whether sessions sign in: anything but an explicit `none` (which `grounding ui` sets on loopback only)."""
-    return os.environ.get(AUTH_ENV, "token").strip().lower() != "none"
+    """Whether sessions sign in: unless GROUNDING_UI_AUTH is an explicit `none` (which `grounding ui` sets on
+    loopback only), and always when this server was told to listen on an address beyond this machine."""
+    if os.environ.get(AUTH_ENV, "token").strip().lower() != "none":
+        return True
+    address = st.get_option("server.address")
+    return bool(address) and not is_loopback(address)
 
 
-def current_principal():
+def current_principal() -> Principal | None:
     """The signed-in Principal (grounding.tokens), or None without a login; stops the page at the login form."""
     if not login_required():
         return None
@@ -43,74 +54,126 @@ def current_principal():
 
 def current_user() -> str | None:
     """Whose grants the page applies: the signed-in user, the server's --user, or None (local trusted mode)."""
-    if not login_required():
+    who = current_principal()
+    if who is None:
         return os.environ.get(USER_ENV) or None
-    return require_login().user
+    return who.user
 
 
-def _oidc_configured() -> bool:
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def oidc_providers() -> list[tuple[str | None, str]]:
+    """(st.login's provider argument, its button label) for each OIDC provider configured in secrets.toml's
+    `[auth]`: the unnamed one (client_id in [auth] itself) and each `[auth.NAME]`; none without Authlib."""
+    from streamlit.auth_util import is_authlib_installed
+
     try:
-        return hasattr(st, "login") and "auth" in st.secrets
-    except Exception:  # no secrets.toml at all: Streamlit raises rather than answer "no"
-        return False
+        auth = st.secrets.get("auth")
+    except Exception:  # no secrets.toml at all, or a broken one: Streamlit raises rather than answer "no"
+        return []
+    if not isinstance(auth, Mapping) or not {"redirect_uri", "cookie_secret"} <= set(auth):
+        return []
+    if not is_authlib_installed():
+        _warn_once("[auth] is configured in secrets.toml but Authlib>=1.3.2 is not installed: no OIDC sign-in")
+        return []
+    found: list[tuple[str | None, str]] = []
+    if "client_id" in auth:  # the unnamed provider: named by its issuer's host
+        host = urllib.parse.urlsplit(str(auth.get("server_metadata_url", ""))).hostname
+        found.append((None, host or "your identity provider"))
+    for name, section in auth.items():
+        if not isinstance(section, Mapping) or name == "client_kwargs":  # client_kwargs: the unnamed one's options
+            continue
+        if "_" in name:  # st.login refuses these
+            _warn_once(f"[auth.{name}] in secrets.toml: Streamlit allows no underscore in a provider's name")
+        else:
+            found.append((name, name.title()))
+    return found
 
 
-def _oidc_principal():
-    """The Principal of a session signed in through Streamlit's OIDC (st.login), or None."""
+def _oidc_principal() -> Principal | None:
+    """The Principal of a session signed in through Streamlit's OIDC (st.login), or None.
+
+    The user is the ID token's GROUNDING_OIDC_USER_CLAIM (default `sub`), as for the API's JWTs, so a person
+    has one name, and one set of grants, in both; an `email` claim counts only when `email_verified` is not false.
+    """
     from grounding import tokens
     from grounding.access import user_name
     from grounding.config import get_settings
     from grounding.errors import InvalidArgument
 
-    if not _oidc_configured() or not getattr(st.user, "is_logged_in", False):
+    if not oidc_providers() or not getattr(st.user, "is_logged_in", False):
         return None
-    name = st.user.get(get_settings().oidc_user_claim)
-    try:
+    claim = get_settings().oidc_user_claim
+    name = st.user.get(claim)
+    if claim == "email" and st.user.get("email_verified") is False:
+        log.info("OIDC sign-in refused: %r is not a verified email", name)
+        return None
+    try:  # a bare name only: `user:x` or `group:y` in a claim is refused, not read as a principal
         return tokens.Principal(user_name(name), via="oidc") if isinstance(name, str) and ":" not in name else None
     except InvalidArgument:
         return None
 
 
 def sign_out() -> None:
-    for key in (TOKEN_KEY, "chat", "ingest_job"):
-        st.session_state.pop(key, None)
-    if _oidc_configured() and getattr(st.user, "is_logged_in", False):
+    """Forget everything this session held (its token, its chat, its widgets); log out of the OIDC provider too."""
+    oidc = bool(oidc_providers()) and getattr(st.user, "is_logged_in", False)
+    for key in list(st.session_state):
+        del st.session_state[key]
+    if oidc:
         st.logout()
 
 
-def require_login():
+def require_login() -> Principal:
     """The session's Principal; without a valid one, the login form, and the page stops there."""
     from grounding import tokens
     from grounding.errors import Unauthenticated
 
     token = st.session_state.get(TOKEN_KEY)
+    who = None
     if token:
         try:
             who = tokens.authenticate(token)  # on every rerun: a revoked or expired token ends the session here
         except Unauthenticated:
             sign_out()
             st.session_state["login_note"] = "Your token is no longer valid (revoked or expired): sign in again."
-        else:
-            return who
-    elif (who := _oidc_principal()) is not None:
+    else:
+        who = _oidc_principal()
+    if who is not None:
+        st.session_state[PRINCIPAL_KEY] = who
         return who
+    st.session_state.pop(PRINCIPAL_KEY, None)
     _login_form()
     st.stop()
 
 
-def _signed_in(who) -> None:
+def _signed_in(who: Principal) -> None:
     with st.sidebar:
-        st.caption(f"Signed in as **{who.user}**" + (" (admin)" if who.admin else ""))
+        how = " (admin)" if who.admin else " (through your identity provider)" if who.via == "oidc" else ""
+        st.caption(f"Signed in as **{who.user}**{how}")
         st.button("Sign out", key="sign_out", on_click=sign_out)
 
 
 def _login_form() -> None:
     from grounding import tokens
+    from grounding.config import get_settings
     from grounding.errors import Unauthenticated
 
     st.title("Sign in to grounding")
     if note := st.session_state.pop("login_note", None):
         st.warning(note)
+    if getattr(st.user, "is_logged_in", False) and oidc_providers():  # signed in there, but no user here
+        st.error(
+            f"Your identity provider's sign-in carries no usable `{get_settings().oidc_user_claim}` claim "
+            "(or an unverified email): sign in with a token, or sign out of it."
+        )
+        st.button("Sign out of the identity provider", key="oidc_sign_out", on_click=sign_out)
     with st.form("login", clear_on_submit=True):
         token = st.text_input("API token", type="password", help="`grounding token create USER` makes one")
         submitted = st.form_submit_button("Sign in")
@@ -122,8 +185,8 @@ def _login_form() -> None:
         else:
             st.session_state[TOKEN_KEY] = token.strip()
             st.rerun()
-    if _oidc_configured():
-        st.button("Sign in with your identity provider", on_click=st.login)
+    for provider, label in oidc_providers():
+        st.button(f"Sign in with {label}", key=f"oidc_{provider or 'default'}", on_click=st.login, args=(provider,))
 
 
 @contextlib.contextmanager
@@ -144,15 +207,14 @@ def errors_as_messages(what: str) -> Iterator[dict]:
 
 def scope_or_stop() -> RepoScope:
     """The repositories this user may see, with the mode shown in the sidebar; stops the page if unreadable."""
-    user = current_user()
+    who = current_principal()  # the token is checked again here, just before the repositories are read
+    user = who.user if who is not None else os.environ.get(USER_ENV) or None
+    if who is not None:
+        _signed_in(who)
     with errors_as_messages("Reading the repositories") as outcome:
         scope = repo_scope(user)
     if "error" in outcome:
         st.stop()
-    if user is None and login_required():
-        raise AssertionError("a page asked for the repositories of nobody while a login is required")
-    if login_required():
-        _signed_in(current_principal())
     if user is None:
         st.sidebar.warning(scope.note, icon=":material/lock_open:")
     else:

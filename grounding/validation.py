@@ -95,3 +95,13 @@ def repo_path(path: object) -> str:
     if clean.startswith("/") or any(part in ("", "..") for part in clean.split("/")):
         raise InvalidArgument(f"{path!r} is not a path inside the repository: give it relative to the root")
     return clean
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a listening address is this machine only: `localhost` or a loopback IP (a host name is not)."""
+    import ipaddress
+
+    try:
+        return address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

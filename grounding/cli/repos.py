@@ -8,6 +8,7 @@ import sys
 
 from grounding.cli.common import EXIT_ERROR
 from grounding.errors import GroundingError, InvalidArgument
+from grounding.validation import is_loopback
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -132,15 +133,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
 
     return serve(port=args.port, ready=ready)
-
-
-def is_loopback(address: str) -> bool:
-    import ipaddress
-
-    try:
-        return address == "localhost" or ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
 
 
 def ui_auth(address: str, *, login: bool, user: str | None) -> str:
@@ -284,14 +276,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=4200, help="port of the Prefect server it starts (default 4200)")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("ui", help="run the Streamlit copilot (chat, ingest, index, training) on 127.0.0.1")
+    p = sub.add_parser(
+        "ui", help="run the Streamlit copilot (chat, ingest, index, training); off loopback behind a login"
+    )
     p.add_argument("--port", type=int, default=8501, help="port of the web UI (default 8501)")
-    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--address",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only); any other asks every session to sign in",
+    )
     p.add_argument(
         "--login",
         action="store_true",
         help="every browser session signs in with an API token (always so off loopback)",
     )
-    p.add_argument("--user", help="show only the repositories this user may read (default: GROUNDING_UI_USER)")
+    p.add_argument(
+        "--user",
+        help="on loopback without --login: show only what this user may read (default: GROUNDING_UI_USER)",
+    )
     p.add_argument("--headless", action="store_true", help="do not open a browser")
     p.set_defaults(func=_cmd_ui)
