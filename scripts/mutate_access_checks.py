@@ -92,7 +92,7 @@ M = [
     ("api chunk authorize", "grounding/service/api.py", '            access.authorize(who.user, [row["repo"]])\n', ""),
     ("api repo detail authorize", "grounding/service/api.py", "        access.authorize(who.user, [name])\n", ""),
     ("api repos scope", "grounding/service/api.py", "repo_scope(who.user)", "repo_scope(None)"),
-    ("api admin check", "grounding/service/api.py", "        if not who.admin:", "        if False:"),
+    ("api admin check", "grounding/service/api.py", "        if admin and not who.admin:", "        if False:"),
     ("api search user", "grounding/service/api.py", "            rerank=body.rerank,\n            user=who.user,", "            rerank=body.rerank,"),
     ("token revoked check", "grounding/tokens.py", 'if row is None or row["revoked_at"] is not None:', "if row is None:"),
     ("token expiry check", "grounding/tokens.py", 'if row["expires_at"] is not None and row["expires_at"] <= row["now"]:', "if False:"),
