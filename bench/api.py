@@ -13,22 +13,21 @@ the difference of their p50s, with a paired bootstrap interval over questions.
 from __future__ import annotations
 
 import argparse
-import atexit
 import concurrent.futures
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import corpus_home  # noqa: E402
 from query import REPO, build, harvest_questions, summary  # noqa: E402  (bench/query.py, beside this file)
 
 TARGET_OVERHEAD_MS = 5.0
@@ -78,13 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", default="hybrid", choices=("hybrid", "vector", "lexical"))
     args = parser.parse_args(argv)
 
-    if args.reuse_home:
-        home = args.reuse_home.resolve()
-    else:
-        home = Path(tempfile.mkdtemp(prefix="grounding-api-"))
-        atexit.register(shutil.rmtree, home, ignore_errors=True)
-    os.environ["GROUNDING_HOME"] = str(home)
-    os.environ.setdefault("GROUNDING_WRITE_BATCH_FILES", "500")
+    home = corpus_home(args.reuse_home, prefix="grounding-api-")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import httpx
 
@@ -104,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         url = f"http://127.0.0.1:{port}/v1/search"
         headers = {"Authorization": f"Bearer {token.secret}"}
-        local = __import__("threading").local()
+        local = threading.local()
 
         def over_api(q: str) -> tuple[float, int]:
             if not hasattr(local, "client"):

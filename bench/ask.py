@@ -23,17 +23,16 @@ train-reranker has seen the train split.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import query  # noqa: E402  (bench/query.py: the corpus builder and timing helpers)
+from common import corpus_home  # noqa: E402
 
 SITE_PACKAGES = query.SITE_PACKAGES
 
@@ -51,13 +50,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    if args.reuse_home:
-        home = args.reuse_home.resolve()
-    else:
-        home = Path(tempfile.mkdtemp(prefix="grounding-ask-"))
-        atexit.register(shutil.rmtree, home, ignore_errors=True)
-    os.environ["GROUNDING_HOME"] = str(home)
-    os.environ.setdefault("GROUNDING_WRITE_BATCH_FILES", "500")
+    home = corpus_home(args.reuse_home, prefix="grounding-ask-")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from grounding import config, db, store
 

@@ -1,7 +1,8 @@
-"""What the training benchmarks share: a GROUNDING_HOME holding a copy of an installed package."""
+"""What the benchmarks share: a GROUNDING_HOME (reused, or temporary), one holding a copy of an installed package."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -37,3 +38,16 @@ def package_home(package: str, home: str | None, *, prefix: str) -> Iterator[tup
         db.stop_embedded()
         if not home:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def corpus_home(reuse: Path | None, *, prefix: str) -> Path:
+    """GROUNDING_HOME set to `reuse` (built into once, kept) or to a temporary directory removed at exit,
+    after the embedded Postgres living in it has stopped (atexit runs last-in first-out)."""
+    if reuse:
+        home = reuse.resolve()
+    else:
+        home = Path(tempfile.mkdtemp(prefix=prefix))
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
+    os.environ["GROUNDING_HOME"] = str(home)
+    os.environ.setdefault("GROUNDING_WRITE_BATCH_FILES", "500")
+    return home

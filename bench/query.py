@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import argparse
 import ast
-import atexit
 import json
 import os
 import random
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import corpus_home  # bench/common.py, beside this file (run as python bench/query.py)
 
 SITE_PACKAGES = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 PACKAGES = ("sympy", "pandas", "scipy", "networkx", "prefect", "sklearn", "streamlit", "pydantic")
@@ -191,13 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    if args.reuse_home:
-        home = args.reuse_home.resolve()
-    else:  # removed at exit, after the embedded Postgres living in it has stopped (atexit is last-in first-out)
-        home = Path(tempfile.mkdtemp(prefix="grounding-query-"))
-        atexit.register(shutil.rmtree, home, ignore_errors=True)
-    os.environ["GROUNDING_HOME"] = str(home)
-    os.environ.setdefault("GROUNDING_WRITE_BATCH_FILES", "500")
+    home = corpus_home(args.reuse_home, prefix="grounding-query-")
     from grounding import config, db, store
 
     config.reset_settings()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import socket
 import threading
 import time
 import uuid
@@ -18,40 +17,12 @@ import sqlalchemy as sa
 from grounding import access, tokens
 from grounding.cli import main
 from grounding.index.ingest import ingest
-from tests.conftest import git_repo
+from tests.conftest import git_repo, running
 from tests.conftest import write_tree as tree
 
 PUBLIC = {"app/greet.py": "def greet(name):\n    return f'hello {name}'\n\n\ndef farewell(name):\n    return 'bye'\n"}
 PAYROLL = {"salaries/compute_bonus.py": "def compute_payroll_bonus(salary):\n    return salary * 0.42\n"}
 SECRET_WORDS = ("payroll", "bonus", "salar", "0.42")
-
-
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(app):
-    """`app` served by uvicorn on a free loopback port, in a thread of this process; yields its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture

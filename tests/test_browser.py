@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_tree, git_repo
+from tests.conftest import copy_tree, free_port, git_repo
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 LABEL = re.compile(r"\[1\] (\S+\.py):(\d+)-(\d+)@([0-9a-f]{12})")
@@ -28,12 +27,6 @@ pytestmark = [
         reason="needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)",
     ),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

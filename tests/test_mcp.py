@@ -8,12 +8,9 @@ import contextlib
 import os
 import re
 import secrets
-import socket
 import string
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -29,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 from grounding import access, db, tokens
 from grounding.index.embed import HashingEmbedder
 from grounding.index.ingest import ingest
-from tests.conftest import drop_repos, git, git_repo, module_environment
+from tests.conftest import drop_repos, git, git_repo, module_environment, running
 from tests.conftest import write_tree as tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +39,6 @@ PUBLIC = {
 PAYROLL = {"salaries/compute_bonus.py": "def compute_payroll_bonus(salary):\n    return salary * 0.42\n"}
 SECRET_WORDS = ("payroll", "bonus", "salar", "0.42", "hunter2")
 TOOLS = {"search_code", "ask", "read_span", "list_repos"}
-
-
 
 
 @pytest.fixture(scope="module")
@@ -72,28 +67,6 @@ def world(database_url, tmp_path_factory):
         drop_repos(f"t-mcp-{tag}-%")
         with db.get_engine().begin() as conn:
             conn.execute(sa.text("DELETE FROM api_tokens WHERE user_name IN (:a, :r)"), {"a": alice, "r": root})
-
-
-@contextlib.contextmanager
-def running(app):
-    """`app` served by uvicorn on a free loopback port, in a thread of this process; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

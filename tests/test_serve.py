@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from grounding.config import reset_settings
-from tests.conftest import copy_tree
+from tests.conftest import copy_tree, free_port
 
 APP = Path(__file__).resolve().parent.parent / "app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

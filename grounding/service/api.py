@@ -63,25 +63,25 @@ _STATUS = (  # most specific first
 )
 
 
-def _not_found(repos) -> str:
-    names = ", ".join(repr(r) for r in repos)
-    return f"no repository {names} that you may read; `GET /v1/repos` lists yours"
+def public_error(err: Exception, *, listing: str = "`GET /v1/repos`") -> tuple[str, str]:
+    """(kind, detail) of an error as a caller may read it: AccessDenied and RepoNotFound alike (RepoNotFound's
+    own message lists every repository), a generator's failure without the server it names, a bug as only
+    that it happened (the caller logs it). `listing` is where the caller finds its repositories."""
+    if isinstance(err, (AccessDenied, RepoNotFound)):
+        names = ", ".join(repr(r) for r in (err.repos if isinstance(err, AccessDenied) else [err.name]))
+        return "RepoNotFound", f"no repository {names} that you may read; {listing} lists yours"
+    if isinstance(err, GeneratorUnavailable):
+        return "GeneratorUnavailable", "the answer generator is unavailable; the server's log says why"
+    if isinstance(err, GroundingError):
+        return type(err).__name__, str(err)
+    return "InternalError", "the server failed to answer; its log says why"
 
 
 def problem(err: Exception, *, status: int | None = None) -> JSONResponse:
     """The problem+json response for a grounding error (AccessDenied and RepoNotFound read alike)."""
     fallback = 400 if isinstance(err, GroundingError) else 500
     status = status or next((code for kind, code in _STATUS if isinstance(err, kind)), fallback)
-    kind = type(err).__name__
-    detail = str(err)
-    if isinstance(err, AccessDenied):
-        kind, detail = "RepoNotFound", _not_found(err.repos)  # never tell "not granted" from "not there"
-    elif isinstance(err, RepoNotFound):
-        detail = _not_found([err.name])  # its message lists every repository: not for a user
-    elif isinstance(err, GeneratorUnavailable):
-        detail = "the answer generator is unavailable; the server's log says why"  # its message names the server
-    elif status == 500:
-        kind, detail = "InternalError", "the server failed to answer; its log says why"
+    kind, detail = public_error(err)
     body = {"type": f"urn:grounding:error:{kind}", "title": kind, "status": status, "detail": detail}
     headers = {}
     if status == 401:

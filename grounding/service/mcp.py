@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Annotated
 
 import anyio.to_thread
@@ -32,15 +32,14 @@ from starlette.applications import Starlette
 
 from grounding import db, store, tokens, validation
 from grounding.config import get_settings
-from grounding.errors import AccessDenied, GroundingError, InvalidArgument, RepoNotFound, Unauthenticated
+from grounding.errors import GroundingError, InvalidArgument, Unauthenticated
 from grounding.service import api_models as m
-from grounding.service.api import answer_out, citation_out
+from grounding.service.api import MAX_BODY_BYTES, answer_out, citation_out, public_error
 
 log = logging.getLogger(__name__)
 
 MAX_SPAN_LINES = 2000  # lines one read_span call may return
 MAX_ASK_REPOS = 20  # repositories one ask may name, as in the HTTP API
-MAX_BODY_BYTES = 1 << 20  # the largest HTTP request body read, as in the HTTP API
 INSTRUCTIONS = (
     "Answers about this company's code, cited to file and line. `list_repos` names the repositories you may "
     "read; `search_code` finds the chunks that match a query; `ask` answers a question with [n] citations; "
@@ -85,21 +84,12 @@ def _result(text: str, out: BaseModel) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=out.model_dump(mode="json"))
 
 
-def _not_found(repos: Sequence[str]) -> str:
-    names = ", ".join(repr(r) for r in repos)
-    return f"no repository {names} that you may read; `list_repos` lists yours"
-
-
 def error_text(err: Exception) -> str:
-    """What a tool error says: AccessDenied and RepoNotFound alike, a bug as no more than that it happened."""
-    if isinstance(err, AccessDenied):
-        return f"RepoNotFound: {_not_found(err.repos)}"  # never tell "not granted" from "not there"
-    if isinstance(err, RepoNotFound):
-        return f"RepoNotFound: {_not_found([err.name])}"  # its own message lists every repository
-    if isinstance(err, GroundingError):
-        return f"{type(err).__name__}: {err}"
-    log.error("an MCP tool failed", exc_info=err)
-    return "InternalError: the server failed to answer; its log says why"
+    """What a tool error says: as the HTTP API's problems say it (grounding.service.api.public_error)."""
+    if not isinstance(err, GroundingError):
+        log.error("an MCP tool failed", exc_info=err)
+    kind, detail = public_error(err, listing="`list_repos`")
+    return f"{kind}: {detail}"
 
 
 def _error(err: Exception) -> CallToolResult:
