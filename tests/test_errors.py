@@ -60,6 +60,37 @@ def test_unreachable_database_is_a_clear_error(monkeypatch, capsys):
     assert "grounding: error: cannot reach Postgres" in capsys.readouterr().err
 
 
+def _backend_pid(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_before_use(engine, monkeypatch):
+    engine.dispose()  # one connection in the pool, so the next checkout is the one terminated
+    pid = _backend_pid(engine)
+    assert _backend_pid(engine) == pid  # back in the pool a moment ago: reused, and not pinged
+    outside = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)  # not the pool's own connection
+    with outside.connect() as other:
+        assert other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+    outside.dispose()
+    time.sleep(0.2)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # as if it sat idle: pinged, found dead, replaced
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
+
+
+def test_a_connection_used_a_moment_ago_is_not_pinged(engine, monkeypatch):
+    pings = []
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda conn: pings.append(conn) or True)
+    for _ in range(5):
+        _backend_pid(engine)
+    assert pings == []
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    _backend_pid(engine)
+    assert len(pings) == 1
+
+
 def test_cli_errors_exit_non_zero(engine, capsys, tmp_path):
     assert main(["ingest", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
