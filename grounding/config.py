@@ -35,6 +35,7 @@ class Settings:
     home: Path  # checkouts and the embedded database live here
     database_url: str | None  # any Postgres with pgvector; None runs the embedded server under home
     encoder: str  # local path of a Hugging Face encoder
+    encoder_precision: str  # auto (bf16 where the device has bf16 units and its vectors match fp32's), fp32, bf16
     max_file_bytes: int  # files larger than this are skipped
     max_line_length: int  # a file whose longest line is longer is treated as minified/generated
     chunk_tokens: int  # token budget of one chunk, in the encoder's tokenizer
@@ -75,6 +76,7 @@ _ENV = {
     "home": ("GROUNDING_HOME", Path, None),
     "database_url": ("GROUNDING_DATABASE_URL", str, None),
     "encoder": ("GROUNDING_ENCODER", str, None),
+    "encoder_precision": ("GROUNDING_ENCODER_PRECISION", str, "auto"),
     "max_file_bytes": ("GROUNDING_MAX_FILE_BYTES", int, 1 << 20),
     "max_line_length": ("GROUNDING_MAX_LINE_LENGTH", int, 1000),
     "chunk_tokens": ("GROUNDING_CHUNK_TOKENS", int, 200),

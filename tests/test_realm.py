@@ -465,7 +465,7 @@ def test_an_untrained_document_tower_reads_a_long_chunk_exactly_as_the_frozen_in
     from grounding.training.checkpoint import encoder_name, load_tokenizer, save_checkpoint
 
     long_chunk = "def handler(request):\n" + "\n".join(f"    value_{i} = request.get('field_{i}')" for i in range(80))
-    frozen = HFEncoder(tiny_encoder, device="cpu")
+    frozen = HFEncoder(tiny_encoder, device="cpu", precision="fp32")  # the tower runs in fp32
     assert len(frozen.tokenizer(long_chunk)["input_ids"]) > frozen.max_tokens, "the chunk is longer than either reads"
     model, _ = build_realm(RealmConfig(encoder=str(tiny_encoder)), with_reader=False)
     save_checkpoint(tmp_path / "ck", model, load_tokenizer(tiny_encoder), step=0)
