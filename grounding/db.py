@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,14 +24,32 @@ _MIGRATION_LOCK = 0x67726E64  # advisory lock key that serialises `alembic upgra
 _embedded_servers: dict = {}  # data dir -> pgserver handle, one per process
 
 
+@contextlib.contextmanager
+def _runtime_dir(home: Path):
+    """XDG_RUNTIME_DIR under GROUNDING_HOME while pgserver is imported, where none is set: pgserver keeps its
+    start-up lock and socket fallback there (read once, at import), and platformdirs warns on every command
+    when it has to fall back to /tmp/runtime-UID. Processes sharing a home share the directory."""
+    if os.environ.get("XDG_RUNTIME_DIR") or "pgserver" in sys.modules:
+        yield
+        return
+    run = home / "run"
+    run.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(run)
+    try:
+        yield
+    finally:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+
+
 def _embedded_server(data_dir: str):
     """Start (or join) the embedded PostgreSQL under GROUNDING_HOME; several processes share it safely."""
-    import pgserver
+    path = Path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _runtime_dir(path.parent):
+        import pgserver
 
     if data_dir in _embedded_servers:
         return _embedded_servers[data_dir]
-    path = Path(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         server = pgserver.get_server(path, cleanup_mode="stop")
     except Exception as err:  # pgserver raises subprocess and assertion errors alike

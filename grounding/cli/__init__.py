@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from grounding.cli import access, models, repos, service
 from grounding.cli.common import EXIT_ERROR, EXIT_USAGE
@@ -40,6 +41,21 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _quiet_libraries() -> None:
+    """Only grounding's own lines on a terminal: no library's warnings (a deprecation in a dependency is not the
+    user's to act on) and no progress bar of Hugging Face's ("Loading weights 103/103"); -v shows them again.
+    Our own progress bars (ingest, training) are plain tqdm and stay."""
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"grounding(\.|$)")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers reads it at import
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # imported before main ran (a test, an embedding script)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
 def _log_to_stderr(level: int) -> None:
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
@@ -53,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.verbose:
+        _quiet_libraries()
     _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
