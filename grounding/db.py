@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
 import time
+import warnings
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,28 +22,12 @@ _MIGRATION_LOCK = 0x67726E64  # advisory lock key that serialises `alembic upgra
 _embedded_servers: dict = {}  # data dir -> pgserver handle, one per process
 
 
-@contextlib.contextmanager
-def _runtime_dir(home: Path):
-    """XDG_RUNTIME_DIR under GROUNDING_HOME while pgserver is imported, where none is set: pgserver keeps its
-    start-up lock and socket fallback there (read once, at import), and platformdirs warns on every command
-    when it has to fall back to /tmp/runtime-UID. Processes sharing a home share the directory."""
-    if os.environ.get("XDG_RUNTIME_DIR") or "pgserver" in sys.modules:
-        yield
-        return
-    run = home / "run"
-    run.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.environ["XDG_RUNTIME_DIR"] = str(run)
-    try:
-        yield
-    finally:
-        os.environ.pop("XDG_RUNTIME_DIR", None)
-
-
 def _embedded_server(data_dir: str):
     """Start (or join) the embedded PostgreSQL under GROUNDING_HOME; several processes share it safely."""
     path = Path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _runtime_dir(path.parent):
+    with warnings.catch_warnings():  # platformdirs' RuntimeDirWarning where XDG_RUNTIME_DIR is unset (cron, CI,
+        warnings.simplefilter("ignore")  # containers): pgserver falls back to /tmp/runtime-UID, which is fine
         import pgserver
 
     if data_dir in _embedded_servers:
@@ -101,6 +83,10 @@ def _ping_when_idle(engine: Engine) -> None:
     @sa.event.listens_for(engine.pool, "checkin")
     def _checked_in(dbapi_connection, record) -> None:
         record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine.pool, "connect")
+    def _connected(dbapi_connection, record) -> None:
+        record.info["idle_since"] = time.monotonic()  # a connection opened just now needs no ping
 
     @sa.event.listens_for(engine.pool, "checkout")
     def _checked_out(dbapi_connection, record, proxy) -> None:

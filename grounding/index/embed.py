@@ -92,7 +92,13 @@ def bf16_is_fast(device: str) -> bool:
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        with torch.cuda.device(device):
+            try:  # a T4 or V100 emulates bf16, slower than fp16 or fp32
+                return torch.cuda.is_bf16_supported(including_emulation=False)
+            except TypeError:
+                return torch.cuda.is_bf16_supported()
     if device != "cpu":
         return False
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
@@ -192,11 +198,9 @@ class HFEncoder(Embedder):
         width = max(width, min(self.max_tokens, -(-width // PAD_TO) * PAD_TO))
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
-        for row, r in enumerate(rows):
-            span = slice(width - len(r), width) if left else slice(0, len(r))
-            input_ids[row, span] = torch.tensor(r, dtype=torch.long)
-            attention_mask[row, span] = 1
+        for row, r in enumerate(rows):  # on the right, whatever the tokenizer's side: positions count from 0
+            input_ids[row, : len(r)] = torch.tensor(r, dtype=torch.long)
+            attention_mask[row, : len(r)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def embed_batch(self, texts: list[str]) -> np.ndarray:
