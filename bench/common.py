@@ -51,3 +51,15 @@ def corpus_home(reuse: Path | None, *, prefix: str) -> Path:
     os.environ["GROUNDING_HOME"] = str(home)
     os.environ.setdefault("GROUNDING_WRITE_BATCH_FILES", "500")
     return home
+
+
+def encoder_before(path: str, *, device: str | None = None):
+    """The encoder as the pipeline ran it before bf16 and token batches: fp32, batches sorted by characters and
+    tokenized one batch at a time (the Embedder base class's `embed`); the baseline of bench/encoder.py and
+    bench/ingest.py --baseline."""
+    from grounding.index.embed import Embedder, HFEncoder
+
+    class CharSorted(HFEncoder):
+        embed = Embedder.embed
+
+    return CharSorted(path, device=device, precision="fp32")

@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import K, cosqa_set, paired_interval  # noqa: E402  (bench/quality.py, beside this file)
-
-SITE_PACKAGES = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+from common import SITE_PACKAGES, encoder_before  # noqa: E402  (bench/common.py and quality.py, beside this file)
+from quality import K, cosqa_set, paired_interval, reciprocal_ranks  # noqa: E402
 
 
 def chunk_texts(root: Path, rels: list[str], counter) -> tuple[list[str], list[str]]:
@@ -63,13 +62,10 @@ def main() -> None:
     import torch
 
     from grounding.config import get_settings
-    from grounding.index.embed import Embedder, HFEncoder, bf16_is_fast
-
-    class CharSorted(HFEncoder):
-        embed = Embedder.embed  # the base class's batching: sorted by characters, tokenized per batch
+    from grounding.index.embed import HFEncoder, bf16_is_fast
 
     path = get_settings().encoder
-    baseline = CharSorted(path, device="cpu", precision="fp32")
+    baseline = encoder_before(path, device="cpu")
     fp32 = HFEncoder(path, device="cpu", precision="fp32")
     t = time.perf_counter()
     auto = HFEncoder(path, device="cpu", precision="auto")
@@ -122,24 +118,19 @@ def main() -> None:
         tree, questions = cosqa_set(Path(os.environ["GROUNDING_HOME"]) / "sets")
         files = sorted(p.name for p in tree.glob("*.py"))
         corpus, owners = chunk_texts(tree, files, fp32.token_counter())
-        owners = np.asarray(owners)
         ranks = {}
         timed = {}
         for name, encoder in (("fp32", fp32), ("auto", auto)):
             t = time.perf_counter()
             docs = encoder.embed(corpus, batch_size=batch)
             timed[name] = time.perf_counter() - t
-            queries = encoder.embed([q for q, _ in questions], batch_size=batch)
             vectors[name] = docs
-            ranks[name] = []
-            for row, (_, gold) in zip(queries @ docs.T, questions):
-                seen: list[str] = []
-                for i in np.argsort(-row):
-                    if owners[i] not in seen:
-                        seen.append(owners[i])
-                    if len(seen) == K:
-                        break
-                ranks[name].append(next((1 / (r + 1) for r, f in enumerate(seen) if f in gold), 0.0))
+
+            def rank(query: str, encoder=encoder, docs=docs) -> list[tuple[str, int, int]]:
+                scores = docs @ encoder.embed_batch([query])[0]
+                return [(owners[i], 0, 0) for i in np.argsort(-scores)[: K * 20]]  # bench/quality's spans
+
+            ranks[name] = reciprocal_ranks(rank, questions)[0]
         mrr = {name: float(np.mean(r)) for name, r in ranks.items()}
         diff, low, high = paired_interval(ranks["auto"], ranks["fp32"])
         cos = (vectors["auto"] * vectors["fp32"]).sum(1)

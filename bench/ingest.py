@@ -19,9 +19,13 @@ import os
 import shutil
 import site
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import encoder_before  # noqa: E402  (bench/common.py, beside this file)
 
 
 def main() -> None:
@@ -100,12 +104,7 @@ def main() -> None:
     files, chunks = report.files_changed, report.chunks_added
     before = None
     if args.baseline:
-        from grounding.index.embed import Embedder, HFEncoder
-
-        class CharSorted(HFEncoder):
-            embed = Embedder.embed  # the base class's batching: by characters, tokenized per batch
-
-        old = CharSorted(settings.encoder, precision="fp32")
+        old = encoder_before(settings.encoder)
         old.embed(["warm up the encoder"] * 8)
         if args.git:  # the changed file above, committed, so both ingests read the same tree
             subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@x", "commit", "-qam", "y"], cwd=src, check=True)

@@ -157,7 +157,7 @@ class HFEncoder(Embedder):
         import torch
 
         fp32 = self.model
-        bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
+        bf16 = copy.deepcopy(fp32).to(torch.bfloat16) if check else fp32.to(torch.bfloat16)  # a copy to fall back on
         if check:
             probes = list(PROBE_TEXTS)
             reference = self.embed(probes, batch_size=3)  # small batches: the long probe pads no short one
