@@ -70,7 +70,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 PAD_TO = 32  # batch widths are rounded up to a multiple of this many tokens (HFEncoder._padded says why)
 # The least cosine to fp32's vector a bf16 vector may have on the probe texts for `auto` to keep bf16. MiniLM-L6
 # (bench/encoder.py): min 0.99991 on 1,500 torch chunks, 0.99993 on CoSQA's 6,548; CoSQA dev MRR@10 0.5170 in
-# fp32, 0.5161 in bf16 (-0.0009, paired 95% interval [-0.0034, +0.0005]).
+# fp32, 0.5161 in bf16 (-0.0009, paired 95% interval [-0.0034, +0.0005]); with widths rounded to PAD_TO and
+# questions embedded alone, 0.5149 (-0.0021 [-0.0049, -0.0004]): small, real, inside 0.005.
 BF16_MIN_COSINE = 0.9995
 # What the one-time check embeds both ways: code and prose, short and at the token budget.
 PROBE_TEXTS = (
