@@ -7,18 +7,18 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import streamlit as st
-from ui_common import current_user, errors_as_messages, scope_or_stop
+from ui_common import current_user, errors_as_messages, log, scope_or_stop
 
+from grounding.errors import GroundingError
 from grounding.records import Answer, Citation
 
 if TYPE_CHECKING:
+    from grounding.answer.listing import ListingLine
     from grounding.search.retrieve import SearchFilters
 
 st.set_page_config(page_title="grounding copilot", page_icon=":material/code:", layout="wide")
 
-# Prism's names where grounding's language names differ; None: plain text.
-PRISM = {"shell": "bash", "make": "makefile", "text": None, "rst": None, "cmake": None}
-CODE_LINES, CODE_HEIGHT = 24, 520  # a citation longer than CODE_LINES shows in a box CODE_HEIGHT pixels high
+CODE_HEIGHT = 520  # pixels: a longer listing scrolls inside its box
 FILTER_HINT = "filters: path:src/** lang:python kind:function"
 
 
@@ -36,21 +36,38 @@ def citation_label(n: int, citation: Citation, *, with_repo: bool) -> str:
     return f"[{n}] `{citation.location}`{role}" + (f" · {citation.repo}" if with_repo else "")
 
 
-def show_citations(citations: Sequence[Citation]) -> None:
+def listings_of(citations: Sequence[Citation], *, user: str | None) -> list[tuple[ListingLine, ...]]:
+    """Each citation's lines with a little context, numbered as in its file; read once, kept with the message."""
+    from grounding.answer.listing import listing, listing_lines
+
+    found = []
+    for c in citations:
+        try:
+            found.append(listing(c, user=user))
+        except GroundingError as err:  # the context is a courtesy: the cited lines alone still show
+            log.warning("no context for %s: %s", c.location, err)
+            found.append(listing_lines(c, []))
+    return found
+
+
+def show_citations(citations: Sequence[Citation], listings: Sequence[tuple[ListingLine, ...]] = ()) -> None:
+    from grounding.answer.listing import listing_html, listing_lines
+
     with_repo = len({c.repo for c in citations}) > 1
     for n, c in enumerate(citations, 1):
         with st.expander(citation_label(n, c, with_repo=with_repo), expanded=n == 1):
             about = [f"{c.kind} `{c.symbol}`" if c.symbol else (c.kind or ""), f"score {c.score:.3f}"]
-            if c.start_line != 1:  # st.code numbers from 1
-                about.append(f"listing line 1 is line {c.start_line} of `{c.path}`")
+            about.append(f"lines {c.start_line}-{c.end_line} of `{c.path}` highlighted")
             st.caption(" · ".join(a for a in about if a))
-            long = c.end_line - c.start_line >= CODE_LINES
-            st.code(
-                c.snippet,
-                language=PRISM.get(c.language or "text", c.language),
-                line_numbers=True,
-                height=CODE_HEIGHT if long else "content",  # a long one scrolls inside its box
-            )
+            lines = listings[n - 1] if n <= len(listings) else listing_lines(c, [])
+            st.html(listing_html(lines, c.language, max_height_px=CODE_HEIGHT))
+
+
+def backend_note(backend: str) -> str:
+    """Who wrote the answer, shown under it."""
+    if backend == "extractive":
+        return "No generator is configured: this is search's ranking of the code, not a written answer."
+    return f"Written by the `{backend}` generator from the cited code: check it against the citations."
 
 
 def show_message(message: dict) -> None:
@@ -59,8 +76,10 @@ def show_message(message: dict) -> None:
             st.error(message["error"])
             return
         st.markdown(message["content"])
+        if message.get("backend"):
+            st.caption(backend_note(message["backend"]))
         if message.get("citations"):
-            show_citations(message["citations"])
+            show_citations(message["citations"], message.get("listings", ()))
 
 
 def ask_and_show(repos: list[str], text: str, *, k: int, user: str | None) -> dict:
@@ -88,8 +107,10 @@ def ask_and_show(repos: list[str], text: str, *, k: int, user: str | None) -> di
             raise ValueError("the answer ended before its citations arrived")
         if not streamed:
             st.markdown(answer.text)
-        message.update(content=answer.text, citations=answer.citations)
-        show_citations(answer.citations)
+        listings = listings_of(answer.citations, user=user)
+        message.update(content=answer.text, citations=answer.citations, listings=listings, backend=answer.backend)
+        st.caption(backend_note(answer.backend))
+        show_citations(answer.citations, listings)
     if "error" in outcome:
         message["error"] = outcome["error"]
     return message

@@ -80,9 +80,12 @@ def test_chat_streams_an_answer_and_shows_each_citation_with_its_lines(engine, i
     assert labels and all(LABEL.match(label) for label in labels), labels
     n, path, start, end, commit = LABEL.match(labels[0]).groups()
     assert n == "1" and int(start) <= int(end)
-    code = at.code[0]
-    assert code.language == "python" and code.proto.show_line_numbers
-    assert len(code.value.split("\n")) == int(end) - int(start) + 1, "the snippet is exactly the cited lines"
+    listing = at.get("html")[0].proto.body
+    cited = [int(n) for n in re.findall(r'data-line="(\d+)" data-cited', listing)]
+    assert cited == list(range(int(start), int(end) + 1)), "the cited lines, numbered as in the file"
+    shown = [int(n) for n in re.findall(r'data-line="(\d+)"', listing)]
+    assert shown == list(range(shown[0], shown[-1] + 1)) and shown[0] < int(start), "with context, in order"
+    assert any("not a written answer" in c.value for c in at.caption), "the extractive mode says what it is"
     assert any("[1]" in m.value for m in at.markdown), "the answer text cites [1]"
 
     at.run()  # the conversation stays on the page across reruns

@@ -50,7 +50,7 @@ def test_ingest_used_the_real_encoder(repo):
 def test_ask_cites_exact_lines_at_the_commit(repo):
     name, src, _, commit = repo
     answer = ask(name, "how does a session follow HTTP redirects?", k=5)
-    assert answer.citations and answer.text.startswith("The answer is in `sessions.py:")
+    assert answer.citations and answer.text.startswith("No model wrote this: ") and "- `sessions.py:" in answer.text
     assert answer.backend == "extractive" and answer.repos == (name,)
     top = answer.citations[0]
     assert top.path == "sessions.py" and (top.symbol or "").startswith("SessionRedirectMixin")
@@ -280,7 +280,7 @@ def test_cli_asks_several_repositories_and_streams(trees, capsys):
     requests_name, click_name = trees["requests"][0], trees["click"][0]
     assert main(["ask", requests_name, BOTH, "--repo", click_name, "-k", "4"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("The answer is in `")
+    assert out.startswith("No model wrote this: the code in ")
     assert f"[1] {requests_name}: " in out or f"[1] {click_name}: " in out
     assert " | " in out and "[4] " in out
     assert main(["ask", click_name, "how are options parsed", "--repo", f"{requests_name},{click_name}"]) == 0

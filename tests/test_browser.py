@@ -100,7 +100,7 @@ def test_ask_in_the_browser_and_see_a_cited_location(copilot, browser, repo_name
 
     def cited(driver):
         """The first citation's label, once it and its code are on the page."""
-        if not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpanderDetails"] [data-testid="stCode"]'):
+        if not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpanderDetails"] .grounding-listing'):
             return None
         for summary in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stExpander"] summary'):
             if LABEL.search(summary.text):
@@ -113,7 +113,14 @@ def test_ask_in_the_browser_and_see_a_cited_location(copilot, browser, repo_name
     screenshot = tmp_path / "copilot.png"
     browser.save_screenshot(str(screenshot))
     print(f"screenshot: {screenshot}")
-    code = browser.find_element(By.CSS_SELECTOR, '[data-testid="stCode"]').text
-    assert int(start) <= int(end) and code.strip(), "the cited code is on the page"
+    listing = browser.find_element(By.CSS_SELECTOR, '[data-testid="stExpanderDetails"] .grounding-listing')
+    numbers = [int(e.text) for e in listing.find_elements(By.CSS_SELECTOR, "[data-line] .ln")]
+    marked = [int(e.text) for e in listing.find_elements(By.CSS_SELECTOR, "[data-cited] .ln")]
+    assert (marked[0], marked[-1]) == (int(start), int(end)), "the highlighted lines are the citation's, as numbered"
+    assert marked == list(range(int(start), int(end) + 1)) and numbers[0] < int(start), "inside a little context"
+    highlighted = listing.find_element(By.CSS_SELECTOR, "[data-cited]").value_of_css_property("background-color")
+    plain = listing.find_element(By.CSS_SELECTOR, "[data-line]:not([data-cited])").value_of_css_property("background-color")
+    assert highlighted != plain, "the cited lines look different"
+    assert listing.text.strip(), "the cited code is on the page"
     assert f"[1] {path}:{start}-{end}@{commit}" in browser.find_element(By.TAG_NAME, "body").text
     assert proc.poll() is None, "the server keeps running"

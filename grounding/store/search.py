@@ -19,7 +19,7 @@ from grounding.lexical import K1, B
 from grounding.records import Citation, Hit, IndexVersion
 from grounding.store.writes import vector_literal
 
-__all__ = ["hybrid_search", "bm25_search", "symbol_parts", "visible_chunk", "ChunkSpan", "ChunkFilter"]
+__all__ = ["hybrid_search", "bm25_search", "symbol_parts", "visible_chunk", "file_lines", "ChunkSpan", "ChunkFilter"]
 
 POSTING_BUDGET = 100_000  # postings one BM25 ranking reads at most (the rarest term is always read whole)
 TRIGRAM_POOL = 4  # times `candidates`: symbols scored with word_similarity
@@ -287,3 +287,29 @@ def visible_chunk(conn: Connection, chunk_id: int) -> dict | None:
         {"c": chunk_id},
     ).one_or_none()
     return None if row is None else dict(row._mapping)
+
+
+def file_lines(conn: Connection, repo: str, path: str, *, first: int, last: int) -> tuple[str | None, list[ChunkSpan]]:
+    """(current commit, chunks of `path` whose lines meet [first, last]) in the file `repo` shows now.
+
+    The chunks are the stored text (secrets already redacted); lines outside every chunk are not stored.
+    """
+    row = conn.execute(
+        sa.text(
+            "SELECT r.id, s.commit FROM repositories r LEFT JOIN snapshots s ON s.id = r.current_snapshot_id "
+            "WHERE r.name = :n"
+        ),
+        {"n": repo},
+    ).one_or_none()
+    if row is None:
+        return None, []
+    rows = conn.execute(
+        sa.text(
+            f"""SELECT c.id, c.start_line, c.end_line, c.start_byte, c.end_byte, c.text
+                FROM chunks c JOIN files f ON f.id = c.file_id
+                WHERE {_VISIBLE} AND f.path = :p AND c.end_line >= :first AND c.start_line <= :last
+                ORDER BY c.start_line, c.start_byte"""
+        ),
+        {"r": row.id, "p": path, "first": first, "last": last},
+    ).all()
+    return row.commit, [ChunkSpan(*r) for r in rows]

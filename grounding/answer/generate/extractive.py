@@ -1,8 +1,9 @@
-"""The extractive generator: no model, the answer is built from the evidence alone.
+"""The extractive generator: no model, so no answer is written; it shows the most relevant code, ranked.
 
-It says where the answer is (the best evidence's location and symbol), quotes that evidence's lines
-that share most terms with the question, and lists the rest of the evidence, tests, docs and
-examples under their own heading; every claim carries its [n].
+It never phrases a ranking as an answer. It says what it is (the code search ranked highest for the
+question, no model read it), then lists each piece with why it was chosen (the question's words it
+holds, or that it was found by meaning alone), quotes the top piece's lines that share most words with
+the question, and puts tests, docs and examples under their own heading; every item carries its [n].
 """
 
 from __future__ import annotations
@@ -85,17 +86,25 @@ def _term_list(found: Sequence[str]) -> str:
     return ", ".join(f"`{t}`" for t in found)
 
 
+HEADER = "No model wrote this: the code{scope} most relevant to the question, as search ranked it."
+HOW_TO_ANSWER = "Set GROUNDING_GENERATOR (hf, openai) for a written answer."
+
+
 def extractive_lines(prompt: Prompt) -> list[str]:
-    """The answer's lines, each claim followed by the [n] of the evidence it rests on."""
+    """The listing's lines: a header saying what it is, then each piece of evidence with its [n] and why.
+
+    Bullets, not a numbered list: Markdown renumbers a list, and the [n] is the rank.
+    """
     citations = prompt.citations_used
     if not citations:
         asked = " or ".join(repr(r) for r in prompt.repos) or "the repository"
         return [f"No code in {asked} matches this question."]
     wanted = question_terms(prompt.question)
     qualify = qualified(citations)
+    scope = f" in {', '.join(f'`{r}`' for r in prompt.repos)}" if prompt.repos else ""
+    out = [HEADER.format(scope=scope), ""]
     top = citations[0]
-    what = _what(top)
-    out = [f"The answer is in `{where(top, qualify=qualify)}` [1]{', ' + what if what else ''}."]
+    out.append(f"- `{where(top, qualify=qualify)}` [1]{_chosen(top, wanted)}")
     start, end = best_lines(top.snippet, list(wanted.values()))
     quoted = top.snippet.split("\n")[start:end]
     first, last = top.start_line + start, top.start_line + end - 1
@@ -105,18 +114,24 @@ def extractive_lines(prompt: Prompt) -> list[str]:
     fence = "````" if any("```" in line for line in quoted) else "```"
     path = f"{top.repo}/{top.path}" if qualify else top.path
     out += ["", f"{lines} of `{path}` [1]{why}:", f"{fence}{top.language or ''}", *quoted, fence]
-    # The rest of the evidence: implementation first, then tests, docs and examples under their own heading.
+    # The rest, in rank order: implementation first, then tests, docs and examples under their own heading.
     rest = list(enumerate(citations[1:], 2))
     for heading, group in (
-        ("Also relevant:", [(n, c) for n, c in rest if not c.role_tag]),
+        ("", [(n, c) for n, c in rest if not c.role_tag]),
         ("Tests, docs and examples:", [(n, c) for n, c in rest if c.role_tag]),
     ):
         if group:
-            out += ["", heading]
+            out += ["", heading] if heading else [""]
         for n, c in group:
-            detail = ", ".join(x for x in (_what(c), _mentions_clause(c, wanted)) if x)
-            out.append(f"- `{where(c, qualify=qualify)}` [{n}]{c.role_tag}{': ' + detail if detail else ''}")
-    return out
+            out.append(f"- `{where(c, qualify=qualify)}` [{n}]{c.role_tag}{_chosen(c, wanted)}")
+    return [*out, "", HOW_TO_ANSWER]
+
+
+def _chosen(citation: Citation, wanted: dict[str, str]) -> str:
+    """`: the method `X`, which mentions `a`, `b`` or `: ..., found by meaning (none of the question's words)`."""
+    what = _what(citation)
+    mentions = _mentions_clause(citation, wanted) or "found by meaning alone (it holds none of the question's words)"
+    return ": " + ", ".join(x for x in (what, mentions) if x)
 
 
 def _mentions_clause(citation: Citation, wanted: dict[str, str]) -> str:
@@ -125,7 +140,7 @@ def _mentions_clause(citation: Citation, wanted: dict[str, str]) -> str:
 
 
 class ExtractiveGenerator(Generator):
-    """Answers from the evidence alone: where the answer is, the lines that say it, each with its [n]."""
+    """No model: the evidence ranked, why each piece was chosen, and the top one's lines that match, each with its [n]."""
 
     name = "extractive"
 
