@@ -61,6 +61,8 @@ class Settings:
     oidc_audience: str | None  # the `aud` those JWTs must carry
     oidc_jwks_url: str | None  # where the issuer's signing keys are; None: its discovery document says
     oidc_user_claim: str  # the claim that names the grounding user (grants are given to that name)
+    run_heartbeat_s: float  # how often a training run's process writes that it is alive
+    run_stale_after_s: float  # a run still `running` whose heartbeat is older is failed by any host that looks
     ingest_roots: tuple[Path, ...]  # directories an ingest asked for over the API may read (git URLs aside)
 
     @property
@@ -104,6 +106,8 @@ _ENV = {
     "oidc_audience": ("GROUNDING_OIDC_AUDIENCE", str, None),
     "oidc_jwks_url": ("GROUNDING_OIDC_JWKS_URL", str, None),
     "oidc_user_claim": ("GROUNDING_OIDC_USER_CLAIM", str, "sub"),  # unique per issuer, unlike preferred_username
+    "run_heartbeat_s": ("GROUNDING_RUN_HEARTBEAT_S", float, 30.0),
+    "run_stale_after_s": ("GROUNDING_RUN_STALE_AFTER_S", float, 300.0),  # ten missed beats: not a slow disk
     "ingest_roots": ("GROUNDING_INGEST_ROOTS", lambda raw: _paths(raw), ()),
 }
 

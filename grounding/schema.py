@@ -202,6 +202,7 @@ training_runs = Table(
     Column("device", Text),
     Column("host", Text),  # where the run's process runs: a run still `running` whose process is gone failed
     Column("pid", Integer),
+    Column("heartbeat_at", DateTime(timezone=True)),  # the run's process writes now() every GROUNDING_RUN_HEARTBEAT_S
     Column("checkpoint", Text),  # directory of the checkpoint the run wrote
     Column("candidate_version_id", Integer),  # the index version the run built for the gate
     Column("decision", Text),  # promoted or retired

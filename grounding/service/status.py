@@ -239,8 +239,9 @@ def training_history(
     limit: int | None = 20,
 ) -> list[RunHistory]:
     """The newest runs of the given kinds (of one repository or all), each with its per-step metrics."""
-    from grounding.training.runs import training_metrics, training_runs
+    from grounding.training.runs import mark_dead_runs, training_metrics, training_runs
 
+    mark_dead_runs()  # of any host, a run whose heartbeat stopped: shown failed, not running for ever
     runs = [r for r in training_runs(repo, limit=None) if r.kind in kinds][:limit]
     return [
         RunHistory(run, tuple(StepMetrics(m["stage"], m["step"], m["metrics"]) for m in training_metrics(run.id)))

@@ -11,6 +11,8 @@ from sqlalchemy.engine import Connection
 __all__ = [
     "insert_training_run",
     "running_training_runs",
+    "beat_training_run",
+    "fail_silent_training_runs",
     "update_training_run",
     "insert_training_metrics",
     "training_runs",
@@ -25,8 +27,8 @@ def insert_training_run(
 ) -> int:
     return conn.execute(
         sa.text(
-            "INSERT INTO training_runs (repo_id, kind, status, config, device, host, pid) "
-            "VALUES (:r, :k, 'running', CAST(:c AS jsonb), :d, :h, :p) RETURNING id"
+            "INSERT INTO training_runs (repo_id, kind, status, config, device, host, pid, heartbeat_at) "
+            "VALUES (:r, :k, 'running', CAST(:c AS jsonb), :d, :h, :p, now()) RETURNING id"
         ),
         {"r": repo, "k": kind, "c": json.dumps(config, default=str), "d": device, "h": host, "p": pid},
     ).scalar_one()
@@ -38,6 +40,33 @@ def running_training_runs(conn: Connection, *, host: str) -> list[tuple[int, int
         sa.text("SELECT id, pid FROM training_runs WHERE status = 'running' AND host = :h ORDER BY id"), {"h": host}
     )
     return [(rid, pid) for rid, pid in rows]
+
+
+def beat_training_run(conn: Connection, run_id: int) -> bool:
+    """Write the database's now() as the run's heartbeat; False once the run is no longer running."""
+    found = conn.execute(
+        sa.text("UPDATE training_runs SET heartbeat_at = now() WHERE id = :id AND status = 'running' RETURNING id"),
+        {"id": run_id},
+    ).first()
+    return found is not None
+
+
+def fail_silent_training_runs(conn: Connection, *, stale_after_s: float) -> list[tuple[int, str | None, float]]:
+    """Fail every running run (of any host) whose heartbeat is older than `stale_after_s` by the database's
+    clock, so hosts' clocks never matter; (id, host, seconds since its last beat) of each. Runs without a
+    heartbeat (from before heartbeats) are left to their own host's process check."""
+    rows = conn.execute(
+        sa.text(
+            """UPDATE training_runs SET status = 'failed', finished_at = now(),
+                   error = 'its process (pid ' || coalesce(pid::text, '?') || ' on ' || coalesce(host, '?')
+                           || ') stopped its heartbeat ' || round(extract(epoch FROM now() - heartbeat_at))::text
+                           || ' s ago without finishing the run: killed, crashed or cut off'
+               WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => :s)
+               RETURNING id, host, extract(epoch FROM now() - heartbeat_at)::float8"""
+        ),
+        {"s": float(stale_after_s)},
+    ).all()
+    return [(rid, host, age) for rid, host, age in rows]
 
 
 _UPDATABLE = {"status", "checkpoint", "candidate_version_id", "decision", "reason", "metrics", "error", "finished"}

@@ -1,4 +1,10 @@
-"""Training runs in Postgres: one row per run, per-step metrics beside it, read back by the UI and the CLI."""
+"""Training runs in Postgres: one row per run, per-step metrics beside it, read back by the UI and the CLI.
+
+A run's process writes a heartbeat (the database's now()) every GROUNDING_RUN_HEARTBEAT_S from a thread of
+its own. Whoever looks at the runs (the next run to start, `grounding runs`, the Training page), on any
+host, fails a run still `running` whose heartbeat is older than GROUNDING_RUN_STALE_AFTER_S; on the run's
+own host a run whose process has ended is failed at once, without waiting for its heartbeat to age.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,12 @@ import logging
 import math
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from grounding import db, store
+from grounding.config import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +81,12 @@ def start_run(repo: str, *, kind: str, config: dict, device: str | None) -> int:
 
 
 def mark_dead_runs() -> list[int]:
-    """Fail the runs of this host still marked running whose process has ended (killed, crashed, power lost).
-
-    Runs of other hosts cannot be checked from here and are left alone. Returns the ids it failed.
-    """
+    """Fail the runs still marked running whose process is gone: of any host, those whose heartbeat is older
+    than GROUNDING_RUN_STALE_AFTER_S; of this host, also those whose process has ended (killed, crashed,
+    power lost). Returns the ids it failed."""
     host = socket.gethostname()
     with db.get_engine().begin() as conn:
+        silent = store.fail_silent_training_runs(conn, stale_after_s=get_settings().run_stale_after_s)
         dead = [(rid, pid) for rid, pid in store.running_training_runs(conn, host=host) if not _alive(pid)]
         for rid, pid in dead:
             store.update_training_run(
@@ -88,9 +96,38 @@ def mark_dead_runs() -> list[int]:
                 error=f"its process (pid {pid} on {host}) ended without finishing the run: killed or crashed",
                 finished=True,
             )
+    for rid, on, age in silent:
+        log.warning("training run %d (on %s) sent no heartbeat for %.0f s: marked failed", rid, on, age)
     if dead:
         log.warning("training runs %s were left running by processes that ended; marked failed", [r for r, _ in dead])
-    return [rid for rid, _ in dead]
+    return sorted([rid for rid, _, _ in silent] + [rid for rid, _ in dead])
+
+
+class Heartbeat:
+    """A daemon thread that writes run `run_id`'s heartbeat every `every_s` seconds until stopped."""
+
+    def __init__(self, run_id: int, *, every_s: float) -> None:
+        self.run_id, self.every_s = run_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every_s + 10)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                with db.get_engine().begin() as conn:
+                    if not store.beat_training_run(conn, self.run_id):
+                        log.warning("training run %d is no longer running in the database: heartbeat stops", self.run_id)
+                        return
+            except Exception:  # a database blip: the next beat tries again; ten missed beats fail the run
+                log.warning("training run %d: heartbeat not written", self.run_id, exc_info=True)
 
 
 def _alive(pid: int | None) -> bool:
@@ -112,10 +149,11 @@ def update_run(run_id: int, **fields) -> None:
 
 @contextlib.contextmanager
 def recorded_run(repo: str, *, kind: str, config: dict, device: str | None) -> Iterator[int]:
-    """A run row that ends `complete`, or `failed` with the error when the body raises."""
+    """A run row that ends `complete`, or `failed` with the error when the body raises; its process beats meanwhile."""
     run_id = start_run(repo, kind=kind, config=config, device=device)
     try:
-        yield run_id
+        with Heartbeat(run_id, every_s=get_settings().run_heartbeat_s):
+            yield run_id
     except BaseException as err:
         try:
             update_run(run_id, status="failed", error=f"{type(err).__name__}: {err}"[:2000], finished=True)
