@@ -53,16 +53,20 @@ def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None
         line = validation.count(line, "line", maximum=10_000_000)
     with db.get_engine().connect() as conn:
         repo_id = store.repo_id(conn, repo)
-        source, _, _ = store.repo_source(conn, repo)
+        source, ref, commit = store.repo_source(conn, repo)
         indexed = store.visible_file(conn, repo_id, path)
     if indexed is None:
         raise SourceNotFound(
             f"{path!r} is not a file that repository {repo!r} indexed; give a path `grounding ask` cites"
         )
     stored_hash, _ = indexed
-    root = (
-        get_settings().checkouts_dir / sources.checkout_key(repo_id) if sources.is_git_url(source) else Path(source)
-    ).resolve()
+    settings = get_settings()
+    root = (settings.checkouts_dir / sources.checkout_key(repo_id) if sources.is_git_url(source) else Path(source)).resolve()
+    if sources.is_git_url(source) and not (root / ".git").is_dir():  # this host's home has no clone yet
+        with store.repo_lock(db.get_engine(), repo, wait=False):  # never beside an ingest's own clone
+            sources.reopen(
+                source, checkouts=settings.checkouts_dir, name=sources.checkout_key(repo_id), commit=commit, ref=ref
+            )
     file = root / path
     try:
         data = file.read_bytes() if not file.is_symlink() and file.resolve().is_relative_to(root) else None

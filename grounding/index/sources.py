@@ -202,15 +202,21 @@ def open_source(source: str, *, checkouts: Path, name: str, ref: str | None = No
 
 
 def reopen(source: str, *, checkouts: Path, name: str, commit: str | None, ref: str | None) -> Checkout:
-    """The checkout the last ingest of `source` read, without moving it: a git URL's clone under
-    `checkouts/name` at the commit it indexed (cloned again at that commit if it is gone, as on a
-    worker with its own GROUNDING_HOME), or a local path as it is now."""
+    """The tree the last ingest of `source` read: a git URL's clone under `checkouts/name` at the commit it
+    indexed, or a local path as it is now.
+
+    A worker with its own GROUNDING_HOME (a pod's scratch volume) has no clone, or one another snapshot
+    left: it clones, or fetches, and checks out exactly `commit`, never the branch's newer head. Callers
+    hold the repository's lock, as ingest does, so the checkout does not move under a reader.
+    """
     if is_git_url(source):
         root = checkouts / check_key(name)
         if not (root / ".git").is_dir():
             if commit is None:
                 raise SourceNotFound(f"the checkout at {root} is gone and no commit was recorded; re-ingest it")
             return _clone(check_git_url(source), root, commit)
+        if commit is not None and _try_git(["rev-parse", "HEAD"], root) != commit:
+            return _clone(check_git_url(source), root, commit)  # fetches, then checks out the indexed commit
         return Checkout(root.resolve(), display_url(source), commit, ref, True)
     return open_source(source, checkouts=checkouts, name=name)
 
