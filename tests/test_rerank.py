@@ -197,3 +197,25 @@ def test_search_reranks_only_as_many_candidates_as_the_setting_names(indexed, mo
     counting.calls.clear()
     search(name, QUESTION, k=10)  # merging: 30 fused hits fetched
     assert 0 < sum(counting.calls) <= 4
+
+
+def test_a_checkpoint_without_the_head_is_refused_not_loaded_at_random(tmp_path):
+    """A base encoder given as the cross-encoder: transformers would start its classifier at random, and say
+    so only in a log line our default verbosity hides. It must be our error instead, naming what to set."""
+    base = save_tiny_bert(tmp_path / "base", "BertModel")
+    with pytest.raises(EncoderNotFound, match=r"lacks 2 of the model's tensors \(classifier\.\w+, classifier\.\w+\)"):
+        CrossEncoderReranker(base)
+
+
+def test_the_encoder_refuses_a_checkpoint_whose_tensors_do_not_fit(tmp_path):
+    """A checkpoint saved under other names (another library's prefix): its encoder layers would start at random."""
+    from safetensors.torch import load_file, save_file
+
+    from grounding.index.embed import HFEncoder
+
+    HFEncoder(save_tiny_bert(tmp_path / "bert"), device="cpu")  # a whole encoder loads
+    other = save_tiny_bert(tmp_path / "other")
+    tensors = load_file(other / "model.safetensors")
+    save_file({k.replace("encoder.", "body."): v for k, v in tensors.items()}, other / "model.safetensors")
+    with pytest.raises(EncoderNotFound, match=r"encoder\.layer\.0\..*would start at random; set GROUNDING_ENCODER"):
+        HFEncoder(other, device="cpu")

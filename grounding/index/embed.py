@@ -63,7 +63,19 @@ def load_local_model(path: str | Path, model_class, *, missing: str, setting: st
         raise EncoderNotFound(f"{missing} at {path} (config.json missing); set {setting}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    return tokenizer, model_class.from_pretrained(str(path), local_files_only=True)
+    model, info = model_class.from_pretrained(str(path), local_files_only=True, output_loading_info=True)
+    # transformers only logs (hidden at our default verbosity) the tensors it had to start at random: a
+    # checkpoint of another kind (a base encoder given as a reranker, a decoder given as the encoder) would
+    # rank by noise. The pooler is not used.
+    random = [k for k in info["missing_keys"] if not k.startswith("pooler.")]
+    random += [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", [])]
+    if random:
+        shown = ", ".join(random[:3]) + (f" and {len(random) - 3} more" if len(random) > 3 else "")
+        raise EncoderNotFound(
+            f"{missing} at {path}: its checkpoint lacks {len(random)} of the model's tensors ({shown}), which "
+            f"would start at random; set {setting}"
+        )
+    return tokenizer, model
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
