@@ -9,16 +9,28 @@ PY=.venv/bin/python
 SOURCE=${1:-$($PY -c 'import requests, os; print(os.path.dirname(requests.__file__))')}
 WORK=$(mktemp -d /tmp/grounding-cluster-XXXXXX)
 PORT=${PORT:-4290}
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+pids=()  # each part leads its own process group (setsid), so a stop reaches the children it started too
+stop() {  # SIGTERM to the group, then SIGKILL if it has not ended within 10 s (Prefect's workers can hang)
+  kill -TERM -- "-$1" 2>/dev/null || return 0
+  for _ in $(seq 20); do kill -0 -- "-$1" 2>/dev/null || return 0; sleep 0.5; done
+  kill -KILL -- "-$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true  # reaped here, so bash does not report the kill
+}
+cleanup() {  # the reverse of the start order: workers before the server they poll, Postgres last
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do stop "${pids[i]}"; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 echo "== postgres (its own process)"
-$PY -c "
+setsid $PY -W ignore -c "
 import pgserver, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # for sigwait, not the default death
 server = pgserver.get_server(sys.argv[1], cleanup_mode='stop')
 open(sys.argv[2], 'w').write(server.get_uri())
 signal.sigwait({signal.SIGTERM, signal.SIGINT})
+server.cleanup()  # stops the postmaster: an orphaned one would outlive the data directory removed below
 " "$WORK/pgdata" "$WORK/db-url" &
 pids+=($!)
 until [ -s "$WORK/db-url" ]; do sleep 0.5; done
@@ -27,9 +39,9 @@ echo "   GROUNDING_DATABASE_URL=$GROUNDING_DATABASE_URL"
 
 echo "== prefect server on 127.0.0.1:$PORT"
 export PREFECT_HOME="$WORK/prefect" PREFECT_API_URL="http://127.0.0.1:$PORT/api" PREFECT_WORKER_QUERY_SECONDS=2
-$PY -m prefect server start --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 &
+setsid $PY -m prefect server start --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 &
 pids+=($!)
-until curl -sf "$PREFECT_API_URL/health" >/dev/null; do sleep 1; done
+until $PY -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" "$PREFECT_API_URL/health" 2>/dev/null; do sleep 1; done
 
 echo "== work pools and deployments"
 for pool in cpu gpu; do $PY -m prefect work-pool create "$pool" --type process >/dev/null; done
@@ -37,7 +49,7 @@ $PY -m prefect --no-prompt deploy --all >"$WORK/deploy.log"
 
 echo "== two worker processes"
 for pool in cpu gpu; do
-  $PY -m prefect worker start --pool "$pool" --type process --name "local-$pool" >"$WORK/worker-$pool.log" 2>&1 &
+  setsid $PY -m prefect worker start --pool "$pool" --type process --name "local-$pool" >"$WORK/worker-$pool.log" 2>&1 &
   pids+=($!)
 done
 
