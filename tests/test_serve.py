@@ -20,8 +20,10 @@ from tests.conftest import copy_tree, free_port
 APP = Path(__file__).resolve().parent.parent / "app"
 
 
-@pytest.fixture
-def served(database_url, tmp_path):
+@pytest.fixture(scope="module")
+def served(database_url, tmp_path_factory):
+    """One `grounding serve` for the module's tests (starting one takes ~45 s here); each test uses its own repo."""
+    tmp_path = tmp_path_factory.mktemp("served")
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
