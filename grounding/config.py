@@ -57,6 +57,7 @@ class Settings:
     prompt_tokens: int  # budget of one prompt (instructions, question, numbered evidence)
     answer_tokens: int  # the most tokens a generated answer may have
     api_rate_limit: int  # requests a minute one API token may make (HTTP API, MCP over HTTP); 0: no limit
+    token_cache_s: float  # how long a process trusts a token it checked; a revoke elsewhere waits this long
     oidc_issuer: str | None  # an OpenID Connect issuer whose JWTs the API accepts as bearer tokens
     oidc_audience: str | None  # the `aud` those JWTs must carry
     oidc_jwks_url: str | None  # where the issuer's signing keys are; None: its discovery document says
@@ -102,6 +103,7 @@ _ENV = {
     "prompt_tokens": ("GROUNDING_PROMPT_TOKENS", int, 3000),
     "answer_tokens": ("GROUNDING_ANSWER_TOKENS", int, 512),
     "api_rate_limit": ("GROUNDING_API_RATE_LIMIT", int, 600),
+    "token_cache_s": ("GROUNDING_TOKEN_CACHE_S", float, 5.0),
     "oidc_issuer": ("GROUNDING_OIDC_ISSUER", str, None),
     "oidc_audience": ("GROUNDING_OIDC_AUDIENCE", str, None),
     "oidc_jwks_url": ("GROUNDING_OIDC_JWKS_URL", str, None),

@@ -176,6 +176,48 @@ def test_expired_revoked_malformed_and_missing_tokens_get_401(api, world, engine
         assert basic.status_code == 401
 
 
+def test_a_checked_token_is_trusted_for_token_cache_s_and_a_revoke_here_ends_it_at_once(api, world, engine, monkeypatch):
+    """The API does not ask the database on every request: a token it found live is trusted for
+    GROUNDING_TOKEN_CACHE_S. A revoke in this process ends it at once; one made elsewhere (here: the row
+    changed behind its back, as `grounding token revoke` in another process does) within that time."""
+    from grounding.config import reset_settings
+
+    monkeypatch.setenv("GROUNDING_TOKEN_CACHE_S", "1.5")
+    reset_settings()
+
+    def revoke_elsewhere(token_id: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE api_tokens SET revoked_at = now() WHERE id = :i"), {"i": token_id})
+
+    remote = tokens.create(world["alice"])
+    with client(api, remote.secret) as c:
+        assert c.get("/v1/me").status_code == 200
+        revoke_elsewhere(remote.id)
+        assert c.get("/v1/me").status_code == 200, "trusted from the cache for a moment"
+        time.sleep(1.6)
+        assert c.get("/v1/me").status_code == 401, "and no longer than GROUNDING_TOKEN_CACHE_S"
+
+    local = tokens.create(world["alice"])
+    with client(api, local.secret) as c:
+        assert c.get("/v1/me").status_code == 200
+        assert tokens.revoke(local.id)
+        assert c.get("/v1/me").status_code == 401, "a revoke in this process is seen at once"
+
+    monkeypatch.setenv("GROUNDING_TOKEN_CACHE_S", "0")
+    reset_settings()
+    uncached = tokens.create(world["alice"])
+    with client(api, uncached.secret) as c:
+        assert c.get("/v1/me").status_code == 200
+        revoke_elsewhere(uncached.id)
+        assert c.get("/v1/me").status_code == 401, "0 turns the cache off"
+
+    # A cached token is not trusted past its own expiry.
+    ending = tokens.Principal("alice", token_id="0" * 12, expires_at=dt.datetime.now(dt.timezone.utc))
+    cache = tokens.CheckedTokens()
+    cache.put("h", ending, 60)
+    assert cache.get("h") is None
+
+
 def test_bad_requests_are_problems_not_tracebacks(api, world):
     with client(api, world["tokens"]["alice"].secret) as c:
         for response in (

@@ -102,6 +102,7 @@ def test_a_revoked_or_expired_token_signs_the_session_out(teams, engine, end):
     else:
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE api_tokens SET expires_at = now() WHERE id = :i"), {"i": teams["token"].id})
+        tokens._checked.forget()  # what token_cache_s seconds would do: the copilot looks at the row again
     at.run()  # the next interaction
     assert [t.value for t in at.title] == LOGIN and "no longer valid" in text_of(at)
     assert teams["public"] not in text_of(at) and "chat" not in at.session_state, "the session forgets what it held"
