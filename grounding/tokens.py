@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 import secrets
 import threading
@@ -205,8 +206,16 @@ def _api_token(token: str) -> Principal:
     if row["expires_at"] is not None and row["expires_at"] <= row["now"]:
         raise Unauthenticated(REJECTED)
     who = Principal(row["user_name"], admin=row["admin"], token_id=row["id"], expires_at=row["expires_at"])
-    _checked.put(secret_hash, who, get_settings().token_cache_s)
+    _checked.put(secret_hash, who, _cache_seconds())
     return who
+
+
+def _cache_seconds() -> float:
+    """GROUNDING_TOKEN_CACHE_S, refused unless 0-300 (nan or inf would keep a revoked token alive for good)."""
+    seconds = get_settings().token_cache_s
+    if not (math.isfinite(seconds) and 0 <= seconds <= 300):
+        raise InvalidArgument(f"GROUNDING_TOKEN_CACHE_S must be between 0 and 300 seconds, not {seconds!r}")
+    return seconds
 
 
 _jwks_clients: dict[str, object] = {}

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import access, tokens
+from grounding.errors import InvalidArgument
 from grounding.cli import main
 from grounding.index.ingest import ingest
 from tests.conftest import git_repo, running
@@ -210,6 +211,12 @@ def test_a_checked_token_is_trusted_for_token_cache_s_and_a_revoke_here_ends_it_
         assert c.get("/v1/me").status_code == 200
         revoke_elsewhere(uncached.id)
         assert c.get("/v1/me").status_code == 401, "0 turns the cache off"
+
+    for bad in ("nan", "inf", "-1", "301"):  # nan/inf would never expire: refused, not cached
+        monkeypatch.setenv("GROUNDING_TOKEN_CACHE_S", bad)
+        reset_settings()
+        with pytest.raises(InvalidArgument, match="GROUNDING_TOKEN_CACHE_S"):
+            tokens.authenticate(tokens.create(world["alice"]).secret)
 
     # A cached token is not trusted past its own expiry.
     ending = tokens.Principal("alice", token_id="0" * 12, expires_at=dt.datetime.now(dt.timezone.utc))
