@@ -15,7 +15,7 @@ Access is granted per repository to principals, `user:NAME` or `group:NAME`; gro
 
 from __future__ import annotations
 
-from pgvector.sqlalchemy import Vector
+from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -171,7 +171,7 @@ embeddings = Table(
     metadata,
     Column("index_version_id", Integer, ForeignKey("index_versions.id", ondelete="CASCADE"), primary_key=True),
     Column("chunk_id", BigInteger, ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True),
-    Column("embedding", Vector(), nullable=False),  # dimension fixed per version by its HNSW index
+    Column("embedding", HALFVEC(), nullable=False),  # dimension fixed per version by its HNSW index
     Index("embeddings_chunk", "chunk_id"),
 )
 

@@ -60,7 +60,7 @@ def test_first_ingest_writes_files_chunks_and_vectors(engine, repo_name, hashing
         index = conn.execute(
             sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :i"), {"i": f"embeddings_hnsw_v{version.id}"}
         ).scalar_one()
-    assert "hnsw" in index and "vector(64)" in index
+    assert "hnsw" in index and "halfvec(64)" in index and "halfvec_ip_ops" in index
 
 
 def test_unchanged_reingest_changes_nothing(engine, repo_name, hashing, tmp_path):

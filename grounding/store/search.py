@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from grounding.lexical import K1, B
 from grounding.records import Citation, Hit, IndexVersion
-from grounding.store.writes import vector_literal
+from grounding.store.writes import VECTOR_TYPE, vector_literal
 
 __all__ = ["hybrid_search", "bm25_search", "symbol_parts", "visible_chunk", "file_lines", "ChunkSpan", "ChunkFilter"]
 
@@ -89,7 +89,7 @@ def _vector_cte(conn: Connection, version: IndexVersion, query_vector: np.ndarra
         conn.execute(sa.text(f"SET LOCAL hnsw.max_scan_tuples = {FILTERED_MAX_SCAN_TUPLES}"))
     return f"""vec AS (
         SELECT id, row_number() OVER (ORDER BY d) AS r FROM (
-            SELECT c.id, e.embedding::vector({dim}) <#> CAST(:q AS vector({dim})) AS d
+            SELECT c.id, e.embedding::{VECTOR_TYPE}({dim}) <#> CAST(:q AS {VECTOR_TYPE}({dim})) AS d
             FROM embeddings e JOIN chunks c ON c.id = e.chunk_id JOIN files f ON f.id = c.file_id
             WHERE e.index_version_id = {vid} AND {_VISIBLE}{where}
             ORDER BY d LIMIT :n) s)"""

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from grounding.records import IndexVersion
-from grounding.store.writes import vector_literal
+from grounding.store.writes import VECTOR_OPS, VECTOR_TYPE, vector_literal
 
 __all__ = [
     "active_index_version",
@@ -107,7 +107,7 @@ def build_vector_index(conn: Connection, version: IndexVersion) -> None:
     conn.execute(
         sa.text(
             f"CREATE INDEX IF NOT EXISTS embeddings_hnsw_v{vid} ON embeddings "
-            f"USING hnsw ((embedding::vector({dim})) vector_ip_ops) WHERE index_version_id = {vid}"
+            f"USING hnsw ((embedding::{VECTOR_TYPE}({dim})) {VECTOR_OPS}) WHERE index_version_id = {vid}"
         )
     )
 
@@ -203,9 +203,9 @@ def nearest_in_version(
     conn.execute(sa.text("SET LOCAL hnsw.ef_search = 100"))
     rows = conn.execute(
         sa.text(
-            f"SELECT chunk_id, -(embedding::vector({dim}) <#> CAST(:q AS vector({dim}))) AS ip "
+            f"SELECT chunk_id, -(embedding::{VECTOR_TYPE}({dim}) <#> CAST(:q AS {VECTOR_TYPE}({dim}))) AS ip "
             f"FROM embeddings WHERE index_version_id = {vid} "
-            f"ORDER BY embedding::vector({dim}) <#> CAST(:q AS vector({dim})) LIMIT :k"
+            f"ORDER BY embedding::{VECTOR_TYPE}({dim}) <#> CAST(:q AS {VECTOR_TYPE}({dim})) LIMIT :k"
         ),
         {"q": vector_literal(vector), "k": k},
     )

@@ -177,5 +177,11 @@ def write_files(
     return file_ids
 
 
+# How an index version's vectors are stored and searched: half-precision floats (pgvector's halfvec), half the
+# disk and HNSW memory of `vector` at the same ranking (bench/vectors.py measures both; migration 0012).
+VECTOR_TYPE = "halfvec"
+VECTOR_OPS = "halfvec_ip_ops"
+
+
 def vector_literal(vec: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.7g}" for x in vec.tolist()) + "]"
