@@ -212,3 +212,62 @@ def test_ingest_page_submits_the_deployment_and_follows_its_flow_run(served, eng
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and f"Ingest of {repo_name} failed: flow run {job.flow_run_id} ended FAILED" in errors[0]
     assert "does not exist" in errors[0] and "Traceback" not in errors[0], errors
+
+
+def test_refresh_deployment_starts_one_ingest_run_per_moved_repository(served, engine, repo_name, hashing, tmp_path):
+    from grounding.index.ingest import ingest
+    from grounding.search.retrieve import search
+    from tests.conftest import git, git_repo
+
+    env, _ = served
+    moving = git_repo(copy_tree("itsdangerous", tmp_path / "moving"))
+    still = git_repo(copy_tree("itsdangerous", tmp_path / "still"))
+    names = [f"{repo_name}-moving", f"{repo_name}-still"]
+    for name, src in zip(names, (moving, still)):
+        ingest(f"file://{src}", name=name, embedder=hashing)
+    (moving / "signer.py").write_text((moving / "signer.py").read_text() + "\ndef fanned_out_marker():\n    pass\n")
+    git(moving, "commit", "-qam", "move")
+
+    out = prefect(env, "deployment", "run", "refresh-repos/default", "--params", json.dumps({"repos": names}))
+    run = wait_for_run(env, re.search(r"UUID: ([0-9a-f-]{36})", out).group(1))
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    # The moved repository was ingested by an ingest-repo flow run of its own, a sub-flow run of the refresh.
+    children = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", CHILD_RUNS, run["id"]], env=env, check=True, capture_output=True, text=True
+        ).stdout
+    )
+    assert [(c["flow"], c["parameters"]["name"], c["state"]) for c in children] == [
+        ("ingest-repo", names[0], "COMPLETED")
+    ], children
+    with engine.connect() as conn:
+        snapshots = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT r.name, count(s.id) FROM repositories r JOIN snapshots s ON s.repo_id = r.id "
+                    "WHERE r.name = ANY(:n) GROUP BY r.name"
+                ),
+                {"n": names},
+            ).all()
+        )
+    assert snapshots == {names[0]: 2, names[1]: 1}
+    hits = search(names[0], "fanned_out_marker", k=1, mode="lexical", rerank=False)
+    assert hits and hits[0].citation.path == "signer.py"
+
+
+# The flow runs started as sub-flow runs of a flow run (its id in argv): their flow, parameters and state, as JSON.
+CHILD_RUNS = """
+import asyncio, json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[sys.argv[1]]))
+        )
+        flows = {r.flow_id: (await client.read_flow(r.flow_id)).name for r in runs}
+        print(json.dumps([{"flow": flows[r.flow_id], "parameters": r.parameters, "state": r.state.type.value} for r in runs]))
+
+asyncio.run(main())
+"""

@@ -5,6 +5,7 @@ Derived eval indexes are not refreshed: `grounding eval` rebuilds them from thei
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from grounding import db, store, validation
@@ -24,8 +25,34 @@ class RefreshOutcome:
     report: IngestReport | None = None
 
 
-def refresh(repo: str) -> RefreshOutcome:
-    """Re-ingest `repo` (incrementally) if its source's commit moved; a directory outside git is always re-read."""
+@dataclass(frozen=True)
+class RefreshPlan:
+    """What a refresh of `repo` would do, found without ingesting: its source, and the commit before and now."""
+
+    repo: str
+    source: str
+    ref: str | None
+    commit_before: str | None
+    commit_now: str | None  # None: not a git checkout, so there is no commit to compare and it is re-read
+
+    @property
+    def moved(self) -> bool:
+        return self.commit_now is None or self.commit_now != self.commit_before
+
+    def unchanged(self) -> RefreshOutcome:
+        return RefreshOutcome(self.repo, "unchanged", self.commit_before, self.commit_now, f"still at {self.commit_now[:12]}")
+
+    def ingested(self, commit: str | None, files_changed: int | None, *, by: str = "") -> RefreshOutcome:
+        changed = "" if files_changed is None else f", {files_changed} files changed"
+        if self.commit_now is None:
+            reason = f"no commit to compare: re-read{changed}"
+        else:
+            reason = f"{(self.commit_before or 'nothing')[:12]} -> {(commit or self.commit_now)[:12]}{changed}"
+        return RefreshOutcome(self.repo, "ingested", self.commit_before, commit, reason + by)
+
+
+def plan_refresh(repo: str) -> RefreshPlan:
+    """Whether `repo`'s source moved since its last snapshot (a `git ls-remote` or `rev-parse`, no ingest)."""
     repo = validation.repo_name(repo, derived_ok=True)
     with db.get_engine().connect() as conn:
         source, ref, before = store.repo_source(conn, repo)
@@ -36,15 +63,17 @@ def refresh(repo: str) -> RefreshOutcome:
         )
     if not sources.is_git_url(source):
         ref = None  # a local checkout is read as it is; the stored ref only records its branch
-    now = sources.current_commit(source, ref)
-    if now is not None and now == before:
-        return RefreshOutcome(repo, "unchanged", before, now, f"still at {now[:12]}")
-    report = ingest(source, name=repo, ref=ref)
-    if now is None:
-        reason = f"no commit to compare: re-read, {report.files_changed} files changed"
-    else:
-        reason = f"{(before or 'nothing')[:12]} -> {(report.commit or now)[:12]}, {report.files_changed} files changed"
-    return RefreshOutcome(repo, "ingested", before, report.commit, reason, report)
+    return RefreshPlan(repo, source, ref, before, sources.current_commit(source, ref))
+
+
+def refresh(repo: str) -> RefreshOutcome:
+    """Re-ingest `repo` (incrementally) if its source's commit moved; a directory outside git is always re-read."""
+    plan = plan_refresh(repo)
+    if not plan.moved:
+        return plan.unchanged()
+    report = ingest(plan.source, name=plan.repo, ref=plan.ref)
+    outcome = plan.ingested(report.commit, report.files_changed)
+    return dataclasses.replace(outcome, report=report)
 
 
 def repositories() -> list[str]:
