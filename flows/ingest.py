@@ -44,7 +44,12 @@ def retry_on_io(task, task_run, state) -> bool:
 
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
 def ingest_task(
-    source: str, name: str | None, ref: str | None, user: str | None = None, replace_source: bool = False
+    source: str,
+    name: str | None,
+    ref: str | None,
+    user: str | None = None,
+    replace_source: bool = False,
+    wait: bool = True,
 ) -> IngestReport:
     logger = get_run_logger()
     listener = _progress_listener.get()
@@ -54,7 +59,7 @@ def ingest_task(
         if listener is not None:
             listener(stage, done, total)
 
-    return ingest(source, name=name, ref=ref, progress=progress, user=user, replace_source=replace_source)
+    return ingest(source, name=name, ref=ref, progress=progress, user=user, replace_source=replace_source, wait=wait)
 
 
 @task
@@ -136,6 +141,7 @@ def ingest_repo(
     user: str | None = None,
     replace_source: bool = False,
     tune_fusion: bool = True,
+    wait: bool = True,
 ) -> dict:
     """Ingest `source` (a directory or git URL) as repository `name` (default: its last path segment).
 
@@ -143,8 +149,10 @@ def ingest_repo(
     re-ingested from its registered source (grounding.index.ingest.ingest); `replace_source` re-points an
     existing repository at `source`, for a trusted caller only. With `tune_fusion`, an index version
     that has no fusion weights of its own yet gets them, chosen on the repository's harvested questions.
+    Without `wait`, a run that finds another ingest of the repository under way fails at once (IngestBusy)
+    instead of queueing behind it (refresh-repos asks that: the next refresh picks the repository up).
     """
-    report = ingest_task(source, name, ref, user, replace_source)
+    report = ingest_task(source, name, ref, user, replace_source, wait)
     publish_report(report)
     summary = dataclasses.asdict(report)
     summary["skipped"] = report.skipped_by_reason()
