@@ -156,7 +156,7 @@ def migrate(engine: Engine) -> None:
         except sa.exc.DBAPIError as err:
             raise DatabaseUnavailable(
                 f"could not migrate {_describe(str(engine.url))}: {err.orig}. "
-                "The database needs the pgvector and pg_trgm extensions."
+                "The database needs the pg_trgm extension and pgvector 0.7 or newer (for halfvec)."
             ) from err
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 
 from grounding import store
@@ -82,7 +83,8 @@ def test_vector_search_reads_the_halfvec_index_and_ranks_as_exact_search(engine,
         before = _index_scans(engine, version.id)
         assert _ranked(repo_name, question) == [path for path, _ in exact][:3]
         # The search went through the HNSW index (a cast to another type would scan the table and sort):
-        # statistics reach pg_stat a moment after the searching backend goes idle.
+        # a backend publishes its statistics when its connection closes.
+        db.reset()
         deadline = time.monotonic() + 10
         while _index_scans(engine, version.id) == before and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -132,3 +134,22 @@ def test_migration_0012_converts_vectors_and_indexes_both_ways_and_keeps_the_ran
     assert column == "halfvec" and "halfvec_ip_ops" in index
     np.testing.assert_array_equal(vectors(), stored)
     assert _ranked(repo_name, question) == ranked
+
+
+def test_vectors_halfvec_cannot_hold_are_refused_before_anything_is_written(engine, repo_name, tmp_path):
+    from grounding.errors import IngestError
+    from grounding.index.embed import HashingEmbedder
+    from grounding.index.ingest import ingest
+
+    class Unnormalised(HashingEmbedder):
+        def embed_batch(self, texts):
+            return super().embed_batch(texts) * 1e6  # beyond a 16-bit float's 65504
+
+    root = write_tree(tmp_path / "corpus", FILES)
+    with pytest.raises(IngestError, match="not finite or exceed 65504"):
+        ingest(str(root), name=repo_name, embedder=Unnormalised(64))
+    with engine.connect() as conn:
+        visible = conn.execute(
+            sa.text("SELECT current_snapshot_id FROM repositories WHERE name = :n"), {"n": repo_name}
+        ).scalar()
+    assert visible is None, "no snapshot became visible"

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from grounding.records import IndexVersion
-from grounding.store.writes import VECTOR_OPS, VECTOR_TYPE, vector_literal
+from grounding.store.writes import VECTOR_OPS, VECTOR_TYPE, storable, vector_literal
 
 __all__ = [
     "active_index_version",
@@ -160,6 +160,7 @@ def count_version_embeddings(conn: Connection, version: int) -> int:
 
 
 def copy_embeddings(conn: Connection, version: IndexVersion, *, chunk_ids: Sequence[int], vectors: np.ndarray) -> None:
+    storable(vectors, version.encoder)
     raw = conn.connection.driver_connection
     with raw.cursor().copy("COPY embeddings (index_version_id, chunk_id, embedding) FROM STDIN") as copy:
         for cid, vec in zip(chunk_ids, vectors):

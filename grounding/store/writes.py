@@ -10,6 +10,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from grounding.errors import IngestError
 from grounding.lexical import chunk_tokens
 from grounding.records import Chunk, IndexVersion, SourceFile
 
@@ -22,6 +23,7 @@ __all__ = [
     "shared_embeddings",
     "write_files",
     "vector_literal",
+    "storable",
 ]
 
 
@@ -171,6 +173,7 @@ def write_files(
     with cur.copy("COPY bm25_postings (repo_id, term, chunk_id, snapshot_id, tf, dl) FROM STDIN") as copy:
         for row in postings:
             copy.write_row(row)
+    storable(vectors, version.encoder)
     with cur.copy("COPY embeddings (index_version_id, chunk_id, embedding) FROM STDIN") as copy:
         for cid, vec in zip(chunk_ids, vectors):
             copy.write_row((version.id, cid, vector_literal(vec)))
@@ -181,6 +184,17 @@ def write_files(
 # disk and HNSW memory of `vector` at the same ranking (bench/vectors.py measures both; migration 0012).
 VECTOR_TYPE = "halfvec"
 VECTOR_OPS = "halfvec_ip_ops"
+HALF_MAX = 65504.0  # the largest finite 16-bit float
+
+
+def storable(vectors: np.ndarray, encoder: str) -> None:
+    """Refuse vectors `halfvec` cannot hold (not finite, or beyond +-65504) before a write fails on them."""
+    vectors = np.asarray(vectors)
+    if vectors.size and not (np.isfinite(vectors).all() and np.abs(vectors).max() <= HALF_MAX):
+        raise IngestError(
+            f"encoder {encoder!r} produced vectors that are not finite or exceed {HALF_MAX:g}, which the index "
+            "stores as 16-bit floats; grounding's encoders normalise their vectors: normalise this one's too"
+        )
 
 
 def vector_literal(vec: np.ndarray) -> str:
