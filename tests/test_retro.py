@@ -216,6 +216,40 @@ def _check_completion(repo, report, capsys):
     out = capsys.readouterr().out
     assert "tokens/s" in out and "[1] " in out
     assert main(["complete", repo, "no/such.py:3"]) == 1
+    _check_completion_edges(repo, report)
+
+
+def _check_completion_edges(repo, report):
+    """The prompt's truncation, retrieval of the file being completed, and the database's chunk length."""
+    import grounding
+    from grounding.index import retro_db
+    from grounding.index.lm_tokenizer import load_tokenizer
+    from tests.conftest import package_tree
+
+    database = retro_db.get_database(report.database)
+    assert database.chunk_tokens == 32
+    # More new tokens than the context holds: the prompt keeps its end (half the context), no error.
+    long_prefix = (package_tree("requests") / "sessions.py").read_text()
+    result = grounding.complete(repo, long_prefix, max_new_tokens=4096, path="sessions.py")
+    assert 0 < result.tokens <= 256 - 128
+
+    # Without `path`, the file whose chunks the prompt copies is not retrieved: its continuation is the answer.
+    by_path: dict[str, list] = {}
+    for chunk in retro_db.database_chunks(database, split="train"):
+        by_path.setdefault(chunk.path, []).append(chunk)
+    path, chunks = max(by_path.items(), key=lambda item: len(item[1]))
+    assert len(chunks) >= 4
+    prefix = "".join(c.text for c in chunks[:3])
+    assert any(c.path == path for c in retro_db.retrieve(database, chunks[0].text, k=2)), "itself is nearest"
+    result = grounding.complete(repo, prefix, max_new_tokens=8)
+    assert result.citations and all(c.path != path for c in result.citations), [c.path for c in result.citations]
+
+    # A newer database cut with another m is not the model's: completion keeps reading the m=32 one.
+    other = retro_db.build_database(
+        repo, load_tokenizer(database.tokenizer), config=retro_db.RetroDbConfig(chunk_tokens=16, neighbours=2, encoder="hashing-64")
+    )
+    assert other.id > database.id and retro_db.latest_database(repo).id == other.id
+    assert grounding.complete(repo, prefix, max_new_tokens=4).database == database.id
 
 
 def test_retrofit_a_local_gpt2_on_a_real_tree_trains_only_what_it_inserted(engine, repo_name, hashing, tmp_path):

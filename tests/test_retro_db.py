@@ -229,7 +229,7 @@ def test_retrieve_returns_train_chunks_outside_the_excluded_path(built, hashing)
     hits = retrieve(database, target.text, k=5, embedder=hashing)
     assert len(hits) == 5 and hits[0].chunk_id == target.id and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    away = retrieve(database, target.text, k=5, exclude_path=target.path, embedder=hashing)
+    away = retrieve(database, target.text, k=5, exclude_paths=[target.path], embedder=hashing)
     assert len(away) == 5 and all(h.path != target.path for h in away)
     train = {c.id for c in chunks}
     assert all(h.chunk_id in train for h in hits + away)

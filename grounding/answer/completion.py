@@ -26,6 +26,7 @@ class Completion:
     tokens: int  # generated
     seconds: float
     checkpoint: str
+    database: int | None = None  # the retrieval database the neighbours came from
 
     @property
     def tokens_per_s(self) -> float:
@@ -117,7 +118,11 @@ def complete(
 ) -> Completion:
     """Continue `prefix` with the repository's RETRO model; `path` (the prefix's own file) is never retrieved.
 
-    `user`, when given, must be granted `repo`: the neighbours are the repository's code.
+    Without `path`, a file of the database that holds one of the prompt's retrieved chunks verbatim is
+    taken to be the file being completed and is not retrieved either (its continuation is the answer).
+    The prompt keeps the end of `prefix`, at least half the model's context; generation stops at
+    `max_new_tokens` or the context's end. `user`, when given, must be granted `repo`: the neighbours
+    are the repository's code.
     """
     import torch
 
@@ -154,19 +159,24 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
     checkpoint = checkpoint or latest_checkpoint(repo)
     model, state = load_retro(checkpoint, device=device)
     tokenizer = load_tokenizer(state["tokenizer"])
-    database = retro_db.latest_database(repo, tokenizer=state["tokenizer"])
     cfg = model.config
     m, k, r = cfg.chunk_len, cfg.neighbours, cfg.retrieval_len
+    # Neighbours of the m the model was trained on: a database cut otherwise would misalign every chunk.
+    database = retro_db.latest_database(repo, tokenizer=state["tokenizer"], chunk_tokens=m)
     retrieval = bool(cfg.cca_layers)
-    ids = tokenizer.encode(prefix)[-(cfg.max_seq_len - max_new_tokens) :] if prefix else []
+    keep = cfg.max_seq_len - min(max_new_tokens, cfg.max_seq_len // 2)
+    ids = tokenizer.encode(prefix)[-keep:] if prefix else []
     if not ids:
         ids = [tokenizer.eos_id]  # a file's start: the model was trained with files after an eos
     cache = RetroCache()
     citations: dict[tuple, Citation] = {}
     generator = torch.Generator().manual_seed(seed)
+    excluded = [path] if path else []
 
-    def retrieve_for(u: int, tokens: list[int]) -> None:
-        found = retro_db.retrieve(database, tokenizer.decode(tokens[u * m : (u + 1) * m]), k=k, exclude_path=path)
+    def neighbours_of(u: int, tokens: list[int]) -> list:
+        return retro_db.retrieve(database, tokenizer.decode(tokens[u * m : (u + 1) * m]), k=k, exclude_paths=excluded)
+
+    def use(u: int, found: list) -> None:
         cache.neighbours[u] = _neighbour_tensor(found, k, r, tokenizer.pad_id).to(device)
         for nb in found:
             key = (nb.path, nb.start_line, nb.end_line)
@@ -174,8 +184,15 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
 
     started = time.perf_counter()
     if retrieval:
-        for u in range(len(ids) // m):
-            retrieve_for(u, ids)
+        prompt = {u: neighbours_of(u, ids) for u in range(len(ids) // m)}
+        if path is None:
+            text = tokenizer.decode(ids)
+            own = sorted({nb.path for found in prompt.values() for nb in found if tokenizer.decode(list(nb.tokens[:m])) in text})
+            if own:
+                excluded.extend(own)
+                prompt = {u: neighbours_of(u, ids) for u in prompt}
+        for u, found in prompt.items():
+            use(u, found)
     logits = model(torch.tensor([ids], device=device), cache=cache)[:, -1]
     generated: list[int] = []
     for _ in range(max_new_tokens):
@@ -190,9 +207,10 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
         ids.append(token)
         position = len(ids) - 1
         if retrieval and position % m == m - 1:  # this token completes chunk u: read its neighbours first
-            retrieve_for(position // m, ids)
+            use(position // m, neighbours_of(position // m, ids))
         logits = model(torch.tensor([[token]], device=device), cache=cache)[:, -1]
     seconds = time.perf_counter() - started
     return Completion(
-        repo, prefix, tokenizer.decode(generated), tuple(citations.values()), len(generated), seconds, checkpoint
+        repo, prefix, tokenizer.decode(generated), tuple(citations.values()), len(generated), seconds, checkpoint,
+        database.id,
     )

@@ -302,14 +302,16 @@ def get_database(database_id: int) -> RetroDatabase:
     return _database(row)
 
 
-def latest_database(repo: str, *, tokenizer: str | None = None) -> RetroDatabase:
-    """The repository's newest ready database, of one tokenizer (its directory) if named."""
+def latest_database(repo: str, *, tokenizer: str | None = None, chunk_tokens: int | None = None) -> RetroDatabase:
+    """The repository's newest ready database, of one tokenizer (its directory) and chunk length m if named."""
     if tokenizer is not None:
         tokenizer = str(Path(tokenizer).expanduser().resolve())  # as load_tokenizer and save record it
     with get_engine().connect() as conn:
-        row = store.latest_retro_database(conn, store.repo_id(conn, repo), tokenizer=tokenizer)
+        row = store.latest_retro_database(
+            conn, store.repo_id(conn, repo), tokenizer=tokenizer, chunk_tokens=chunk_tokens
+        )
     if row is None:
-        which = f" with tokenizer {tokenizer}" if tokenizer else ""
+        which = (f" with tokenizer {tokenizer}" if tokenizer else "") + (f" and m={chunk_tokens}" if chunk_tokens else "")
         raise NotIndexed(f"repository {repo!r} has no ready retrieval database{which}; build one with build_database")
     return _database(row)
 
@@ -384,9 +386,14 @@ def neighbour_tokens(db: RetroDatabase, ids: Sequence[int]) -> list[Neighbour]:
 
 
 def retrieve(
-    db: RetroDatabase, text: str, *, k: int, exclude_path: str | None = None, embedder: Embedder | None = None
+    db: RetroDatabase,
+    text: str,
+    *,
+    k: int,
+    exclude_paths: Sequence[str] = (),
+    embedder: Embedder | None = None,
 ) -> list[Neighbour]:
-    """The k train chunks nearest `text` (with continuations), outside `exclude_path`: retrieval while generating."""
+    """The k train chunks nearest `text` (with continuations), outside `exclude_paths`: retrieval while generating."""
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     embedder = embedder or load_embedder(db.encoder)
@@ -394,6 +401,6 @@ def retrieve(
         raise ValueError(f"database {db.id} was embedded with {db.encoder!r}, not {embedder.name!r}")
     vector = embedder.embed([text])[0]
     with get_engine().begin() as conn:
-        hits = store.nearest_retro_chunks(conn, db.id, dim=db.dim, vector=vector, k=k, exclude_path=exclude_path)
+        hits = store.nearest_retro_chunks(conn, db.id, dim=db.dim, vector=vector, k=k, exclude_paths=exclude_paths)
     found = neighbour_tokens(db, [cid for cid, _ in hits])
     return [replace(n, score=score) for n, (_, score) in zip(found, hits)]

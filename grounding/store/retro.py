@@ -85,15 +85,18 @@ def retro_database(conn: Connection, database_id: int) -> dict | None:
     return dict(row) if row else None
 
 
-def latest_retro_database(conn: Connection, repo: int, *, tokenizer: str | None = None) -> dict | None:
-    """The newest ready database of a repository, of one tokenizer if named."""
+def latest_retro_database(
+    conn: Connection, repo: int, *, tokenizer: str | None = None, chunk_tokens: int | None = None
+) -> dict | None:
+    """The newest ready database of a repository, of one tokenizer and one chunk length m if named."""
     row = (
         conn.execute(
             sa.text(
                 _DATABASE + "WHERE d.repo_id = :r AND d.status = 'ready' "
-                "AND (CAST(:t AS text) IS NULL OR d.tokenizer = :t) ORDER BY d.id DESC LIMIT 1"
+                "AND (CAST(:t AS text) IS NULL OR d.tokenizer = :t) "
+                "AND (CAST(:m AS integer) IS NULL OR d.chunk_tokens = :m) ORDER BY d.id DESC LIMIT 1"
             ),
-            {"r": repo, "t": tokenizer},
+            {"r": repo, "t": tokenizer, "m": chunk_tokens},
         )
         .mappings()
         .one_or_none()
@@ -257,15 +260,15 @@ def _iterative_scan(conn: Connection, k: int) -> None:
 
 
 def nearest_retro_chunks(
-    conn: Connection, database_id: int, *, dim: int, vector: np.ndarray, k: int, exclude_path: str | None = None
+    conn: Connection, database_id: int, *, dim: int, vector: np.ndarray, k: int, exclude_paths: Sequence[str] = ()
 ) -> list[tuple[int, float]]:
-    """(chunk id, inner product) of the k train chunks nearest `vector`, outside `exclude_path`, nearest first.
+    """(chunk id, inner product) of the k train chunks nearest `vector`, outside `exclude_paths`, nearest first.
 
     Call inside a transaction: the scan settings are local to it.
     """
     did, dim = int(database_id), int(dim)
     _iterative_scan(conn, k)
-    other_file = "" if exclude_path is None else "AND path <> :p "
+    other_file = "AND path <> ALL(:p) " if exclude_paths else ""
     # relaxed_order may hand rows back slightly out of order: the outer query sorts the k it got.
     rows = conn.execute(
         sa.text(
@@ -274,7 +277,7 @@ def nearest_retro_chunks(
             f"ORDER BY embedding::vector({dim}) <#> CAST(:q AS vector({dim})) LIMIT :k) "
             "SELECT id, -d FROM nearest ORDER BY d, id"
         ),
-        {"q": vector_literal(vector), "k": k, "p": exclude_path},
+        {"q": vector_literal(vector), "k": k, "p": list(exclude_paths)},
     )
     return [(cid, float(ip)) for cid, ip in rows]
 
