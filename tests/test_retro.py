@@ -244,6 +244,11 @@ def _check_completion_edges(repo, report):
     result = grounding.complete(repo, prefix, max_new_tokens=8)
     assert result.citations and all(c.path != path for c in result.citations), [c.path for c in result.citations]
 
+    # A held-out file is read when serving: the prompt copying one of its chunks retrieves it.
+    heldout = max(retro_db.database_chunks(database, split="heldout"), key=lambda c: len(set(c.text.split())))
+    result = grounding.complete(repo, heldout.text, max_new_tokens=4, path="not/this.py")
+    assert heldout.path in {c.path for c in result.citations}, [c.path for c in result.citations]
+
     # A newer database cut with another m is not the model's: completion keeps reading the m=32 one.
     other = retro_db.build_database(
         repo, load_tokenizer(database.tokenizer), config=retro_db.RetroDbConfig(chunk_tokens=16, neighbours=2, encoder="hashing-64")

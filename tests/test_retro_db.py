@@ -233,8 +233,11 @@ def test_retrieve_returns_train_chunks_outside_the_excluded_path(built, hashing)
     assert len(away) == 5 and all(h.path != target.path for h in away)
     train = {c.id for c in chunks}
     assert all(h.chunk_id in train for h in hits + away)
-    heldout = database_chunks(database, split="heldout")[0]
+    heldout = max(database_chunks(database, split="heldout"), key=lambda c: len(set(c.text.split())))
     assert heldout.id not in {h.chunk_id for h in retrieve(database, heldout.text, k=5, embedder=hashing)}
+    # Serving reads every file: the split is a training-time notion.
+    served = retrieve(database, heldout.text, k=5, embedder=hashing, train_only=False)
+    assert served[0].chunk_id == heldout.id and served[0].path == heldout.path
     with pytest.raises(ValueError, match="embedded with"):
         retrieve(database, "x", k=1, embedder=HashingEmbedder(32))
 

@@ -174,7 +174,8 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
     excluded = [path] if path else []
 
     def neighbours_of(u: int, tokens: list[int]) -> list:
-        return retro_db.retrieve(database, tokenizer.decode(tokens[u * m : (u + 1) * m]), k=k, exclude_paths=excluded)
+        text = tokenizer.decode(tokens[u * m : (u + 1) * m])
+        return retro_db.retrieve(database, text, k=k, exclude_paths=excluded, train_only=False)  # every file
 
     def use(u: int, found: list) -> None:
         cache.neighbours[u] = _neighbour_tensor(found, k, r, tokenizer.pad_id).to(device)

@@ -2,7 +2,8 @@
 
 Each file's token stream (ending in eos) is cut into consecutive m-token chunks, as in RETRO, and
 every chunk's text is embedded with a frozen encoder. Files are split train/held-out by
-`records.split_of`; only train chunks are indexed, so a held-out file is never retrievable.
+`records.split_of`; training and its evaluation retrieve train chunks only, so a held-out file is never
+a neighbour there, while a completion (`retrieve(..., train_only=False)`) reads every file.
 A chunk's neighbours come from other files only: a chunk must not retrieve its own file's
 continuation. A retrieved neighbour is the chunk followed by the next chunk of its file (r = 2m).
 """
@@ -392,8 +393,12 @@ def retrieve(
     k: int,
     exclude_paths: Sequence[str] = (),
     embedder: Embedder | None = None,
+    train_only: bool = True,
 ) -> list[Neighbour]:
-    """The k train chunks nearest `text` (with continuations), outside `exclude_paths`: retrieval while generating."""
+    """The k chunks nearest `text` (with continuations), outside `exclude_paths`: retrieval while generating.
+
+    Train chunks only, as training saw them, unless `train_only` is false (serving: the split is a
+    training-time notion)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     embedder = embedder or load_embedder(db.encoder)
@@ -401,6 +406,8 @@ def retrieve(
         raise ValueError(f"database {db.id} was embedded with {db.encoder!r}, not {embedder.name!r}")
     vector = embedder.embed([text])[0]
     with get_engine().begin() as conn:
-        hits = store.nearest_retro_chunks(conn, db.id, dim=db.dim, vector=vector, k=k, exclude_paths=exclude_paths)
+        hits = store.nearest_retro_chunks(
+            conn, db.id, dim=db.dim, vector=vector, k=k, exclude_paths=exclude_paths, train_only=train_only
+        )
     found = neighbour_tokens(db, [cid for cid, _ in hits])
     return [replace(n, score=score) for n, (_, score) in zip(found, hits)]

@@ -1,8 +1,9 @@
 """RETRO retrieval databases: their rows, chunks (written with COPY), per-database HNSW index and neighbour cache.
 
-Each database's train chunks get a partial HNSW index over `embedding::vector(dim)`, like an index
-version's; the queries that should use it name the database id and split as literals, so the
-planner can match the index's predicate.
+Each database's chunks get a partial HNSW index over `embedding::vector(dim)`, like an index
+version's; the queries that should use it name the database id as a literal, so the planner can
+match the index's predicate. Training reads train chunks only (an iterative scan skips the others);
+a completion reads every file of the snapshot.
 """
 
 from __future__ import annotations
@@ -145,15 +146,18 @@ def copy_retro_chunks(
 
 
 def build_retro_index(conn: Connection, database_id: int, *, dim: int) -> None:
-    """The database's own HNSW index (inner product) over its train chunks: only they can be retrieved."""
+    """The database's own HNSW index (inner product) over all its chunks, train and held-out."""
     did, dim = int(database_id), int(dim)
-    conn.execute(
-        sa.text(
-            f"CREATE INDEX IF NOT EXISTS retro_chunks_hnsw_d{did} ON retro_chunks "
-            f"USING hnsw ((embedding::vector({dim})) vector_ip_ops) WHERE database_id = {did} AND split = 'train'"
-        )
-    )
+    conn.execute(sa.text(retro_index_sql(did, dim)))
     conn.execute(sa.text("ANALYZE retro_chunks"))
+
+
+def retro_index_sql(database_id: int, dim: int) -> str:
+    did, dim = int(database_id), int(dim)
+    return (
+        f"CREATE INDEX IF NOT EXISTS retro_chunks_hnsw_d{did} ON retro_chunks "
+        f"USING hnsw ((embedding::vector({dim})) vector_ip_ops) WHERE database_id = {did}"
+    )
 
 
 def finish_retro_database(conn: Connection, database_id: int, *, stats: Mapping) -> list[int]:
@@ -260,20 +264,26 @@ def _iterative_scan(conn: Connection, k: int) -> None:
 
 
 def nearest_retro_chunks(
-    conn: Connection, database_id: int, *, dim: int, vector: np.ndarray, k: int, exclude_paths: Sequence[str] = ()
+    conn: Connection,
+    database_id: int,
+    *,
+    dim: int,
+    vector: np.ndarray,
+    k: int,
+    exclude_paths: Sequence[str] = (),
+    train_only: bool = True,
 ) -> list[tuple[int, float]]:
-    """(chunk id, inner product) of the k train chunks nearest `vector`, outside `exclude_paths`, nearest first.
-
-    Call inside a transaction: the scan settings are local to it.
+    """(chunk id, inner product) of the k chunks nearest `vector` (train chunks only unless `train_only` is
+    false), outside `exclude_paths`, nearest first. Call inside a transaction: the scan settings are local to it.
     """
     did, dim = int(database_id), int(dim)
     _iterative_scan(conn, k)
-    other_file = "AND path <> ALL(:p) " if exclude_paths else ""
+    other_file = ("AND path <> ALL(:p) " if exclude_paths else "") + ("AND split = 'train' " if train_only else "")
     # relaxed_order may hand rows back slightly out of order: the outer query sorts the k it got.
     rows = conn.execute(
         sa.text(
             f"WITH nearest AS MATERIALIZED (SELECT id, embedding::vector({dim}) <#> CAST(:q AS vector({dim})) AS d "
-            f"FROM retro_chunks WHERE database_id = {did} AND split = 'train' {other_file}"
+            f"FROM retro_chunks WHERE database_id = {did} {other_file}"
             f"ORDER BY embedding::vector({dim}) <#> CAST(:q AS vector({dim})) LIMIT :k) "
             "SELECT id, -d FROM nearest ORDER BY d, id"
         ),
