@@ -113,7 +113,9 @@ def finetuned(model_dir: str, codes: list[str], queries: list[str], *, batch: in
             q, d = encode([c[0] for c in chosen], 64), encode([c[1] for c in chosen], 192)
         logits = (q.float() @ d.float().T) / 0.05
         labels = torch.arange(len(chosen))
-        loss = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
+        loss = (
+            torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)
+        ) / 2
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step(), schedule.step(), optimizer.zero_grad()
@@ -157,10 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     lexical = np.stack([bm25.get_scores(lexical_tokens(t)) for t in queries])
     lexical = lexical / (lexical.max(1, keepdims=True) + 1e-9)
 
-    rows = {"frozen MiniLM, whole function (baseline)": whole, "signature+docstring view": sig,
-            "no-docstring view": nodoc, "max(whole, signature+docstring)": np.maximum(whole, sig),
-            "whole + 0.3 x (other two views)": whole + 0.3 * sig + 0.3 * nodoc,
-            "questions without 'python'": no_python @ docs["whole"].T, "BM25 alone (bm25s)": lexical}
+    rows = {
+        "frozen MiniLM, whole function (baseline)": whole,
+        "signature+docstring view": sig,
+        "no-docstring view": nodoc,
+        "max(whole, signature+docstring)": np.maximum(whole, sig),
+        "whole + 0.3 x (other two views)": whole + 0.3 * sig + 0.3 * nodoc,
+        "questions without 'python'": no_python @ docs["whole"].T,
+        "BM25 alone (bm25s)": lexical,
+    }
     for k, a in ((3, 0.3), (10, 0.5)):
         top = np.argsort(-whole, 1)[:, :k]
         fed = q + a * docs["whole"][top].mean(1)

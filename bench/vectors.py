@@ -55,7 +55,9 @@ def scratch_table(conn, name: str, storage: str, ops: str, vectors: np.ndarray) 
     import sqlalchemy as sa
 
     conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
-    conn.execute(sa.text(f"CREATE TABLE {name} (id bigint PRIMARY KEY, embedding {storage}({vectors.shape[1]}) NOT NULL)"))
+    conn.execute(
+        sa.text(f"CREATE TABLE {name} (id bigint PRIMARY KEY, embedding {storage}({vectors.shape[1]}) NOT NULL)")
+    )
     copy_rows(conn, name, vectors)
     conn.execute(sa.text("SET maintenance_work_mem = '6GB'"))
     started = time.monotonic()
@@ -115,7 +117,10 @@ def ranking_part(conn) -> None:
     vectors = encoder.embed(codes, batch_size=64).astype(np.float32)
     queries = encoder.embed([q["doc"] for q in dev]).astype(np.float32)
     gold = [int(q["retrieval_idx"]) for q in dev]
-    log(f"ranking: embedded {len(codes)} functions by MiniLM ({encoder.precision}) in {time.monotonic() - started:.0f} s")
+    log(
+        f"ranking: embedded {len(codes)} functions by MiniLM ({encoder.precision}) "
+        f"in {time.monotonic() - started:.0f} s"
+    )
     exact = exact_top(vectors, queries)
     rows = {"exact (numpy, fp32)": exact}
     for storage, ops in STORAGES:
@@ -163,19 +168,29 @@ def write_repository(conn, name: str, chunks: list[tuple[str, int, int, str]], v
     ).scalar()
     paths = sorted({c[0] for c in chunks})
     raw = conn.connection.dbapi_connection
-    with raw.cursor() as cur, cur.copy("COPY files (repo_id, snapshot_id, path, language, content_hash, size) FROM STDIN") as copy:
+    with (
+        raw.cursor() as cur,
+        cur.copy("COPY files (repo_id, snapshot_id, path, language, content_hash, size) FROM STDIN") as copy,
+    ):
         for p in paths:
             copy.write_row((repo, snap, p, "python", p, 0))
     file_ids = dict(conn.execute(sa.text("SELECT path, id FROM files WHERE repo_id = :r"), {"r": repo}).all())
     first = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM chunks")).scalar()
-    with raw.cursor() as cur, cur.copy(
-        "COPY chunks (id, file_id, repo_id, ordinal, start_byte, end_byte, start_line, end_line, kind, context, text,"
-        " token_count, content_hash) FROM STDIN"
-    ) as copy:
+    with (
+        raw.cursor() as cur,
+        cur.copy(
+            "COPY chunks (id, file_id, repo_id, ordinal, start_byte, end_byte, start_line, end_line, kind, context,"
+            " text,"
+            " token_count, content_hash) FROM STDIN"
+        ) as copy,
+    ):
         for i, (p, s, e, text) in enumerate(chunks):
             copy.write_row((first + i, file_ids[p], repo, i, 0, len(text), s, e, "window", "", text, 0, f"{first + i}"))
     version = conn.execute(
-        sa.text("INSERT INTO index_versions (repo_id, encoder, dim, status) VALUES (:r, 'hashing-384', :d, 'active') RETURNING id"),
+        sa.text(
+            "INSERT INTO index_versions (repo_id, encoder, dim, status) "
+            "VALUES (:r, 'hashing-384', :d, 'active') RETURNING id"
+        ),
         {"r": repo, "d": DIM},
     ).scalar()
     with raw.cursor() as cur, cur.copy("COPY embeddings (index_version_id, chunk_id, embedding) FROM STDIN") as copy:
@@ -198,10 +213,11 @@ def scale_part(conn_factory, n: int, n_queries: int, reuse: bool) -> None:
 
     started = time.monotonic()
     chunks = windows(n)
-    vectors = HashingEmbedder(DIM).embed(
-        [c[3] for c in chunks], batch_size=4096
-    ).astype(np.float32)
-    log(f"scale: {n:,} windows of {len({c[0] for c in chunks}):,} files embedded by hashing-384 in {time.monotonic() - started:.0f} s")
+    vectors = HashingEmbedder(DIM).embed([c[3] for c in chunks], batch_size=4096).astype(np.float32)
+    log(
+        f"scale: {n:,} windows of {len({c[0] for c in chunks}):,} files embedded by hashing-384 "
+        f"in {time.monotonic() - started:.0f} s"
+    )
     rng = random.Random(0)
     picks = rng.sample(range(n), n_queries)
     # A question: the window's first 4 lines, so the nearest chunks are near but not only itself.
@@ -233,13 +249,25 @@ def scale_part(conn_factory, n: int, n_queries: int, reuse: bool) -> None:
             t = time.perf_counter()
             with conn.begin():
                 result = store.hybrid_search(
-                    conn, repo, version, query_vector=q, terms=[], fragments=[], candidates=K, rrf_k=5, k=K,
-                    use_lexical=False, use_trigram=False,
+                    conn,
+                    repo,
+                    version,
+                    query_vector=q,
+                    terms=[],
+                    fragments=[],
+                    candidates=K,
+                    rrf_k=5,
+                    k=K,
+                    use_lexical=False,
+                    use_trigram=False,
                 )
             times.append((time.perf_counter() - t) * 1000)
             hits.append([h.chunk_id - first for h in result])
         times, hits = times[20:], hits[20:]
-    print(f"\n## Scale: {n:,} chunks of real code, hashing-384 vectors, HNSW m=16 ef_construction=64 ef_search={EF_SEARCH}\n")
+    print(
+        f"\n## Scale: {n:,} chunks of real code, hashing-384 vectors, "
+        f"HNSW m=16 ef_construction=64 ef_search={EF_SEARCH}\n"
+    )
     print("| storage | HNSW build | table per 1M chunks | HNSW index per 1M chunks | recall@10 vs exact |")
     print("|---|---|---|---|---|")
     per_million = 1_000_000 / n
@@ -249,7 +277,10 @@ def scale_part(conn_factory, n: int, n_queries: int, reuse: bool) -> None:
             f"| {s['index_bytes'] * per_million / 2**20:,.0f} MiB | {s['recall']:.4f} |"
         )
     ratio = sizes["halfvec"]["index_bytes"] / sizes["vector"]["index_bytes"]
-    print(f"\nhalfvec's HNSW index is {ratio:.2f}x vector's; its table {sizes['halfvec']['table_bytes'] / sizes['vector']['table_bytes']:.2f}x")
+    print(
+        f"\nhalfvec's HNSW index is {ratio:.2f}x vector's; "
+        f"its table {sizes['halfvec']['table_bytes'] / sizes['vector']['table_bytes']:.2f}x"
+    )
     print(
         f"product vector search (store.hybrid_search, halfvec, joins and visibility), {len(times)} questions, warm: "
         f"p50 {np.percentile(times, 50):.1f} ms, p99 {np.percentile(times, 99):.1f} ms, "

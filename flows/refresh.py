@@ -42,7 +42,12 @@ def refresh_one(repo: str) -> RefreshOutcome:
 
 def _row(name: str, outcome: RefreshOutcome | None = None, error: BaseException | str | None = None) -> dict:
     if outcome is not None:
-        return {"repo": name, "action": outcome.action, "commit": (outcome.commit_after or "")[:12], "reason": outcome.reason}
+        return {
+            "repo": name,
+            "action": outcome.action,
+            "commit": (outcome.commit_after or "")[:12],
+            "reason": outcome.reason,
+        }
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     return {"repo": name, "action": "failed", "commit": "", "reason": reason[:300]}
 
@@ -97,7 +102,9 @@ def _ingest_runs(plans: list[RefreshPlan], *, timeout_s: float) -> dict[str, dic
             time.sleep(POLL_SECONDS)
     for repo, run in started.items():
         if repo not in rows:
-            rows[repo] = _row(repo, error=f"flow run {run.name} still {states.get(repo, 'UNKNOWN')} after {timeout_s:.0f} s")
+            rows[repo] = _row(
+                repo, error=f"flow run {run.name} still {states.get(repo, 'UNKNOWN')} after {timeout_s:.0f} s"
+            )
     return rows
 
 

@@ -251,7 +251,9 @@ def _check_completion_edges(repo, report):
 
     # A newer database cut with another m is not the model's: completion keeps reading the m=32 one.
     other = retro_db.build_database(
-        repo, load_tokenizer(database.tokenizer), config=retro_db.RetroDbConfig(chunk_tokens=16, neighbours=2, encoder="hashing-64")
+        repo,
+        load_tokenizer(database.tokenizer),
+        config=retro_db.RetroDbConfig(chunk_tokens=16, neighbours=2, encoder="hashing-64"),
     )
     assert other.id > database.id and retro_db.latest_database(repo).id == other.id
     assert grounding.complete(repo, prefix, max_new_tokens=4).database == database.id

@@ -267,7 +267,8 @@ async def main():
             flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[sys.argv[1]]))
         )
         flows = {r.flow_id: (await client.read_flow(r.flow_id)).name for r in runs}
-        print(json.dumps([{"flow": flows[r.flow_id], "parameters": r.parameters, "state": r.state.type.value} for r in runs]))
+        rows = [{"flow": flows[r.flow_id], "parameters": r.parameters, "state": r.state.type.value} for r in runs]
+        print(json.dumps(rows))
 
 asyncio.run(main())
 """

@@ -55,7 +55,9 @@ def _ranked(repo_name: str, question: str) -> list[str]:
     return [h.citation.path for h in search(repo_name, question, mode="vector", k=3, merge=False, expand=False)]
 
 
-def test_vector_search_reads_the_halfvec_index_and_ranks_as_exact_search(engine, repo_name, hashing, tmp_path, monkeypatch):
+def test_vector_search_reads_the_halfvec_index_and_ranks_as_exact_search(
+    engine, repo_name, hashing, tmp_path, monkeypatch
+):
     from grounding import db
     from grounding.index.ingest import ingest
 
@@ -94,7 +96,9 @@ def test_vector_search_reads_the_halfvec_index_and_ranks_as_exact_search(engine,
         db.reset()  # the next test's connections without the setting
 
 
-def test_migration_0012_converts_vectors_and_indexes_both_ways_and_keeps_the_ranking(engine, repo_name, hashing, tmp_path):
+def test_migration_0012_converts_vectors_and_indexes_both_ways_and_keeps_the_ranking(
+    engine, repo_name, hashing, tmp_path
+):
     from alembic import command
     from alembic.config import Config
 

@@ -62,7 +62,9 @@ def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None
         )
     stored_hash, _ = indexed
     settings = get_settings()
-    root = (settings.checkouts_dir / sources.checkout_key(repo_id) if sources.is_git_url(source) else Path(source)).resolve()
+    root = (
+        settings.checkouts_dir / sources.checkout_key(repo_id) if sources.is_git_url(source) else Path(source)
+    ).resolve()
     if sources.is_git_url(source) and not (root / ".git").is_dir():  # this host's home has no clone yet
         with store.repo_lock(db.get_engine(), repo, wait=False):  # never beside an ingest's own clone
             sources.reopen(
@@ -188,7 +190,9 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
         prompt = {u: neighbours_of(u, ids) for u in range(len(ids) // m)}
         if path is None:
             text = tokenizer.decode(ids)
-            own = sorted({nb.path for found in prompt.values() for nb in found if tokenizer.decode(list(nb.tokens[:m])) in text})
+            own = sorted(
+                {nb.path for found in prompt.values() for nb in found if tokenizer.decode(list(nb.tokens[:m])) in text}
+            )
             if own:
                 excluded.extend(own)
                 prompt = {u: neighbours_of(u, ids) for u in prompt}
@@ -212,6 +216,12 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
         logits = model(torch.tensor([[token]], device=device), cache=cache)[:, -1]
     seconds = time.perf_counter() - started
     return Completion(
-        repo, prefix, tokenizer.decode(generated), tuple(citations.values()), len(generated), seconds, checkpoint,
+        repo,
+        prefix,
+        tokenizer.decode(generated),
+        tuple(citations.values()),
+        len(generated),
+        seconds,
+        checkpoint,
         database.id,
     )

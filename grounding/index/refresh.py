@@ -40,7 +40,9 @@ class RefreshPlan:
         return self.commit_now is None or self.commit_now != self.commit_before
 
     def unchanged(self) -> RefreshOutcome:
-        return RefreshOutcome(self.repo, "unchanged", self.commit_before, self.commit_now, f"still at {self.commit_now[:12]}")
+        return RefreshOutcome(
+            self.repo, "unchanged", self.commit_before, self.commit_now, f"still at {self.commit_now[:12]}"
+        )
 
     def ingested(self, commit: str | None, files_changed: int | None, *, by: str = "") -> RefreshOutcome:
         changed = "" if files_changed is None else f", {files_changed} files changed"

@@ -312,7 +312,9 @@ def latest_database(repo: str, *, tokenizer: str | None = None, chunk_tokens: in
             conn, store.repo_id(conn, repo), tokenizer=tokenizer, chunk_tokens=chunk_tokens
         )
     if row is None:
-        which = (f" with tokenizer {tokenizer}" if tokenizer else "") + (f" and m={chunk_tokens}" if chunk_tokens else "")
+        which = (f" with tokenizer {tokenizer}" if tokenizer else "") + (
+            f" and m={chunk_tokens}" if chunk_tokens else ""
+        )
         raise NotIndexed(f"repository {repo!r} has no ready retrieval database{which}; build one with build_database")
     return _database(row)
 
