@@ -11,9 +11,10 @@ as the product builds and searches it):
    written as one repository's chunks. Each storage's table and HNSW index in a scratch table: build
    time, bytes per million chunks (table, index); then the product's own vector search
    (store.hybrid_search, vector only: the joins and snapshot visibility included) over the halfvec
-   index: p50/p99 latency and recall@10 against exact search (numpy, fp32), warm.
+   index: p50/p99 latency and recall@10 against exact search (numpy, fp32), warm, for several
+   hnsw.ef_search values (--ef-search).
 
-    python bench/vectors.py [--n 1000000] [--queries 300] [--reuse-home DIR] [--skip-ranking]
+    python bench/vectors.py [--n 1000000] [--queries 300] [--reuse-home DIR] [--skip-ranking] [--skip-storages]
 """
 
 from __future__ import annotations
@@ -205,14 +206,27 @@ def write_repository(conn, name: str, chunks: list[tuple[str, int, int, str]], v
     return repo, first
 
 
-def scale_part(conn_factory, n: int, n_queries: int, reuse: bool) -> None:
+def scale_part(conn_factory, n: int, n_queries: int, reuse: bool, *, storages: bool, ef_searches: list[int]) -> None:
     import sqlalchemy as sa
 
     from grounding import store
     from grounding.index.embed import HashingEmbedder
+    from grounding.store import search as store_search
 
+    name = f"bench-vectors-{n}"
+    with conn_factory() as conn:
+        found_repo = conn.execute(sa.text("SELECT id FROM repositories WHERE name = :n"), {"n": name}).scalar()
+        stored = None
+        if reuse and found_repo is not None:  # the windows as written then (site-packages may have changed since)
+            stored = conn.execute(
+                sa.text(
+                    "SELECT f.path, c.start_line, c.end_line, c.text FROM chunks c JOIN files f ON f.id = c.file_id "
+                    "WHERE c.repo_id = :r ORDER BY c.id"
+                ),
+                {"r": found_repo},
+            ).all()
     started = time.monotonic()
-    chunks = windows(n)
+    chunks = [tuple(row) for row in stored] if stored else windows(n)
     vectors = HashingEmbedder(DIM).embed([c[3] for c in chunks], batch_size=4096).astype(np.float32)
     log(
         f"scale: {n:,} windows of {len({c[0] for c in chunks}):,} files embedded by hashing-384 "
@@ -225,15 +239,13 @@ def scale_part(conn_factory, n: int, n_queries: int, reuse: bool) -> None:
     exact = exact_top(vectors, queries)
     sizes = {}
     with conn_factory() as conn:
-        for storage, ops in STORAGES:
+        for storage, ops in STORAGES if storages else ():
             sizes[storage] = scratch_table(conn, f"bench_scale_{storage}", storage, ops, vectors)
             log(f"scale: {storage}: HNSW built in {sizes[storage]['build_s']:.0f} s")
             found = scratch_search(conn, f"bench_scale_{storage}", storage, queries)
             sizes[storage]["recall"] = recall(found, exact)
             conn.commit()
-        name = f"bench-vectors-{n}"
-        found_repo = conn.execute(sa.text("SELECT id FROM repositories WHERE name = :n"), {"n": name}).scalar()
-        if found_repo is None or not reuse:
+        if stored is None:
             if found_repo is not None:
                 conn.execute(sa.text("DELETE FROM repositories WHERE id = :r"), {"r": found_repo})
             repo, first = write_repository(conn, name, chunks, vectors)
@@ -244,6 +256,48 @@ def scale_part(conn_factory, n: int, n_queries: int, reuse: bool) -> None:
     with conn_factory() as conn:
         version = store.active_index_version(conn, repo)
         conn.commit()
+        searched = {ef: product_search(conn, repo, version, queries, first, ef) for ef in ef_searches}
+        searched[f"chosen by size ({store_search.ef_search_for(conn, version.id)})"] = product_search(
+            conn, repo, version, queries, first, None
+        )
+    print(
+        f"\n## Scale: {n:,} chunks of real code, hashing-384 vectors, "
+        f"HNSW m=16 ef_construction=64 ef_search={EF_SEARCH}\n"
+    )
+    if sizes:
+        print("| storage | HNSW build | table per 1M chunks | HNSW index per 1M chunks | recall@10 vs exact |")
+        print("|---|---|---|---|---|")
+        per_million = 1_000_000 / n
+        for storage, s in sizes.items():
+            print(
+                f"| {storage} | {s['build_s']:.0f} s | {s['table_bytes'] * per_million / 2**20:,.0f} MiB "
+                f"| {s['index_bytes'] * per_million / 2**20:,.0f} MiB | {s['recall']:.4f} |"
+            )
+        ratio = sizes["halfvec"]["index_bytes"] / sizes["vector"]["index_bytes"]
+        print(
+            f"\nhalfvec's HNSW index is {ratio:.2f}x vector's; "
+            f"its table {sizes['halfvec']['table_bytes'] / sizes['vector']['table_bytes']:.2f}x"
+        )
+    print(
+        f"\nThe product's vector search (store.hybrid_search, vector only, halfvec; joins and snapshot visibility), "
+        f"{len(queries)} questions, warm, by hnsw.ef_search:\n"
+    )
+    print("| ef_search | p50 ms | p99 ms | recall@10 vs exact |\n|---|---|---|---|")
+    for ef, (times, hits) in searched.items():
+        print(f"| {ef} | {np.percentile(times, 50):.1f} | {np.percentile(times, 99):.1f} | {recall(hits, exact):.4f} |")
+
+
+def product_search(conn, repo: int, version, queries: np.ndarray, first: int, ef: int | None) -> tuple[list, list]:
+    """(milliseconds, hits as corpus positions) of store.hybrid_search in vector mode with hnsw.ef_search = ef,
+    or as the product chooses it by the index's size (None)."""
+    from grounding import store
+    from grounding.store import search as store_search
+
+    saved = store_search.EF_SEARCH, store_search.EF_ROWS
+    store_search._ef_cache.clear()
+    if ef is not None:
+        store_search.EF_SEARCH, store_search.EF_ROWS = ef, 10**12
+    try:
         times, hits = [], []
         for q in list(queries[:20]) + list(queries):  # the first 20 warm the cache and are not counted
             t = time.perf_counter()
@@ -263,29 +317,10 @@ def scale_part(conn_factory, n: int, n_queries: int, reuse: bool) -> None:
                 )
             times.append((time.perf_counter() - t) * 1000)
             hits.append([h.chunk_id - first for h in result])
-        times, hits = times[20:], hits[20:]
-    print(
-        f"\n## Scale: {n:,} chunks of real code, hashing-384 vectors, "
-        f"HNSW m=16 ef_construction=64 ef_search={EF_SEARCH}\n"
-    )
-    print("| storage | HNSW build | table per 1M chunks | HNSW index per 1M chunks | recall@10 vs exact |")
-    print("|---|---|---|---|---|")
-    per_million = 1_000_000 / n
-    for storage, s in sizes.items():
-        print(
-            f"| {storage} | {s['build_s']:.0f} s | {s['table_bytes'] * per_million / 2**20:,.0f} MiB "
-            f"| {s['index_bytes'] * per_million / 2**20:,.0f} MiB | {s['recall']:.4f} |"
-        )
-    ratio = sizes["halfvec"]["index_bytes"] / sizes["vector"]["index_bytes"]
-    print(
-        f"\nhalfvec's HNSW index is {ratio:.2f}x vector's; "
-        f"its table {sizes['halfvec']['table_bytes'] / sizes['vector']['table_bytes']:.2f}x"
-    )
-    print(
-        f"product vector search (store.hybrid_search, halfvec, joins and visibility), {len(times)} questions, warm: "
-        f"p50 {np.percentile(times, 50):.1f} ms, p99 {np.percentile(times, 99):.1f} ms, "
-        f"recall@10 vs exact {recall(hits, exact):.4f}"
-    )
+        return times[20:], hits[20:]
+    finally:
+        store_search.EF_SEARCH, store_search.EF_ROWS = saved
+        store_search._ef_cache.clear()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -295,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-home", type=Path, help="GROUNDING_HOME to build into once and reuse")
     parser.add_argument("--skip-ranking", action="store_true")
     parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--skip-storages", action="store_true", help="no scratch vector/halfvec tables at scale")
+    parser.add_argument("--ef-search", default="40,100,200,400", help="hnsw.ef_search values for the product search")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     corpus_home(args.reuse_home, prefix="grounding-vectors-")
@@ -307,7 +344,14 @@ def main(argv: list[str] | None = None) -> None:
             ranking_part(conn)
             conn.commit()
     if not args.skip_scale:
-        scale_part(engine.connect, args.n, args.queries, reuse=args.reuse_home is not None)
+        scale_part(
+            engine.connect,
+            args.n,
+            args.queries,
+            reuse=args.reuse_home is not None,
+            storages=not args.skip_storages,
+            ef_searches=[int(x) for x in args.ef_search.split(",")],
+        )
     db.reset()
     db.stop_embedded()
 

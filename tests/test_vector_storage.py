@@ -157,3 +157,36 @@ def test_vectors_halfvec_cannot_hold_are_refused_before_anything_is_written(engi
             sa.text("SELECT current_snapshot_id FROM repositories WHERE name = :n"), {"n": repo_name}
         ).scalar()
     assert visible is None, "no snapshot became visible"
+
+
+def test_the_hnsw_candidate_list_grows_with_the_index(engine, repo_name, hashing, tmp_path, monkeypatch):
+    """hnsw.ef_search is EF_SEARCH per EF_ROWS indexed vectors (at least EF_SEARCH), as the search sets it."""
+    from grounding.index.ingest import ingest
+    from grounding.store import search as store_search
+
+    ingest(str(write_tree(tmp_path / "corpus", FILES)), name=repo_name, embedder=hashing)
+    version = _version(engine, repo_name)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:i)"),
+            {"i": f"embeddings_hnsw_v{version.id}"},
+        ).scalar()
+    assert rows == len(FILES)  # one chunk a file, counted when the index was built
+    seen: list[str] = []
+
+    def statements(conn, cursor, statement, *args):
+        if "hnsw.ef_search" in statement:
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", statements)
+    try:
+        store_search._ef_cache.clear()
+        _ranked(repo_name, "merge the cookies")
+        assert seen[-1].endswith("= 100")  # three vectors: the floor
+        monkeypatch.setattr(store_search, "EF_ROWS", 1)  # as if each vector were EF_ROWS of them
+        store_search._ef_cache.clear()
+        _ranked(repo_name, "merge the cookies")
+        assert seen[-1].endswith(f"= {100 * len(FILES)}")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", statements)
+        store_search._ef_cache.clear()
