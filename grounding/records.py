@@ -23,8 +23,8 @@ HELDOUT_PERCENT = 20
 def split_of(path: str) -> str:
     """`heldout` for about HELDOUT_PERCENT of paths, `train` for the rest; the same on every machine.
 
-    By file, so no file is both trained on and held out: evaluation splits its questions by it, RETRO
-    indexes only train files.
+    By file, so no file is both trained on and held out: evaluation splits its questions by it, and RETRO
+    trains and evaluates with neighbours from train files only (a completion reads every file).
     """
     bucket = int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:8], "big") % 100
     return "heldout" if bucket < HELDOUT_PERCENT else "train"

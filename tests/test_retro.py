@@ -153,6 +153,22 @@ def test_grid_batches_mask_padding_and_the_leakage_filter_uses_the_previous_chun
     assert mask.tolist()[0] == [True, True, True, False, False, False, False, False]
 
 
+def test_only_a_whole_long_chunk_copied_by_the_prompt_marks_the_file_being_completed():
+    from types import SimpleNamespace
+
+    from grounding.answer.completion import _copied
+
+    tokenizer = SimpleNamespace(eos_id=0, decode=lambda ids: "".join(chr(96 + i % 26 + 1) for i in ids))
+    long = SimpleNamespace(tokens=tuple(range(1, 41)) + (1, 2))
+    text = "prompt: " + tokenizer.decode(list(range(1, 41))) + " ..."
+    assert _copied(long, 40, tokenizer, text)
+    assert not _copied(long, 40, tokenizer, "another prompt altogether")
+    assert not _copied(SimpleNamespace(tokens=tuple(range(1, 30))), 40, tokenizer, text), "a file's short last chunk"
+    assert not _copied(SimpleNamespace(tokens=(0,) + tuple(range(1, 40))), 40, tokenizer, text), "end of a file"
+    short = SimpleNamespace(tokens=(1, 2, 3, 4))
+    assert not _copied(short, 4, tokenizer, text), "four characters are in most prompts"
+
+
 # --- a tiny real run ----------------------------------------------------------------------------------
 
 

@@ -242,6 +242,19 @@ def test_retrieve_returns_train_chunks_outside_the_excluded_path(built, hashing)
         retrieve(database, "x", k=1, embedder=HashingEmbedder(32))
 
 
+def test_files_deleted_since_the_database_was_built_are_named_for_serving_to_skip(engine, repo_name, hashing, tmp_path):
+    from grounding.index.retro_db import paths_gone
+
+    tree = git_repo(copy_tree("requests", tmp_path / "requests"))
+    ingest(str(tree), name=repo_name, embedder=hashing)
+    database = build_database(repo_name, make_tokenizer(tree, tmp_path / "tok"), config=CONFIG, embedder=hashing)
+    assert paths_gone(database) == []
+    git(tree, "rm", "-q", "certs.py", "hooks.py")
+    git(tree, "commit", "-qm", "drop two files")
+    ingest(str(tree), name=repo_name, embedder=hashing)
+    assert paths_gone(database) == ["certs.py", "hooks.py"]
+
+
 def test_a_changed_repository_gets_a_new_database_and_retires_the_old(engine, repo_name, hashing, tmp_path):
     tree = git_repo(copy_tree("requests", tmp_path / "requests"))
     ingest(str(tree), name=repo_name, embedder=hashing)

@@ -106,6 +106,18 @@ def _neighbour_tensor(found: list, k: int, r: int, pad: int):
     return out
 
 
+OWN_FILE_MIN_CHARS = 32  # a chunk shorter than this ("}\n", a blank run) is in most prompts: no evidence
+
+
+def _copied(neighbour, m: int, tokenizer, text: str) -> bool:
+    """Whether the neighbour's own chunk (m tokens, no end of file) appears verbatim in the prompt's text."""
+    tokens = list(neighbour.tokens[:m])
+    if len(tokens) < m or tokenizer.eos_id in tokens:
+        return False
+    chunk = tokenizer.decode(tokens)
+    return len(chunk.strip()) >= OWN_FILE_MIN_CHARS and chunk in text
+
+
 def complete(
     repo: str,
     prefix: str,
@@ -163,8 +175,13 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
     tokenizer = load_tokenizer(state["tokenizer"])
     cfg = model.config
     m, k, r = cfg.chunk_len, cfg.neighbours, cfg.retrieval_len
-    # Neighbours of the m the model was trained on: a database cut otherwise would misalign every chunk.
-    database = retro_db.latest_database(repo, tokenizer=state["tokenizer"], chunk_tokens=m)
+    # Neighbours of the m (and encoder) the model was trained on: a database cut otherwise would misalign
+    # every chunk.
+    try:
+        trained_encoder = retro_db.get_database(int(state["database"])).encoder
+    except Exception:  # noqa: BLE001 - the trained-with database may be collected: any of its m will do
+        trained_encoder = None
+    database = retro_db.latest_database(repo, tokenizer=state["tokenizer"], chunk_tokens=m, encoder=trained_encoder)
     retrieval = bool(cfg.cca_layers)
     keep = cfg.max_seq_len - min(max_new_tokens, cfg.max_seq_len // 2)
     ids = tokenizer.encode(prefix)[-keep:] if prefix else []
@@ -173,7 +190,9 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
     cache = RetroCache()
     citations: dict[tuple, Citation] = {}
     generator = torch.Generator().manual_seed(seed)
-    excluded = [path] if path else []
+    # Never the file being completed, nor a file the current snapshot no longer holds (deleted since the
+    # database was built: perhaps for what it held).
+    excluded = ([path] if path else []) + retro_db.paths_gone(database)
 
     def neighbours_of(u: int, tokens: list[int]) -> list:
         text = tokenizer.decode(tokens[u * m : (u + 1) * m])
@@ -190,9 +209,7 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
         prompt = {u: neighbours_of(u, ids) for u in range(len(ids) // m)}
         if path is None:
             text = tokenizer.decode(ids)
-            own = sorted(
-                {nb.path for found in prompt.values() for nb in found if tokenizer.decode(list(nb.tokens[:m])) in text}
-            )
+            own = sorted({nb.path for found in prompt.values() for nb in found if _copied(nb, m, tokenizer, text)})
             if own:
                 excluded.extend(own)
                 prompt = {u: neighbours_of(u, ids) for u in prompt}

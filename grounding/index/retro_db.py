@@ -303,13 +303,15 @@ def get_database(database_id: int) -> RetroDatabase:
     return _database(row)
 
 
-def latest_database(repo: str, *, tokenizer: str | None = None, chunk_tokens: int | None = None) -> RetroDatabase:
-    """The repository's newest ready database, of one tokenizer (its directory) and chunk length m if named."""
+def latest_database(
+    repo: str, *, tokenizer: str | None = None, chunk_tokens: int | None = None, encoder: str | None = None
+) -> RetroDatabase:
+    """The repository's newest ready database, of one tokenizer (its directory), chunk length m and encoder if named."""
     if tokenizer is not None:
         tokenizer = str(Path(tokenizer).expanduser().resolve())  # as load_tokenizer and save record it
     with get_engine().connect() as conn:
         row = store.latest_retro_database(
-            conn, store.repo_id(conn, repo), tokenizer=tokenizer, chunk_tokens=chunk_tokens
+            conn, store.repo_id(conn, repo), tokenizer=tokenizer, chunk_tokens=chunk_tokens, encoder=encoder
         )
     if row is None:
         which = (f" with tokenizer {tokenizer}" if tokenizer else "") + (
@@ -317,6 +319,12 @@ def latest_database(repo: str, *, tokenizer: str | None = None, chunk_tokens: in
         )
         raise NotIndexed(f"repository {repo!r} has no ready retrieval database{which}; build one with build_database")
     return _database(row)
+
+
+def paths_gone(db: RetroDatabase) -> list[str]:
+    """The database's paths that its repository's current snapshot no longer holds: never served."""
+    with get_engine().connect() as conn:
+        return store.retro_paths_gone(conn, db.id, store.repo_id(conn, db.repo))
 
 
 def database_chunks(db: RetroDatabase, *, split: str | None = None) -> list[RetroChunk]:

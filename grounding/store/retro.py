@@ -30,6 +30,7 @@ __all__ = [
     "retro_chunks",
     "retro_chunk_ids",
     "retro_chunks_with_continuation",
+    "retro_paths_gone",
     "nearest_retro_chunks",
     "retro_neighbours_of",
     "cached_retro_neighbours",
@@ -87,17 +88,23 @@ def retro_database(conn: Connection, database_id: int) -> dict | None:
 
 
 def latest_retro_database(
-    conn: Connection, repo: int, *, tokenizer: str | None = None, chunk_tokens: int | None = None
+    conn: Connection,
+    repo: int,
+    *,
+    tokenizer: str | None = None,
+    chunk_tokens: int | None = None,
+    encoder: str | None = None,
 ) -> dict | None:
-    """The newest ready database of a repository, of one tokenizer and one chunk length m if named."""
+    """The newest ready database of a repository, of one tokenizer, chunk length m and encoder if named."""
     row = (
         conn.execute(
             sa.text(
                 _DATABASE + "WHERE d.repo_id = :r AND d.status = 'ready' "
                 "AND (CAST(:t AS text) IS NULL OR d.tokenizer = :t) "
-                "AND (CAST(:m AS integer) IS NULL OR d.chunk_tokens = :m) ORDER BY d.id DESC LIMIT 1"
+                "AND (CAST(:m AS integer) IS NULL OR d.chunk_tokens = :m) "
+                "AND (CAST(:e AS text) IS NULL OR d.encoder = :e) ORDER BY d.id DESC LIMIT 1"
             ),
-            {"r": repo, "t": tokenizer, "m": chunk_tokens},
+            {"r": repo, "t": tokenizer, "m": chunk_tokens, "e": encoder},
         )
         .mappings()
         .one_or_none()
@@ -150,6 +157,19 @@ def build_retro_index(conn: Connection, database_id: int, *, dim: int) -> None:
     did, dim = int(database_id), int(dim)
     conn.execute(sa.text(retro_index_sql(did, dim)))
     conn.execute(sa.text("ANALYZE retro_chunks"))
+
+
+def retro_paths_gone(conn: Connection, database_id: int, repo: int) -> list[str]:
+    """Paths the database holds that the repository's current snapshot no longer does (deleted or moved since)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT c.path FROM retro_chunks c WHERE c.database_id = :d AND NOT EXISTS ("
+            " SELECT 1 FROM files f JOIN repositories r ON r.id = f.repo_id WHERE f.repo_id = :r"
+            " AND f.path = c.path AND f.snapshot_id <= r.current_snapshot_id) ORDER BY c.path"
+        ),
+        {"d": int(database_id), "r": int(repo)},
+    )
+    return [path for (path,) in rows]
 
 
 def retro_index_sql(database_id: int, dim: int) -> str:

@@ -1,7 +1,8 @@
 """RETRO databases' HNSW indexes cover every chunk, held-out files included: a completion reads them all.
 
-Training keeps to train chunks by its queries' filter (an iterative scan skips the rest). Each ready or
-building database's index is rebuilt without its `split = 'train'` predicate; downgrade puts it back.
+Training keeps to train chunks by its queries' filter (an iterative scan skips the rest). Each database
+with an index that is not retired is rebuilt without its `split = 'train'` predicate (retired ones keep
+theirs until they are collected); downgrade puts it back. RETRO tables are locked while it runs.
 
 Revision ID: 0013
 Revises: 0012
@@ -21,7 +22,8 @@ def _rebuild(predicate: str) -> None:
     conn = op.get_bind()
     rows = conn.execute(
         sa.text(
-            "SELECT d.id, d.dim FROM retro_databases d WHERE to_regclass('retro_chunks_hnsw_d' || d.id) IS NOT NULL"
+            "SELECT d.id, d.dim FROM retro_databases d "
+            "WHERE d.status <> 'retired' AND to_regclass('retro_chunks_hnsw_d' || d.id) IS NOT NULL"
         )
     ).all()
     conn.execute(sa.text("SET LOCAL maintenance_work_mem = '1GB'"))
