@@ -29,7 +29,7 @@ EF_SEARCH = 100  # HNSW candidate list; raised to the LIMIT when more rows are a
 # (recall@10 against exact search): 100 gives .925, 200 .943, 400 .961 (p50 18 ms, p99 32 ms).
 EF_ROWS = 250_000
 EF_CACHE_S = 300.0  # how long a version's index size is trusted before it is read again
-_ef_cache: dict[int, tuple[int, float]] = {}
+_ef_cache: dict[tuple[str, int], tuple[int, float]] = {}
 FILTERED_MAX_SCAN_TUPLES = 50_000  # how far an iterative scan may walk for a selective filter (default 20,000)
 
 _VISIBLE = "f.repo_id = :r AND f.snapshot_id <= (SELECT current_snapshot_id FROM repositories WHERE id = :r)"
@@ -105,7 +105,8 @@ def ef_search_for(conn: Connection, version_id: int) -> int:
     """EF_SEARCH, times the version's HNSW index size in EF_ROWS (at least 1): a larger graph needs a longer
     candidate list for the same recall. The size (the index's row estimate) is cached for EF_CACHE_S."""
     now = time.monotonic()
-    cached = _ef_cache.get(version_id)
+    key = (str(conn.engine.url), int(version_id))  # version ids repeat across databases
+    cached = _ef_cache.get(key)
     if cached is not None and cached[1] > now:
         return cached[0]
     rows = conn.execute(
@@ -113,7 +114,10 @@ def ef_search_for(conn: Connection, version_id: int) -> int:
         {"i": f"embeddings_hnsw_v{int(version_id)}"},
     ).scalar()
     ef = min(1000, round(EF_SEARCH * max(1.0, float(rows or 0) / EF_ROWS)))
-    _ef_cache[version_id] = (ef, now + EF_CACHE_S)
+    if len(_ef_cache) > 10_000:  # versions come and go: forget the expired ones
+        for stale in [k for k, (_, until) in _ef_cache.items() if until <= now]:
+            del _ef_cache[stale]
+    _ef_cache[key] = (ef, now + EF_CACHE_S)
     return ef
 
 
