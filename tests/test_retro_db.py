@@ -242,6 +242,48 @@ def test_retrieve_returns_train_chunks_outside_the_excluded_path(built, hashing)
         retrieve(database, "x", k=1, embedder=HashingEmbedder(32))
 
 
+def test_ingest_brings_the_database_to_the_new_snapshot_re_embedding_changed_files_only(
+    engine, repo_name, hashing, tmp_path
+):
+    tree = git_repo(copy_tree("requests", tmp_path / "requests"))
+    ingest(str(tree), name=repo_name, embedder=hashing)
+    tokenizer = make_tokenizer(tree, tmp_path / "tok")
+    database = build_database(repo_name, tokenizer, config=CONFIG, embedder=hashing)
+    neighbours(database, config=CONFIG)
+    before = {c.path: c for c in database_chunks(database)}
+    ids_before = {c.id for c in database_chunks(database) if c.path == "models.py"}
+
+    (tree / "api.py").write_text((tree / "api.py").read_text() + "\n\ndef brand_new_helper():\n    return 42\n")
+    (tree / "fresh.py").write_text("def freshly_added_module_function(first, second):\n    return first * second\n")
+    git(tree, "rm", "-q", "hooks.py")
+    git(tree, "add", "fresh.py")
+    git(tree, "commit", "-qam", "a helper, a new file, a file gone")
+    report = ingest(str(tree), name=repo_name, embedder=hashing)
+
+    with db.get_engine().connect() as conn:
+        row = store.retro_database(conn, database.id)
+    assert row["status"] == "ready" and row["snapshot_id"] == report.snapshot_id
+    assert row["commit"] == git(tree, "rev-parse", "HEAD")
+    after = database_chunks(database)
+    recut = sum(c.path in ("api.py", "fresh.py") for c in after)
+    assert row["stats"]["followed"] == {"snapshot": report.snapshot_id, "changed": 2, "deleted": 1, "chunks": recut}
+    paths = {c.path for c in after}
+    assert "hooks.py" not in paths and "fresh.py" in paths and set(before) - {"hooks.py"} <= paths
+    assert any("brand_new_helper" in c.text for c in after if c.path == "api.py")
+    assert {c.id for c in after if c.path == "models.py"} == ids_before, "an unchanged file keeps its rows"
+    assert count_rows("retro_neighbours", database.id) == 0, "training's cached neighbours went with the old rows"
+    found = retrieve(database, "freshly_added_module_function(first, second)", k=1, embedder=hashing, train_only=False)
+    assert found[0].path == "fresh.py"
+    # The database is what a build from these files would make: the next train-retro reuses it.
+    assert build_database(repo_name, tokenizer, config=CONFIG, embedder=hashing).id == database.id
+    # The texts it holds are the files' (chunk by chunk, re-cut files included).
+    joined = {}
+    for c in after:
+        joined[c.path] = joined.get(c.path, "") + c.text
+    assert joined == {path: (tree / path).read_text(encoding="utf-8") for path in joined}
+    assert set(joined) == {p for p in git(tree, "ls-files").split() if (tree / p).read_text().strip()}
+
+
 def test_files_deleted_since_the_database_was_built_are_named_for_serving_to_skip(engine, repo_name, hashing, tmp_path):
     from grounding.index.retro_db import paths_gone
 
@@ -251,11 +293,17 @@ def test_files_deleted_since_the_database_was_built_are_named_for_serving_to_ski
     assert paths_gone(database) == []
     git(tree, "rm", "-q", "certs.py", "hooks.py")
     git(tree, "commit", "-qm", "drop two files")
-    ingest(str(tree), name=repo_name, embedder=hashing)
+    with pytest.MonkeyPatch.context() as patch:  # as when the database could not follow the ingest
+        patch.setattr("grounding.index.ingest._follow_retro", lambda *args: None)
+        ingest(str(tree), name=repo_name, embedder=hashing)
     assert paths_gone(database) == ["certs.py", "hooks.py"]
 
 
-def test_a_changed_repository_gets_a_new_database_and_retires_the_old(engine, repo_name, hashing, tmp_path):
+def test_a_changed_repository_gets_a_new_database_and_retires_the_old(
+    engine, repo_name, hashing, tmp_path, monkeypatch
+):
+    # A database that did not follow the ingest (its tokenizer is on another host) is replaced by the next build.
+    monkeypatch.setattr("grounding.index.ingest._follow_retro", lambda *args: None)
     tree = git_repo(copy_tree("requests", tmp_path / "requests"))
     ingest(str(tree), name=repo_name, embedder=hashing)
     tokenizer = make_tokenizer(tree, tmp_path / "tok")

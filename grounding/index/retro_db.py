@@ -282,6 +282,64 @@ def build_database(
         return _database(store.retro_database(conn, did))
 
 
+def follow_snapshot(repo: str, files: Sequence[SourceFile], *, snapshot: int, commit: str | None) -> list[dict]:
+    """Bring every ready database of `repo` to `snapshot` (whose files are `files`), changed files only.
+
+    A file whose text the database holds as it is keeps its chunks and vectors; a changed or new file is
+    cut and embedded again; a deleted one goes. Ingest calls this once a snapshot is current, so a
+    completion reads the code as it is now. A database whose tokenizer directory is not on this host is
+    left as it is (and says so). Returns what was done per database."""
+    from grounding.index.lm_tokenizer import load_tokenizer
+
+    files = [f for f in files if not f.decode_errors]
+    engine = get_engine()
+    with engine.connect() as conn:
+        databases = store.ready_retro_databases(conn, store.repo_id(conn, repo))
+    done = []
+    for row in databases:
+        if row["snapshot_id"] is not None and row["snapshot_id"] >= snapshot:
+            continue
+        try:
+            tokenizer = load_tokenizer(row["tokenizer"])
+        except Exception as err:  # noqa: BLE001 - another host's tokenizer: this one cannot cut files for it
+            log.warning("retrieval database %d of %s stays at its snapshot: %s", row["id"], repo, err)
+            continue
+        t0 = time.perf_counter()
+        texts = {f.path: _text(f) for f in files}
+        with engine.connect() as conn:
+            held = store.retro_file_texts(conn, row["id"])
+        gone = sorted(set(held) - set(texts))
+        changed = sorted(p for p, text in texts.items() if held.get(p) != text)
+        rows = [r for p in changed for r in cut_file(p, texts[p], tokenizer, row["chunk_tokens"])]
+        embedder = load_embedder(row["encoder"])
+        vectors = embedder.embed([r[4] for r in rows], batch_size=get_settings().embed_batch_size) if rows else None
+        stats = {
+            "fingerprint": _fingerprint(files, tokenizer),
+            "files": len(texts),
+            "followed": {"snapshot": snapshot, "changed": len(changed), "deleted": len(gone), "chunks": len(rows)},
+        }
+        with engine.begin() as conn:
+            if not store.advance_retro_database(
+                conn, row["id"], snapshot=snapshot, commit=commit, paths=gone + changed, stats=stats
+            ):
+                continue
+            if rows:
+                store.copy_retro_chunks(conn, row["id"], chunks=rows, vectors=vectors)
+        seconds = round(time.perf_counter() - t0, 2)
+        log.info(
+            "retrieval database %d of %s follows snapshot %d: %d files changed, %d deleted, %d chunks (%.2f s)",
+            row["id"],
+            repo,
+            snapshot,
+            len(changed),
+            len(gone),
+            len(rows),
+            seconds,
+        )
+        done.append({"database": row["id"], "changed": changed, "deleted": gone, "chunks": len(rows)})
+    return done
+
+
 def collect_retired(repo: str, *, grace_seconds: float = RETIRED_GRACE_SECONDS) -> list[int]:
     """Free the rows of the repository's databases retired more than `grace_seconds` ago; their ids."""
     with get_engine().begin() as conn:

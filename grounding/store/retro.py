@@ -31,6 +31,9 @@ __all__ = [
     "retro_chunk_ids",
     "retro_chunks_with_continuation",
     "retro_paths_gone",
+    "ready_retro_databases",
+    "retro_file_texts",
+    "advance_retro_database",
     "nearest_retro_chunks",
     "retro_neighbours_of",
     "cached_retro_neighbours",
@@ -157,6 +160,50 @@ def build_retro_index(conn: Connection, database_id: int, *, dim: int) -> None:
     did, dim = int(database_id), int(dim)
     conn.execute(sa.text(retro_index_sql(did, dim)))
     conn.execute(sa.text("ANALYZE retro_chunks"))
+
+
+def ready_retro_databases(conn: Connection, repo: int) -> list[dict]:
+    """The repository's ready databases, oldest first."""
+    rows = conn.execute(sa.text(_DATABASE + "WHERE d.repo_id = :r AND d.status = 'ready' ORDER BY d.id"), {"r": repo})
+    return [dict(row) for row in rows.mappings()]
+
+
+def retro_file_texts(conn: Connection, database_id: int) -> dict[str, str]:
+    """Each path's chunk texts joined in order: the file's text as the database holds it."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT path, string_agg(text, '' ORDER BY ordinal) FROM retro_chunks WHERE database_id = :d GROUP BY path"
+        ),
+        {"d": int(database_id)},
+    )
+    return dict(rows.all())
+
+
+def advance_retro_database(
+    conn: Connection, database_id: int, *, snapshot: int, commit: str | None, paths: Sequence[str], stats: Mapping
+) -> bool:
+    """Replace the chunks of `paths` (their new rows are copied after) and move the database to `snapshot`,
+    unless it is already there or past it (a later ingest got here first): then False, and nothing changes.
+    Its cached neighbours go: training recomputes them. Call inside a transaction, which holds it locked."""
+    current = conn.execute(
+        sa.text("SELECT snapshot_id FROM retro_databases WHERE id = :d AND status = 'ready' FOR UPDATE"),
+        {"d": int(database_id)},
+    ).one_or_none()
+    if current is None or (current[0] is not None and current[0] >= snapshot):
+        return False
+    conn.execute(
+        sa.text("DELETE FROM retro_chunks WHERE database_id = :d AND path = ANY(:p)"),
+        {"d": int(database_id), "p": list(paths)},
+    )
+    conn.execute(sa.text("DELETE FROM retro_neighbours WHERE database_id = :d"), {"d": int(database_id)})
+    conn.execute(
+        sa.text(
+            "UPDATE retro_databases SET snapshot_id = :s, commit = :c, stats = stats || CAST(:st AS jsonb) "
+            "WHERE id = :d"
+        ),
+        {"d": int(database_id), "s": snapshot, "c": commit, "st": json.dumps(dict(stats))},
+    )
+    return True
 
 
 def retro_paths_gone(conn: Connection, database_id: int, repo: int) -> list[str]:
