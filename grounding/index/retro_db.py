@@ -306,23 +306,26 @@ def follow_snapshot(repo: str, files: Sequence[SourceFile], *, snapshot: int, co
             continue
         t0 = time.perf_counter()
         texts = {f.path: _text(f) for f in files}
-        with engine.connect() as conn:
-            held = store.retro_file_texts(conn, row["id"])
-        gone = sorted(set(held) - set(texts))
-        changed = sorted(p for p, text in texts.items() if held.get(p) != text)
-        rows = [r for p in changed for r in cut_file(p, texts[p], tokenizer, row["chunk_tokens"])]
-        embedder = load_embedder(row["encoder"])
-        vectors = embedder.embed([r[4] for r in rows], batch_size=get_settings().embed_batch_size) if rows else None
-        stats = {
-            "fingerprint": _fingerprint(files, tokenizer),
-            "files": len(texts),
-            "followed": {"snapshot": snapshot, "changed": len(changed), "deleted": len(gone), "chunks": len(rows)},
-        }
+        # One transaction from reading what the database holds to writing what changed, its row locked:
+        # two ingests finishing close together follow one after the other, each from the other's result.
         with engine.begin() as conn:
-            if not store.advance_retro_database(
-                conn, row["id"], snapshot=snapshot, commit=commit, paths=gone + changed, stats=stats
-            ):
+            if not store.lock_retro_database(conn, row["id"], before=snapshot):
                 continue
+            held = store.retro_file_texts(conn, row["id"])
+            gone = sorted(set(held) - set(texts))
+            changed = sorted(p for p, text in texts.items() if held.get(p) != text)
+            rows = [r for p in changed for r in cut_file(p, texts[p], tokenizer, row["chunk_tokens"])]
+            if rows:
+                embedder = load_embedder(row["encoder"])
+                vectors = embedder.embed([r[4] for r in rows], batch_size=get_settings().embed_batch_size)
+            stats = {
+                "fingerprint": _fingerprint(files, tokenizer),
+                "files": len(texts),
+                "followed": {"snapshot": snapshot, "changed": len(changed), "deleted": len(gone), "chunks": len(rows)},
+            }
+            store.advance_retro_database(
+                conn, row["id"], snapshot=snapshot, commit=commit, paths=gone + changed, stats=stats
+            )
             if rows:
                 store.copy_retro_chunks(conn, row["id"], chunks=rows, vectors=vectors)
         seconds = round(time.perf_counter() - t0, 2)

@@ -33,6 +33,7 @@ __all__ = [
     "retro_paths_gone",
     "ready_retro_databases",
     "retro_file_texts",
+    "lock_retro_database",
     "advance_retro_database",
     "nearest_retro_chunks",
     "retro_neighbours_of",
@@ -179,18 +180,21 @@ def retro_file_texts(conn: Connection, database_id: int) -> dict[str, str]:
     return dict(rows.all())
 
 
-def advance_retro_database(
-    conn: Connection, database_id: int, *, snapshot: int, commit: str | None, paths: Sequence[str], stats: Mapping
-) -> bool:
-    """Replace the chunks of `paths` (their new rows are copied after) and move the database to `snapshot`,
-    unless it is already there or past it (a later ingest got here first): then False, and nothing changes.
-    Its cached neighbours go: training recomputes them. Call inside a transaction, which holds it locked."""
+def lock_retro_database(conn: Connection, database_id: int, *, before: int) -> bool:
+    """Lock the database's row for this transaction if it is ready and behind snapshot `before`; else False
+    (a later ingest brought it there first, or it was retired). Concurrent followers queue here."""
     current = conn.execute(
         sa.text("SELECT snapshot_id FROM retro_databases WHERE id = :d AND status = 'ready' FOR UPDATE"),
         {"d": int(database_id)},
     ).one_or_none()
-    if current is None or (current[0] is not None and current[0] >= snapshot):
-        return False
+    return current is not None and (current[0] is None or current[0] < before)
+
+
+def advance_retro_database(
+    conn: Connection, database_id: int, *, snapshot: int, commit: str | None, paths: Sequence[str], stats: Mapping
+) -> None:
+    """Drop the chunks of `paths` (their new rows are copied after) and move the database to `snapshot`; its
+    cached neighbours go too (training recomputes them). Inside the transaction of `lock_retro_database`."""
     conn.execute(
         sa.text("DELETE FROM retro_chunks WHERE database_id = :d AND path = ANY(:p)"),
         {"d": int(database_id), "p": list(paths)},
@@ -203,7 +207,6 @@ def advance_retro_database(
         ),
         {"d": int(database_id), "s": snapshot, "c": commit, "st": json.dumps(dict(stats))},
     )
-    return True
 
 
 def retro_paths_gone(conn: Connection, database_id: int, repo: int) -> list[str]:
