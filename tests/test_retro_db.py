@@ -297,6 +297,10 @@ def test_files_deleted_since_the_database_was_built_are_named_for_serving_to_ski
         patch.setattr("grounding.index.ingest._follow_retro", lambda *args: None)
         ingest(str(tree), name=repo_name, embedder=hashing)
     assert paths_gone(database) == ["certs.py", "hooks.py"]
+    # The next ingest, though it changes nothing, finds the database behind its files and brings it along.
+    report = ingest(str(tree), name=repo_name, embedder=hashing)
+    assert report.files_changed == report.files_deleted == 0
+    assert paths_gone(database) == [] and not {"certs.py", "hooks.py"} & {c.path for c in database_chunks(database)}
 
 
 def test_a_changed_repository_gets_a_new_database_and_retires_the_old(

@@ -200,17 +200,16 @@ def ingest(
                 "and a rerun resumes from what was written"
             ) from err
     log.info("ingested %s: %s", name, report)
-    if report.files_changed or report.files_deleted:
-        _follow_retro(name, listing.files, snapshot, checkout.commit)
+    _follow_retro(name, listing.files, snapshot, checkout.commit)  # cheap when they hold these files already
     return report
 
 
 def _follow_retro(name: str, files, snapshot: int, commit: str | None) -> None:
     """Bring the repository's RETRO databases to the snapshot just made current (outside the repository's
     lock: nothing here changes what search reads). A failure leaves them where they were and the ingest done."""
-    from grounding.index import retro_db
-
     try:
+        from grounding.index import retro_db
+
         retro_db.follow_snapshot(name, files, snapshot=snapshot, commit=commit)
     except Exception as err:  # noqa: BLE001 - the snapshot is current; completion reads the older database
         log.warning("the retrieval databases of %s stay at their snapshot: %s: %s", name, type(err).__name__, err)

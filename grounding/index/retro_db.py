@@ -287,8 +287,10 @@ def follow_snapshot(repo: str, files: Sequence[SourceFile], *, snapshot: int, co
 
     A file whose text the database holds as it is keeps its chunks and vectors; a changed or new file is
     cut and embedded again; a deleted one goes. Ingest calls this once a snapshot is current, so a
-    completion reads the code as it is now. A database whose tokenizer directory is not on this host is
-    left as it is (and says so). Returns what was done per database."""
+    completion reads the code as it is now. A database whose fingerprint already matches the files costs
+    nothing more; one whose tokenizer is not on this host, or was retrained since, is left as it is (and
+    says so). The changes are worked out and embedded outside any transaction, then written in a short
+    one, only if no other follow wrote the database meanwhile. Returns what was done per database."""
     from grounding.index.lm_tokenizer import load_tokenizer
 
     files = [f for f in files if not f.decode_errors]
@@ -297,32 +299,39 @@ def follow_snapshot(repo: str, files: Sequence[SourceFile], *, snapshot: int, co
         databases = store.ready_retro_databases(conn, store.repo_id(conn, repo))
     done = []
     for row in databases:
-        if row["snapshot_id"] is not None and row["snapshot_id"] >= snapshot:
-            continue
         try:
             tokenizer = load_tokenizer(row["tokenizer"])
         except Exception as err:  # noqa: BLE001 - another host's tokenizer: this one cannot cut files for it
             log.warning("retrieval database %d of %s stays at its snapshot: %s", row["id"], repo, err)
             continue
+        held_fingerprint = row["stats"].get("fingerprint")
+        if tokenizer.digest != row["stats"].get("tokenizer_digest", tokenizer.digest):
+            log.warning("retrieval database %d of %s stays: its tokenizer was retrained since", row["id"], repo)
+            continue
+        fingerprint = _fingerprint(files, tokenizer)
+        if fingerprint == held_fingerprint:
+            continue  # it holds these files already
         t0 = time.perf_counter()
         texts = {f.path: _text(f) for f in files}
-        # One transaction from reading what the database holds to writing what changed, its row locked:
-        # two ingests finishing close together follow one after the other, each from the other's result.
-        with engine.begin() as conn:
-            if not store.lock_retro_database(conn, row["id"], before=snapshot):
-                continue
+        with engine.connect() as conn:
             held = store.retro_file_texts(conn, row["id"])
-            gone = sorted(set(held) - set(texts))
-            changed = sorted(p for p, text in texts.items() if held.get(p) != text)
-            rows = [r for p in changed for r in cut_file(p, texts[p], tokenizer, row["chunk_tokens"])]
-            if rows:
-                embedder = load_embedder(row["encoder"])
-                vectors = embedder.embed([r[4] for r in rows], batch_size=get_settings().embed_batch_size)
-            stats = {
-                "fingerprint": _fingerprint(files, tokenizer),
-                "files": len(texts),
-                "followed": {"snapshot": snapshot, "changed": len(changed), "deleted": len(gone), "chunks": len(rows)},
-            }
+        gone = sorted(set(held) - set(texts))
+        changed = sorted(p for p, text in texts.items() if held.get(p) != text)
+        rows = [r for p in changed for r in cut_file(p, texts[p], tokenizer, row["chunk_tokens"])]
+        vectors = None
+        if rows:
+            vectors = load_embedder(row["encoder"]).embed(
+                [r[4] for r in rows], batch_size=get_settings().embed_batch_size
+            )
+        stats = {
+            "fingerprint": fingerprint,
+            "files": len(texts),
+            "followed": {"snapshot": snapshot, "changed": len(changed), "deleted": len(gone), "chunks": len(rows)},
+        }
+        with engine.begin() as conn:
+            if not store.lock_retro_database(conn, row["id"], before=snapshot, fingerprint=held_fingerprint):
+                log.info("retrieval database %d of %s: another follow wrote it first", row["id"], repo)
+                continue
             store.advance_retro_database(
                 conn, row["id"], snapshot=snapshot, commit=commit, paths=gone + changed, stats=stats
             )
@@ -415,9 +424,12 @@ def neighbours(db: RetroDatabase, *, config: RetroDbConfig, embedder: Embedder |
         config = replace(config, encoder=embedder.name if embedder is not None else db.encoder)
     elif embedder is not None and embedder.name != config.encoder:
         raise ValueError(f"the embedder is {embedder.name!r} but the configuration names {config.encoder!r}")
-    key, k = config.key(), config.neighbours
     engine = get_engine()
     with engine.connect() as conn:
+        # Keyed by what the database holds too: a follow that changes it makes older entries unreadable,
+        # even ones a trainer still writes after the follow dropped the rest.
+        held = (store.retro_database(conn, db.id) or {}).get("stats", {}).get("fingerprint", "")
+        key, k = f"{config.key()}-{held[:12]}", config.neighbours
         ids = store.retro_chunk_ids(conn, db.id)
         found = store.cached_retro_neighbours(conn, db.id, config_key=key)
     missing = [cid for cid in ids if cid not in found]

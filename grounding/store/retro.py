@@ -180,14 +180,21 @@ def retro_file_texts(conn: Connection, database_id: int) -> dict[str, str]:
     return dict(rows.all())
 
 
-def lock_retro_database(conn: Connection, database_id: int, *, before: int) -> bool:
-    """Lock the database's row for this transaction if it is ready and behind snapshot `before`; else False
-    (a later ingest brought it there first, or it was retired). Concurrent followers queue here."""
+def lock_retro_database(conn: Connection, database_id: int, *, before: int, fingerprint: str | None) -> bool:
+    """Lock the database's row for this transaction if it is ready, behind snapshot `before` and still holds
+    `fingerprint` (nobody wrote it since it was read); else False. The chunk table's write lock is taken
+    first, as a build's last transaction takes it before the rows it retires, so the two never deadlock."""
+    conn.execute(sa.text("LOCK TABLE retro_chunks IN ROW EXCLUSIVE MODE"))
     current = conn.execute(
-        sa.text("SELECT snapshot_id FROM retro_databases WHERE id = :d AND status = 'ready' FOR UPDATE"),
+        sa.text(
+            "SELECT snapshot_id, stats ->> 'fingerprint' FROM retro_databases WHERE id = :d AND status = 'ready' "
+            "FOR UPDATE"
+        ),
         {"d": int(database_id)},
     ).one_or_none()
-    return current is not None and (current[0] is None or current[0] < before)
+    if current is None or current[1] != fingerprint:
+        return False
+    return current[0] is None or current[0] < before
 
 
 def advance_retro_database(
