@@ -57,6 +57,8 @@ def _ingest_runs(plans: list[RefreshPlan], *, timeout_s: float) -> dict[str, dic
 
     A run not finished by then (its worker died, it waits for a pool with no worker) is reported failed
     with its state; so is a run that could not be started or read."""
+    if not plans:
+        return {}
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
