@@ -267,6 +267,8 @@ def test_ingest_brings_the_database_to_the_new_snapshot_re_embedding_changed_fil
     after = database_chunks(database)
     recut = sum(c.path in ("api.py", "fresh.py") for c in after)
     assert row["stats"]["followed"] == {"snapshot": report.snapshot_id, "changed": 2, "deleted": 1, "chunks": recut}
+    assert row["stats"]["chunks"] == len(after) and row["stats"]["tokens"] == sum(len(c.tokens) for c in after)
+    assert row["stats"]["train_chunks"] == sum(c.split == "train" for c in after)
     paths = {c.path for c in after}
     assert "hooks.py" not in paths and "fresh.py" in paths and set(before) - {"hooks.py"} <= paths
     assert any("brand_new_helper" in c.text for c in after if c.path == "api.py")
@@ -282,6 +284,37 @@ def test_ingest_brings_the_database_to_the_new_snapshot_re_embedding_changed_fil
         joined[c.path] = joined.get(c.path, "") + c.text
     assert joined == {path: (tree / path).read_text(encoding="utf-8") for path in joined}
     assert set(joined) == {p for p in git(tree, "ls-files").split() if (tree / p).read_text().strip()}
+
+
+def test_migration_0013_indexes_every_chunk_and_goes_back_to_train_chunks_only(built):
+    from alembic import command
+    from alembic.config import Config
+
+    _, _, database = built
+
+    def index() -> str:
+        with db.get_engine().connect() as conn:
+            return conn.execute(
+                sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :i"),
+                {"i": f"retro_chunks_hnsw_d{database.id}"},
+            ).scalar()
+
+    assert "split" not in index() and f"database_id = {database.id}" in index()
+    config = Config(str(db.MIGRATIONS_DIR.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    try:
+        with db.get_engine().begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0012")
+        assert "split = 'train'" in index()
+    finally:
+        with db.get_engine().begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+        db.reset()
+    assert "split" not in index()
+    heldout = database_chunks(database, split="heldout")[0]
+    assert retrieve(database, heldout.text, k=1, embedder=HashingEmbedder(64), train_only=False)
 
 
 def test_files_deleted_since_the_database_was_built_are_named_for_serving_to_skip(engine, repo_name, hashing, tmp_path):

@@ -337,6 +337,7 @@ def follow_snapshot(repo: str, files: Sequence[SourceFile], *, snapshot: int, co
             )
             if rows:
                 store.copy_retro_chunks(conn, row["id"], chunks=rows, vectors=vectors)
+            store.recount_retro_database(conn, row["id"])
         seconds = round(time.perf_counter() - t0, 2)
         log.info(
             "retrieval database %d of %s follows snapshot %d: %d files changed, %d deleted, %d chunks (%.2f s)",

@@ -35,6 +35,7 @@ __all__ = [
     "retro_file_texts",
     "lock_retro_database",
     "advance_retro_database",
+    "recount_retro_database",
     "nearest_retro_chunks",
     "retro_neighbours_of",
     "cached_retro_neighbours",
@@ -213,6 +214,19 @@ def advance_retro_database(
             "WHERE id = :d"
         ),
         {"d": int(database_id), "s": snapshot, "c": commit, "st": json.dumps(dict(stats))},
+    )
+
+
+def recount_retro_database(conn: Connection, database_id: int) -> None:
+    """The database's chunk, train/held-out and token counts in its stats, counted again from its rows."""
+    conn.execute(
+        sa.text(
+            "UPDATE retro_databases d SET stats = d.stats || jsonb_build_object('chunks', c.n, 'train_chunks', c.t, "
+            "'heldout_chunks', c.n - c.t, 'tokens', c.tokens) FROM (SELECT count(*) AS n, "
+            "count(*) FILTER (WHERE split = 'train') AS t, coalesce(sum(cardinality(tokens)), 0) AS tokens "
+            "FROM retro_chunks WHERE database_id = :d) c WHERE d.id = :d"
+        ),
+        {"d": int(database_id)},
     )
 
 
