@@ -272,3 +272,77 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+def _flow_run_pids(run_id: str) -> list[int]:
+    """The processes of flow run `run_id`: the one its worker started for it (its id in the env), and children."""
+    needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    pids = []
+    for proc_dir in Path("/proc").iterdir():
+        try:
+            if proc_dir.name.isdigit() and needle in (proc_dir / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc_dir.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_worker_process_killed_mid_ingest_leaves_a_rerun_that_completes_with_no_duplicates(
+    served, engine, repo_name, hashing, tmp_path
+):
+    from grounding.index.ingest import ingest
+
+    env, proc = served
+    src = copy_tree("pygments", tmp_path / "pygments")  # 343 files: two write batches of 200
+    out = prefect(env, "deployment", "run", "ingest-repo/default", "-p", f"source={src}", "-p", f"name={repo_name}")
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+
+    def written() -> int:  # files the running snapshot has written so far
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM files f JOIN repositories r ON r.id = f.repo_id JOIN snapshots s "
+                    "ON s.id = f.snapshot_id WHERE r.name = :n AND s.status = 'running'"
+                ),
+                {"n": repo_name},
+            ).scalar()
+
+    deadline = time.monotonic() + 240
+    while written() == 0:
+        assert time.monotonic() < deadline, "the first batch was never written"
+        time.sleep(0.1)
+    pids = _flow_run_pids(run_id)
+    assert pids, "the flow run's process"
+    for pid in pids:  # as a machine that dies takes the process with it: no cleanup runs
+        os.kill(pid, signal.SIGKILL)
+    crashed = wait_for_run(env, run_id)
+    assert crashed["state"]["type"] in ("CRASHED", "FAILED"), crashed["state"]
+    with engine.connect() as conn:
+        visible = conn.execute(
+            sa.text("SELECT current_snapshot_id FROM repositories WHERE name = :n"), {"n": repo_name}
+        ).scalar()
+    assert visible is None, "half an ingest is never visible"
+
+    out = prefect(env, "deployment", "run", "ingest-repo/default", "-p", f"source={src}", "-p", f"name={repo_name}")
+    run = wait_for_run(env, re.search(r"UUID: ([0-9a-f-]{36})", out).group(1))
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+
+    # The same chunks and vectors as one uninterrupted ingest in one process, each once.
+    ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
+
+    def visible_chunks(name: str) -> list[tuple]:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT f.path, c.start_line, c.end_line, c.content_hash, e.embedding::text FROM chunks c "
+                    "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+                    "JOIN index_versions v ON v.repo_id = r.id AND v.status = 'active' "
+                    "JOIN embeddings e ON e.chunk_id = c.id AND e.index_version_id = v.id "
+                    "WHERE r.name = :n AND f.snapshot_id <= r.current_snapshot_id ORDER BY 1, 2, 3, 4"
+                ),
+                {"n": name},
+            ).all()
+
+    rerun, whole = visible_chunks(repo_name), visible_chunks(f"{repo_name}-whole")
+    assert len(rerun) > 1000 and len(set(rerun)) == len(rerun), "no chunk twice"
+    assert rerun == whole
