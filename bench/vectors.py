@@ -34,21 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SITE_PACKAGES, corpus_home  # noqa: E402
 from quality import BENCHMARKS, K, log, paired_interval  # noqa: E402
 
+from grounding.store.writes import vector_literal  # noqa: E402
+
 DIM = 384
 WINDOW, STRIDE = 12, 6
 EF_SEARCH = 100
 STORAGES = (("vector", "vector_ip_ops"), ("halfvec", "halfvec_ip_ops"))
 
 
-def literal(row: np.ndarray) -> str:
-    return "[" + ",".join(f"{x:.7g}" for x in row.tolist()) + "]"
-
-
 def copy_rows(conn, table: str, vectors: np.ndarray, *, first_id: int = 0) -> None:
     raw = conn.connection.dbapi_connection
     with raw.cursor() as cur, cur.copy(f"COPY {table} (id, embedding) FROM STDIN") as copy:
         for i, row in enumerate(vectors):
-            copy.write_row((first_id + i, literal(row)))
+            copy.write_row((first_id + i, vector_literal(row)))
 
 
 def scratch_table(conn, name: str, storage: str, ops: str, vectors: np.ndarray) -> dict:
@@ -79,7 +77,7 @@ def scratch_search(conn, name: str, storage: str, queries: np.ndarray, k: int = 
     for q in queries:
         rows = conn.execute(
             sa.text(f"SELECT id FROM {name} ORDER BY embedding <#> CAST(:q AS {storage}({dim})) LIMIT {k}"),
-            {"q": literal(q)},
+            {"q": vector_literal(q)},
         )
         out.append([int(r[0]) for r in rows])
     return out
@@ -196,7 +194,7 @@ def write_repository(conn, name: str, chunks: list[tuple[str, int, int, str]], v
     ).scalar()
     with raw.cursor() as cur, cur.copy("COPY embeddings (index_version_id, chunk_id, embedding) FROM STDIN") as copy:
         for i, row in enumerate(vectors):
-            copy.write_row((version, first + i, literal(row)))
+            copy.write_row((version, first + i, vector_literal(row)))
     conn.execute(sa.text("UPDATE repositories SET current_snapshot_id = :s WHERE id = :r"), {"s": snap, "r": repo})
     conn.execute(sa.text("SET maintenance_work_mem = '6GB'"))
     started = time.monotonic()

@@ -97,6 +97,22 @@ def module_environment(**env: str) -> Iterator[None]:
         reset_settings()
 
 
+def migrate(revision: str) -> None:
+    """The session's database migrated down to `revision` ("0011", ...) or, with "head", up again. After the
+    way up, pooled connections go (they may hold the old types); not after the way down, since a new engine
+    would migrate back to head on its first connection."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(db.MIGRATIONS_DIR.parent / "alembic.ini"))
+    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
+    with db.get_engine().begin() as conn:
+        config.attributes["connection"] = conn
+        (command.upgrade if revision == "head" else command.downgrade)(config, revision)
+    if revision == "head":
+        db.reset()
+
+
 def drop_repos(pattern: str) -> None:
     """Delete the repositories whose names are LIKE `pattern`, with everything they own."""
     with db.get_engine().begin() as conn:

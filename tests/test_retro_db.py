@@ -29,7 +29,7 @@ from grounding.index.retro_db import (
     repository_texts,
     retrieve,
 )
-from tests.conftest import copy_tree, git, git_repo
+from tests.conftest import copy_tree, git, git_repo, migrate
 
 M = 32
 CONFIG = RetroDbConfig(chunk_tokens=M, neighbours=2, encoder="hashing-64")
@@ -287,9 +287,6 @@ def test_ingest_brings_the_database_to_the_new_snapshot_re_embedding_changed_fil
 
 
 def test_migration_0013_indexes_every_chunk_and_goes_back_to_train_chunks_only(built):
-    from alembic import command
-    from alembic.config import Config
-
     _, _, database = built
 
     def index() -> str:
@@ -300,18 +297,11 @@ def test_migration_0013_indexes_every_chunk_and_goes_back_to_train_chunks_only(b
             ).scalar()
 
     assert "split" not in index() and f"database_id = {database.id}" in index()
-    config = Config(str(db.MIGRATIONS_DIR.parent / "alembic.ini"))
-    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
     try:
-        with db.get_engine().begin() as conn:
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0012")
+        migrate("0012")
         assert "split = 'train'" in index()
     finally:
-        with db.get_engine().begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-        db.reset()
+        migrate("head")
     assert "split" not in index()
     heldout = database_chunks(database, split="heldout")[0]
     assert retrieve(database, heldout.text, k=1, embedder=HashingEmbedder(64), train_only=False)

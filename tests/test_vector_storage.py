@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from grounding import store
 from grounding.search.retrieve import search
 from grounding.store.versions import parse_vector
-from tests.conftest import write_tree
+from tests.conftest import migrate, write_tree
 
 FILES = {
     "pkg/cookies.py": "def merge_cookies(jar, cookies):\n    return jar.update(cookies)\n",
@@ -99,10 +99,6 @@ def test_vector_search_reads_the_halfvec_index_and_ranks_as_exact_search(
 def test_migration_0012_converts_vectors_and_indexes_both_ways_and_keeps_the_ranking(
     engine, repo_name, hashing, tmp_path
 ):
-    from alembic import command
-    from alembic.config import Config
-
-    from grounding import db
     from grounding.index.ingest import ingest
 
     ingest(str(write_tree(tmp_path / "corpus", FILES)), name=repo_name, embedder=hashing)
@@ -119,21 +115,13 @@ def test_migration_0012_converts_vectors_and_indexes_both_ways_and_keeps_the_ran
             return np.stack([parse_vector(r) for r in rows])
 
     stored = vectors()
-    config = Config(str(db.MIGRATIONS_DIR.parent / "alembic.ini"))
-    config.set_main_option("script_location", str(db.MIGRATIONS_DIR))
     try:
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0011")
-        db.reset()
+        migrate("0011")
         column, index = _storage(engine, version.id)
         assert column == "vector" and "vector_ip_ops" in index and f"vector({version.dim})" in index
         np.testing.assert_array_equal(vectors(), stored)  # halfvec -> vector is exact
     finally:
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-        db.reset()
+        migrate("head")
     column, index = _storage(engine, version.id)
     assert column == "halfvec" and "halfvec_ip_ops" in index
     np.testing.assert_array_equal(vectors(), stored)
