@@ -5,16 +5,24 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 
-from grounding.errors import DatabaseUnavailable, SourceUnreachable
+from grounding.errors import DatabaseUnavailable, IngestError, InvalidArgument, SourceUnreachable
 from grounding.index.ingest import Progress, ingest
+from grounding.index.shards import Shard, ShardRunner, run_shard
 from grounding.records import IngestReport
 
 IO_ERRORS = (DatabaseUnavailable, SourceUnreachable, ConnectionError, TimeoutError)
+SHARD_DEPLOYMENTS = {"cpu": "ingest-shard/cpu", "gpu": "ingest-shard/gpu"}
+SHARD_ATTEMPTS = 3  # a shard whose flow run crashed (its worker died) or failed is started again, twice
+SHARD_TIMEOUT_S = 4 * 3600
+FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+POLL_SECONDS = 1.0
 
 # A listener for the progress of flows run in this process (the copilot's ingest page). A context
 # variable, not a flow parameter: a callable cannot travel to the Prefect API or into a cache key.
@@ -42,7 +50,8 @@ def retry_on_io(task, task_run, state) -> bool:
     return False
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
+# NO_CACHE: an ingest is never skipped for having run before, and its shard runner is a callable.
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
 def ingest_task(
     source: str,
     name: str | None,
@@ -50,6 +59,8 @@ def ingest_task(
     user: str | None = None,
     replace_source: bool = False,
     wait: bool = True,
+    shards: int = 1,
+    run_shards: ShardRunner | None = None,
 ) -> IngestReport:
     logger = get_run_logger()
     listener = _progress_listener.get()
@@ -59,7 +70,107 @@ def ingest_task(
         if listener is not None:
             listener(stage, done, total)
 
-    return ingest(source, name=name, ref=ref, progress=progress, user=user, replace_source=replace_source, wait=wait)
+    return ingest(
+        source,
+        name=name,
+        ref=ref,
+        progress=progress,
+        user=user,
+        replace_source=replace_source,
+        wait=wait,
+        shards=shards,
+        run_shards=run_shards,
+    )
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
+def ingest_shard_task(repo: str, snapshot: int, version: int, index: int, files: list[list[str]]) -> dict:
+    return dataclasses.asdict(run_shard(repo, snapshot, version, index, files))
+
+
+@flow(name="ingest-shard", log_prints=True)
+def ingest_shard(repo: str, snapshot: int, version: int, index: int, files: list[list[str]]) -> dict:
+    """Write one shard of a running ingest (grounding.index.shards): started by `ingest-repo` with `shards` > 1,
+    on whichever worker of the pool takes it. Its files are read from the repository's registered source."""
+    return ingest_shard_task(repo, snapshot, version, index, files)
+
+
+def _run_shard_tasks(shards: Sequence[Shard]) -> None:
+    """Each shard as a task on this flow run's task runner (threads here; a Dask or Ray cluster's workers with
+    prefect-dask or prefect-ray)."""
+    futures = [
+        ingest_shard_task.submit(s.repo, s.snapshot, s.version, s.index, [list(f) for f in s.files]) for s in shards
+    ]
+    errors = []
+    for future in futures:
+        try:
+            future.result()
+        except Exception as err:  # noqa: BLE001 - every shard is waited for before one failure is raised
+            errors.append(err)
+    if errors:
+        raise errors[0]
+
+
+def choose_shard_pool() -> str:
+    """The pool the shards of an ingest go to: `gpu` when a worker of it is online, else `cpu`."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            workers = client.read_workers_for_work_pool("gpu")
+        except Exception:  # noqa: BLE001 - no gpu pool, or an API that cannot say: the cpu pool takes them
+            return "cpu"
+    return "gpu" if any(getattr(w.status, "value", w.status) == "ONLINE" for w in workers) else "cpu"
+
+
+def shard_runs(pool: str, *, timeout_s: float = SHARD_TIMEOUT_S) -> ShardRunner:
+    """A ShardRunner that starts one `ingest-shard` flow run per shard on `pool`'s deployment, as sub-flow runs,
+    and waits for them all; a run that crashes (its worker died) or fails is started again, up to
+    SHARD_ATTEMPTS runs a shard."""
+
+    def run(shards: Sequence[Shard]) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.deployments import run_deployment
+
+        logger = get_run_logger()
+        deployment = SHARD_DEPLOYMENTS[pool]
+
+        def start(shard: Shard):
+            return run_deployment(deployment, parameters=shard.parameters(), timeout=0, as_subflow=True)
+
+        runs = {s.index: start(s) for s in shards}
+        attempts = dict.fromkeys(runs, 1)
+        by_index = {s.index: s for s in shards}
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout_s
+        with get_client(sync_client=True) as client:
+            while len(done) < len(runs):
+                if time.monotonic() >= deadline:
+                    raise IngestError(
+                        f"{len(runs) - len(done)} of {len(runs)} shards did not finish within {timeout_s:.0f} s "
+                        f"(is a worker polling the {pool!r} pool?); rerun the ingest"
+                    )
+                for index, flow_run in list(runs.items()):
+                    if index in done:
+                        continue
+                    state = client.read_flow_run(flow_run.id).state
+                    kind = state.type.value if state is not None else "UNKNOWN"
+                    if kind not in FINAL:
+                        continue
+                    if kind == "COMPLETED":
+                        done.add(index)
+                        continue
+                    if attempts[index] >= SHARD_ATTEMPTS:
+                        raise IngestError(
+                            f"shard {index} failed {attempts[index]} times (last: flow run {flow_run.name} "
+                            f"{kind.lower()}: {state.message or ''}); rerun the ingest: written shards are reused"
+                        )
+                    logger.warning("shard %d: flow run %s %s; starting it again", index, flow_run.name, kind.lower())
+                    runs[index] = start(by_index[index])
+                    attempts[index] += 1
+                time.sleep(POLL_SECONDS)
+
+    return run
 
 
 @task
@@ -142,6 +253,8 @@ def ingest_repo(
     replace_source: bool = False,
     tune_fusion: bool = True,
     wait: bool = True,
+    shards: int = 1,
+    shard_pool: str | None = None,
 ) -> dict:
     """Ingest `source` (a directory or git URL) as repository `name` (default: its last path segment).
 
@@ -151,8 +264,18 @@ def ingest_repo(
     that has no fusion weights of its own yet gets them, chosen on the repository's harvested questions.
     Without `wait`, a run that finds another ingest of the repository under way fails at once (IngestBusy)
     instead of queueing behind it (refresh-repos asks that: the next refresh picks the repository up).
+    With `shards` > 1 the changed files are written by that many shards: run from a deployment, each is an
+    `ingest-shard` flow run on `shard_pool` (default: `gpu` when a worker of it is online, else `cpu`), which
+    the pool's workers share out; called directly, tasks on this run's task runner.
     """
-    report = ingest_task(source, name, ref, user, replace_source, wait)
+    from prefect.runtime import deployment
+
+    if shard_pool not in (None, *SHARD_DEPLOYMENTS):
+        raise InvalidArgument(f"shard_pool must be one of {sorted(SHARD_DEPLOYMENTS)}, not {shard_pool!r}")
+    runner = None
+    if shards != 1:
+        runner = shard_runs(shard_pool or choose_shard_pool()) if deployment.id is not None else _run_shard_tasks
+    report = ingest_task(source, name, ref, user, replace_source, wait, shards, runner)
     publish_report(report)
     summary = dataclasses.asdict(report)
     summary["skipped"] = report.skipped_by_reason()

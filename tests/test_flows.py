@@ -51,6 +51,52 @@ def test_ingest_repo_flow_writes_chunks_and_publishes_an_artifact(
     assert data and "| added |" in data and "| binary |" in data and "| embed |" in data
 
 
+def test_ingest_repo_with_shards_runs_them_as_tasks_and_writes_what_one_task_writes(
+    prefect_server, engine, repo_name, tmp_path, monkeypatch
+):
+    from flows.ingest import ingest_repo
+    from grounding.config import reset_settings
+
+    monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")
+    reset_settings()
+    src = copy_tree("requests", tmp_path / "requests")
+    one = ingest_repo(str(src), name=f"{repo_name}-one", tune_fusion=False)
+    state = ingest_repo(str(src), name=repo_name, tune_fusion=False, shards=3, return_state=True)
+    assert state.is_completed(), state
+    sharded = state.result()
+    assert sharded["chunks_added"] == one["chunks_added"] > 100
+
+    def chunks(name: str) -> list[tuple]:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT f.path, c.start_line, c.content_hash, e.embedding::text FROM chunks c "
+                    "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+                    "JOIN embeddings e ON e.chunk_id = c.id WHERE r.name = :n ORDER BY 1, 2, 3"
+                ),
+                {"n": name},
+            ).all()
+
+    assert chunks(repo_name) == chunks(f"{repo_name}-one")
+
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+
+    async def task_names() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+                task_run_filter=TaskRunFilter(),
+            )
+            return sorted(r.name.rsplit("-", 1)[0] for r in runs)
+
+    assert asyncio.run(task_names()).count("ingest_shard_task") == 3, "one task per shard"
+    with pytest.raises(Exception, match="shard_pool must be one of"):
+        ingest_repo(str(src), name=repo_name, shards=2, shard_pool="tpu")
+
+
 def test_flow_fails_without_retry_on_a_missing_path(prefect_server, engine, tmp_path):
     from flows.ingest import ingest_repo
 

@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import sqlalchemy as sa
 
 from grounding import db, store, validation
@@ -33,9 +32,9 @@ from grounding.errors import (
     InvalidArgument,
     SourceConflict,
 )
-from grounding.index import secrets, sources
-from grounding.index.chunking import chunk_file
+from grounding.index import sources
 from grounding.index.embed import Embedder, load_embedder
+from grounding.index.shards import MAX_SHARDS, ShardRunner, ShardStats, plan_shards, run_in_process, write_batches
 from grounding.records import IngestReport, SourceFile
 
 log = logging.getLogger(__name__)
@@ -106,6 +105,8 @@ def ingest(
     user: str | None = None,
     replace_source: bool = False,
     derived_from: str | None = None,
+    shards: int = 1,
+    run_shards: ShardRunner | None = None,
 ) -> IngestReport:
     """Ingest `source` (a path or git URL) as repository `name`, incrementally; returns what was done.
 
@@ -113,7 +114,12 @@ def ingest(
     caller passes `replace_source`. With `user`, the repository must exist, be granted to them and be
     re-ingested from its own source (a user cannot register or re-point repositories).
     `derived_from` is grounding's own: it marks an eval index as derived from that repository.
+    With `shards` > 1 the changed files are split into that many shards (grounding.index.shards), written
+    by `run_shards` (flows/ingest.py runs them on Prefect's workers; default: one after another here);
+    the snapshot becomes current once, after all of them.
     """
+    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+        raise InvalidArgument(f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
     if not isinstance(source, str) or not source.strip():
         raise InvalidArgument(f"source must be a directory or a git URL, not {source!r}")
     user = validation.user(user)
@@ -178,7 +184,18 @@ def ingest(
             snapshot = store.begin_snapshot(conn, repo, commit=checkout.commit, ref=checkout.ref)
         try:
             report = _write_snapshot(
-                engine, name, repo, snapshot, checkout, listing, embedder, progress, after_batch, seconds
+                engine,
+                name,
+                repo,
+                snapshot,
+                checkout,
+                listing,
+                embedder,
+                progress,
+                after_batch,
+                seconds,
+                shards,
+                run_shards,
             )
         except BaseException as err:
             try:
@@ -222,8 +239,9 @@ def _reasons(skipped) -> str:
     return ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
 
 
-def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, progress, after_batch, seconds):
-    settings = get_settings()
+def _write_snapshot(
+    engine, name, repo, snapshot, checkout, listing, embedder, progress, after_batch, seconds, shards, run_shards
+):
     with engine.begin() as conn:
         version = store.active_index_version(conn, repo)
         stored = store.existing_files(conn, repo)
@@ -242,8 +260,8 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
             todo.append(f)
     unchanged_ids = list(keep)
 
-    embedded = reused = chunks_added = 0
-    redacted: dict[str, int] = {}  # path -> secrets redacted from it
+    done = ShardStats()
+    shard_stats: dict[str, dict] = {}  # what each shard recorded, kept in the finished snapshot's stats
     if todo:
         if version is not None:
             embedder = load_embedder(version.encoder)
@@ -253,46 +271,38 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
                 version = store.building_index_version(conn, repo, encoder=embedder.name) or (
                     store.create_index_version(conn, repo, encoder=embedder.name, dim=embedder.dim)
                 )
-        counter = embedder.token_counter()
-        batch_size = max(1, settings.write_batch_files)
-        for b, lo in enumerate(range(0, len(todo), batch_size)):
-            batch = todo[lo : lo + batch_size]
-            t = time.perf_counter()
-            chunked = []
-            for f in batch:
-                data, found = secrets.redact_bytes(f.data)
-                if found:
-                    redacted[f.path] = len(found)
-                chunks = chunk_file(f.path, data, f.language, max_tokens=settings.chunk_tokens, counter=counter)
-                chunked.append((f, chunks))
-            seconds["chunk"] += time.perf_counter() - t
-
-            t = time.perf_counter()
-            all_chunks = [c for _, cs in chunked for c in cs]
-            hashes = [c.content_hash for c in all_chunks]
-            with engine.begin() as conn:
-                known = store.embeddings_by_hash(conn, repo, version.id, sorted(set(hashes)))
-                unknown = sorted(set(hashes) - known.keys())
-                if unknown:
-                    known.update(store.shared_embeddings(conn, repo, encoder=version.encoder, hashes=unknown))
-            missing = {h: c.embed_text for h, c in zip(hashes, all_chunks) if h not in known}
-            if missing:
-                vectors = embedder.embed(list(missing.values()), batch_size=settings.embed_batch_size)
-                known.update(zip(missing.keys(), vectors))
-            embedded += len(missing)
-            reused += len(all_chunks) - len(missing)
-            seconds["embed"] += time.perf_counter() - t
-
-            t = time.perf_counter()
-            matrix = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, version.dim), np.float32)
-            with engine.begin() as conn:
-                keep.extend(store.write_files(conn, repo, snapshot, version, files=chunked, vectors=matrix))
-            chunks_added += len(all_chunks)
-            seconds["write"] += time.perf_counter() - t
-            if progress:
-                progress("files", min(lo + batch_size, len(todo)), len(todo))
-            if after_batch:
-                after_batch(b)
+        if shards == 1:
+            done = write_batches(
+                engine,
+                repo,
+                snapshot,
+                version,
+                todo,
+                embedder=embedder,
+                progress=progress and (lambda n: progress("files", n, len(todo))),
+                after_batch=after_batch,
+            )
+        else:
+            plan = plan_shards(name, snapshot, version.id, todo, count=shards)
+            (run_shards or run_in_process)(plan)
+            with engine.connect() as conn:
+                by_shard = store.shard_stats(conn, snapshot)
+            for shard in plan:
+                done.add(ShardStats.from_json(by_shard.get(shard.index, {})))
+            shard_stats = {str(i): by_shard[i] for i in sorted(by_shard)}
+        with engine.connect() as conn:
+            written = store.snapshot_files(conn, repo, snapshot)
+        lost = [f.path for f in todo if (f.path, f.index_hash) not in written]
+        if lost:
+            raise IngestError(f"{len(lost)} files were not written by any shard (first: {lost[0]!r}); rerun the ingest")
+        added = [written[(f.path, f.index_hash)] for f in todo]
+        keep.extend(added)
+        if shards != 1:  # a shard run again after its worker died wrote some of them before: count them all
+            with engine.connect() as conn:
+                done.chunks_added = store.count_chunks(conn, added)
+        for stage in ("chunk", "embed", "write"):
+            seconds[stage] += done.seconds.get(stage, 0.0)
+    embedded, reused, chunks_added, redacted = done.embedded, done.reused, done.chunks_added, done.redacted
 
     stats = {
         "files_seen": len(listing.files) + len(listing.skipped),
@@ -308,6 +318,7 @@ def _write_snapshot(engine, name, repo, snapshot, checkout, listing, embedder, p
         "redacted": sum(redacted.values()),  # secrets replaced in the files this run chunked
         "redacted_files": sorted(redacted),
         "seconds": seconds,
+        **({"shards": shard_stats} if shard_stats else {}),
     }
     if redacted:
         log.warning(

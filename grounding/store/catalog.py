@@ -33,6 +33,10 @@ __all__ = [
     "list_repos",
     "current_snapshot",
     "snapshot",
+    "hold_running_snapshot",
+    "snapshot_files",
+    "record_shard",
+    "shard_stats",
     "update_bm25_stats",
     "rebuild_bm25_stats",
     "REBUILD_BM25_STATS",
@@ -236,9 +240,54 @@ def current_snapshot(conn: Connection, repo: int) -> tuple[int | None, str | Non
     return row[0], row[1]
 
 
-def snapshot(conn: Connection, snapshot_id: int) -> dict:
-    row = conn.execute(sa.text("SELECT * FROM snapshots WHERE id = :s"), {"s": snapshot_id}).mappings().one()
-    return dict(row)
+def snapshot(conn: Connection, snapshot_id: int) -> dict | None:
+    """The snapshot's row, or None if there is none with this id."""
+    row = conn.execute(sa.text("SELECT * FROM snapshots WHERE id = :s"), {"s": snapshot_id}).mappings().one_or_none()
+    return dict(row) if row is not None else None
+
+
+def hold_running_snapshot(conn: Connection, repo: int, snapshot: int) -> bool:
+    """Whether `snapshot` of `repo` still runs, held so until this transaction ends (a shard's write):
+    finishing or failing it waits, so no row lands in a snapshot after it became current."""
+    status = conn.execute(
+        sa.text("SELECT status FROM snapshots WHERE id = :s AND repo_id = :r FOR SHARE"), {"s": snapshot, "r": repo}
+    ).scalar()
+    return status == "running"
+
+
+def snapshot_files(conn: Connection, repo: int, snapshot: int) -> dict[tuple[str, str], int]:
+    """(path, content hash) -> file id of the rows written for `snapshot` (the lowest id where a retried shard
+    wrote one twice: the other is dropped when the snapshot finishes)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT path, content_hash, min(id) FROM files WHERE repo_id = :r AND snapshot_id = :s "
+            "GROUP BY path, content_hash"
+        ),
+        {"r": repo, "s": snapshot},
+    )
+    return {(path, h): fid for path, h, fid in rows}
+
+
+def record_shard(conn: Connection, snapshot: int, index: int, stats: dict) -> bool:
+    """Keep what shard `index` of a running snapshot did (counts, seconds) in the snapshot's stats; False when
+    the snapshot no longer runs."""
+    return (
+        conn.execute(
+            sa.text(
+                "UPDATE snapshots SET stats = coalesce(stats, '{}'::jsonb) || jsonb_build_object('shards', "
+                "coalesce(stats -> 'shards', '{}'::jsonb) || jsonb_build_object(CAST(:i AS text), CAST(:st AS jsonb))) "
+                "WHERE id = :s AND status = 'running' RETURNING id"
+            ),
+            {"s": snapshot, "i": index, "st": json.dumps(stats)},
+        ).scalar()
+        is not None
+    )
+
+
+def shard_stats(conn: Connection, snapshot: int) -> dict[int, dict]:
+    """What each shard of `snapshot` recorded (record_shard), by shard index."""
+    stats = conn.execute(sa.text("SELECT stats -> 'shards' FROM snapshots WHERE id = :s"), {"s": snapshot}).scalar()
+    return {int(i): v for i, v in (stats or {}).items()}
 
 
 def analyze_chunks(conn: Connection) -> None:

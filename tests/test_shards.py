@@ -1,0 +1,186 @@
+"""A sharded ingest against the real Postgres: the same result as one ingest, shards retried, stale or moved ones refused."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from grounding import store
+from grounding.config import reset_settings
+from grounding.errors import IngestError, InvalidArgument
+from grounding.index import shards as shards_module
+from grounding.index.ingest import ingest
+from grounding.index.shards import plan_shards, run_shard
+from grounding.records import SourceFile
+from tests.conftest import copy_tree
+
+
+def visible(engine, name: str) -> list[tuple]:
+    """Every chunk queries can see, with its vector as text: (path, lines, hash, role, vector)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT f.path, f.role, c.start_line, c.end_line, c.content_hash, e.embedding::text FROM chunks c "
+                "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+                "JOIN index_versions v ON v.repo_id = r.id AND v.status = 'active' "
+                "JOIN embeddings e ON e.chunk_id = c.id AND e.index_version_id = v.id "
+                "WHERE r.name = :n AND f.snapshot_id <= r.current_snapshot_id ORDER BY 1, 3, 4, 5"
+            ),
+            {"n": name},
+        ).all()
+
+
+def file_rows(engine, name: str) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT count(*), count(DISTINCT path) FROM files f JOIN repositories r ON r.id = f.repo_id "
+                "WHERE r.name = :n"
+            ),
+            {"n": name},
+        ).one()
+
+
+def test_a_sharded_ingest_writes_what_one_ingest_writes_and_reports_the_same(engine, repo_name, hashing, tmp_path):
+    src = copy_tree("click", tmp_path / "click")
+    whole = ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
+    ran: list[int] = []
+
+    def runner(shards):
+        assert len(shards) == 3 and sorted(f for s in shards for f in s.files) == sorted(
+            f for s in shards for f in s.files
+        )
+        for shard in reversed(shards):  # any order
+            ran.append(shard.index)
+            run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files)
+
+    sharded = ingest(str(src), name=repo_name, embedder=hashing, shards=3, run_shards=runner)
+    assert ran == [2, 1, 0]
+    assert visible(engine, repo_name) == visible(engine, f"{repo_name}-whole")
+    for field in ("files_changed", "chunks_added", "embeddings_computed", "chunks_removed"):
+        assert getattr(sharded, field) == getattr(whole, field), field
+    assert sharded.seconds["embed"] > 0 and sharded.seconds["write"] > 0
+    rows, paths = file_rows(engine, repo_name)
+    assert rows == paths == whole.files_changed
+    with engine.connect() as conn:
+        by_shard = store.shard_stats(conn, sharded.snapshot_id)
+    assert sorted(by_shard) == [0, 1, 2] and sum(s["chunks_added"] for s in by_shard.values()) == whole.chunks_added
+
+    # Incremental as ever: nothing changed, nothing written; one file changed, one shard's worth.
+    again = ingest(str(src), name=repo_name, shards=3, run_shards=runner)
+    assert again.files_changed == 0 and again.chunks_added == 0
+    (src / "core.py").write_text(
+        (src / "core.py").read_text() + "\ndef sharded_marker():\n    pass\n"
+    )
+    moved = ingest(str(src), name=repo_name, shards=3)  # the default runner: each shard in turn, here
+    assert moved.files_changed == 1
+    assert any(row[0] == "core.py" for row in visible(engine, repo_name))
+
+
+def test_a_shard_run_again_after_its_worker_died_reuses_what_it_wrote_and_duplicates_nothing(
+    engine, repo_name, hashing, tmp_path, monkeypatch
+):
+    src = copy_tree("click", tmp_path / "click")
+    monkeypatch.setenv("GROUNDING_WRITE_BATCH_FILES", "2")
+    reset_settings()
+    real = shards_module.write_batches
+    died = []
+
+    def dies_after_first_batch(*args, **kwargs):
+        def after(b):
+            if b == 0 and not died:
+                died.append(True)
+                raise KeyboardInterrupt  # as a killed process: no cleanup of what it wrote
+
+        return real(*args, **kwargs, after_batch=after)
+
+    resumed = []
+
+    def runner(shards):
+        monkeypatch.setattr(shards_module, "write_batches", dies_after_first_batch)
+        with pytest.raises(KeyboardInterrupt):
+            run_shard(shards[0].repo, shards[0].snapshot, shards[0].version, 0, shards[0].files)
+        monkeypatch.setattr(shards_module, "write_batches", real)
+        for shard in shards:  # shard 0 again, "elsewhere"; the others once
+            resumed.append(run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files).files_resumed)
+
+    report = ingest(str(src), name=repo_name, embedder=hashing, shards=2, run_shards=runner)
+    assert resumed == [2, 0], "the second run of shard 0 kept the two files its dead run wrote"
+    whole = ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
+    assert visible(engine, repo_name) == visible(engine, f"{repo_name}-whole")
+    assert report.chunks_added == whole.chunks_added
+    rows, paths = file_rows(engine, repo_name)
+    assert rows == paths, "no file row twice"
+
+
+def test_a_shard_of_a_finished_snapshot_writes_nothing(engine, repo_name, hashing, tmp_path):
+    src = copy_tree("click", tmp_path / "click")
+    kept = []
+    report = ingest(
+        str(src),
+        name=repo_name,
+        embedder=hashing,
+        shards=2,
+        run_shards=lambda shards: [kept.extend(shards), *map(run, shards)],
+    )
+    before = visible(engine, repo_name)
+    (src / "core.py").write_text("def rewritten():\n    pass\n")
+    stale = next(s for s in kept if any(p == "core.py" for p, _ in s.files))
+    with pytest.raises(IngestError, match="not running"):
+        run(stale)  # a worker that outlived its ingest (the ingest saw it as crashed)
+    assert visible(engine, repo_name) == before and report.snapshot_id == stale.snapshot
+
+
+def run(shard):
+    return run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files)
+
+
+def test_a_shard_whose_file_moved_on_disk_fails_the_ingest_and_the_previous_snapshot_answers(
+    engine, repo_name, hashing, tmp_path
+):
+    src = copy_tree("click", tmp_path / "click")
+    ingest(str(src), name=repo_name, embedder=hashing)
+    before = visible(engine, repo_name)
+    (src / "core.py").write_text((src / "core.py").read_text() + "\n# changed\n")
+
+    def changes_under_it(shards):
+        (src / "core.py").write_text("# changed again while the shards ran\n")
+        for shard in shards:
+            run(shard)
+
+    with pytest.raises(IngestError, match="not on this worker as the ingest listed it"):
+        ingest(str(src), name=repo_name, shards=2, run_shards=changes_under_it)
+    assert visible(engine, repo_name) == before
+
+
+def test_shards_are_checked(engine, repo_name, hashing, tmp_path):
+    src = copy_tree("click", tmp_path / "click")
+    kept = []
+    ingest(
+        str(src),
+        name=repo_name,
+        embedder=hashing,
+        shards=2,
+        run_shards=lambda shards: [kept.extend(shards), *map(run, shards)],
+    )
+    other = copy_tree("click", tmp_path / "other")
+    ingest(str(other), name=f"{repo_name}-other", embedder=hashing)
+    shard = kept[0]
+    with pytest.raises(InvalidArgument, match="not both of repository"):
+        run_shard(f"{repo_name}-other", shard.snapshot, shard.version, 0, shard.files)
+    for bad in (0, 257, True, "2"):
+        with pytest.raises(InvalidArgument, match="shards must be"):
+            ingest(str(src), name=repo_name, shards=bad)
+    with pytest.raises(InvalidArgument, match="files must be"):
+        run_shard(repo_name, shard.snapshot, shard.version, 0, [["a.py"]])
+    with pytest.raises(InvalidArgument, match="snapshot must be"):
+        run_shard(repo_name, -1, shard.version, 0, [])
+
+
+def test_shards_split_files_by_bytes_and_keep_listing_order():
+    files = [SourceFile(f"f{i}.py", b"x" * size, "python") for i, size in enumerate([900, 100, 100, 500, 400, 1])]
+    plan = plan_shards("r", 1, 1, files, count=2)
+    loads = [sum(next(f.size for f in files if f.path == p) for p, _ in s.files) for s in plan]
+    assert sorted(loads) == [1000, 1001]
+    assert all([p for p, _ in s.files] == sorted(p for p, _ in s.files) for s in plan)
+    assert len(plan_shards("r", 1, 1, files[:2], count=8)) == 2, "never an empty shard"
