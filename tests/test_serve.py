@@ -329,6 +329,11 @@ def test_a_worker_process_killed_mid_ingest_leaves_a_rerun_that_completes_with_n
 
     # The same chunks and vectors as one uninterrupted ingest in one process, each once.
     ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
+    assert_same_visible_chunks(engine, repo_name, f"{repo_name}-whole")
+
+
+def assert_same_visible_chunks(engine, name: str, whole: str) -> None:
+    """Repository `name` shows the chunks and vectors that `whole` (one uninterrupted ingest) shows, each once."""
 
     def visible_chunks(name: str) -> list[tuple]:
         with engine.connect() as conn:
@@ -343,6 +348,138 @@ def test_a_worker_process_killed_mid_ingest_leaves_a_rerun_that_completes_with_n
                 {"n": name},
             ).all()
 
-    rerun, whole = visible_chunks(repo_name), visible_chunks(f"{repo_name}-whole")
-    assert len(rerun) > 1000 and len(set(rerun)) == len(rerun), "no chunk twice"
-    assert rerun == whole
+    got, expected = visible_chunks(name), visible_chunks(whole)
+    assert len(got) > 1000 and len(set(got)) == len(got), "no chunk twice"
+    assert got == expected
+
+
+# The ingest-shard flow runs of repository argv[1] on the API: [{"id", "state", "pid", "index"}], oldest first.
+SHARD_RUNS = """
+import asyncio, json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.sorting import FlowRunSort
+
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["ingest-shard"])), sort=FlowRunSort.START_TIME_ASC
+        )
+        rows = [
+            {"id": str(r.id), "state": r.state.type.value, "pid": r.infrastructure_pid, "index": r.parameters["index"]}
+            for r in runs if r.parameters.get("repo") == sys.argv[1]
+        ]
+        print(json.dumps(rows))
+
+asyncio.run(main())
+"""
+
+
+def test_two_workers_share_an_ingests_shards_one_killed_and_retried_with_the_result_of_one_ingest(
+    served, engine, repo_name, hashing, tmp_path
+):
+    from grounding.index.ingest import ingest
+
+    env, proc = served
+    src = copy_tree("pygments", tmp_path / "pygments")
+    worker_env = {**env, "GROUNDING_WRITE_BATCH_FILES": "20"}  # many batches: a shard can die between two
+    workers: list[subprocess.Popen] = []
+
+    def start_worker(name: str) -> None:  # one flow run at a time (--limit 1)
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", "cpu", "--type", "process"]
+                + ["--name", name, "--limit", "1"],
+                env=worker_env,
+                cwd=Path(__file__).resolve().parent.parent,
+                stdout=open(tmp_path / f"{name}.log", "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    serve_worker = [
+        int(p)
+        for p in subprocess.run(
+            ["pgrep", "-f", f"worker start .*--name grounding-cpu-{proc.pid}"], capture_output=True, text=True
+        ).stdout.split()
+    ]
+    assert serve_worker, "the cpu worker grounding serve started"
+
+    def shard_runs() -> list[dict]:
+        out = subprocess.run([sys.executable, "-c", SHARD_RUNS, repo_name], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    # Only workers this test starts take runs: "ingest" the ingest-repo run, then "shards-0" and "shards-1"
+    # one shard each; their logs say which flow runs they took.
+    for pid in serve_worker:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        start_worker("ingest")
+        out = prefect(
+            env,
+            "deployment",
+            "run",
+            "ingest-repo/default",
+            "-p",
+            f"source={src}",
+            "-p",
+            f"name={repo_name}",
+            "-p",
+            "shards=2",
+            "-p",
+            "shard_pool=cpu",
+            "-p",
+            "tune_fusion=false",
+        )
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+        deadline = time.monotonic() + 120
+        while json.loads(prefect(env, "flow-run", "inspect", run_id, "--output", "json"))["state"]["type"] != "RUNNING":
+            assert time.monotonic() < deadline, "the ingest-repo run never started"
+            time.sleep(0.5)
+        start_worker("shards-0")
+        start_worker("shards-1")
+
+        # Kill the first shard's process once it has written a batch, as a machine that dies would.
+        deadline = time.monotonic() + 180
+        while True:
+            running = [r for r in shard_runs() if r["state"] == "RUNNING" and r["pid"]]
+            with engine.connect() as conn:
+                written = conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM files f JOIN repositories r ON r.id = f.repo_id JOIN snapshots s "
+                        "ON s.id = f.snapshot_id WHERE r.name = :n AND s.status = 'running'"
+                    ),
+                    {"n": repo_name},
+                ).scalar()
+            if running and written:
+                break
+            assert time.monotonic() < deadline, f"no shard ran: {shard_runs()}"
+            time.sleep(0.1)
+        victim = running[0]
+        for pid in _flow_run_pids(victim["id"]):
+            os.kill(pid, signal.SIGKILL)
+
+        run = wait_for_run(env, run_id)
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+    finally:
+        for pid in serve_worker:
+            os.kill(pid, signal.SIGCONT)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=30)
+
+    runs = shard_runs()
+    assert sorted(r["index"] for r in runs if r["state"] == "COMPLETED") == [0, 1]
+    assert [r["state"] for r in runs if r["id"] == victim["id"]] in (["CRASHED"], ["FAILED"])
+    assert sum(r["index"] == victim["index"] for r in runs) == 2, "the killed shard was started again"
+    for name in ("shards-0", "shards-1"):  # each ran a shard ("Worker '...' submitting flow run '<id>'")
+        log = (tmp_path / f"{name}.log").read_text()
+        assert any(r["id"] in log for r in runs), log[-2000:]
+    assert run_id in (tmp_path / "ingest.log").read_text()
+
+    # The same chunks and vectors as one uninterrupted ingest in one process, each once.
+    ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
+    assert_same_visible_chunks(engine, repo_name, f"{repo_name}-whole")

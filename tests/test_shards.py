@@ -1,4 +1,4 @@
-"""A sharded ingest against the real Postgres: the same result as one ingest, shards retried, stale or moved ones refused."""
+"""A sharded ingest on the real Postgres: the result of one ingest; shards retried; stale or moved ones refused."""
 
 from __future__ import annotations
 
