@@ -1,12 +1,15 @@
 """The cost of orchestration: an ingest through `prefect deployment run` versus calling `ingest` directly.
 
-    .venv/bin/python bench/orchestration.py [--package requests] [--runs 3] [--encoder hashing-64|default]
+    .venv/bin/python bench/orchestration.py [--package requests] [--runs 3] [--encoder hashing-64|default] [--shards 2]
 
 Starts `grounding serve` (Prefect server + workers, separate processes) on a fresh embedded Postgres,
 then ingests the same copied package as new repositories three ways, each `--runs` times:
 direct (`ingest()` in this warm process), CLI (`grounding ingest` in a fresh process: imports and
 encoder load included) and deployment (`prefect deployment run ingest-repo/default`, from request
-to the flow run's COMPLETED state, as a worker runs it in a fresh process). Prints medians and ratios.
+to the flow run's COMPLETED state, as a worker runs it in a fresh process), and sharded (the same
+deployment with `-p shards=N`: N ingest-shard flow runs on the cpu pool's worker). Prints medians and
+ratios, and the per-stage overhead of sharding: the stage seconds of a sharded ingest (its shards'
+re-reading included) against those of the direct one.
 """
 
 from __future__ import annotations
@@ -38,9 +41,11 @@ def _prefect(env: dict, *args: str) -> str:
     return subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
 
 
-def _deployment_run(env: dict, source: Path, name: str) -> float:
+def _deployment_run(env: dict, source: Path, name: str, *params: str) -> float:
     t = time.perf_counter()
-    out = _prefect(env, "deployment", "run", "ingest-repo/default", "-p", f"source={source}", "-p", f"name={name}")
+    out = _prefect(
+        env, "deployment", "run", "ingest-repo/default", "-p", f"source={source}", "-p", f"name={name}", *params
+    )
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
     while True:
         state = json.loads(_prefect(env, "flow-run", "inspect", run_id, "--output", "json"))["state"]["type"]
@@ -52,11 +57,29 @@ def _deployment_run(env: dict, source: Path, name: str) -> float:
     return time.perf_counter() - t
 
 
+def _stage_seconds(name: str) -> float:
+    """The seconds an ingest's stages took, summed over its shards (each shard's re-read of its files too)."""
+    import sqlalchemy as sa
+
+    from grounding import db
+
+    with db.get_engine().connect() as conn:
+        stats = conn.execute(
+            sa.text(
+                "SELECT s.stats FROM repositories r JOIN snapshots s ON s.id = r.current_snapshot_id WHERE r.name = :n"
+            ),
+            {"n": name},
+        ).scalar_one()
+    shards = stats.get("shards", {}).values()
+    return sum(stats["seconds"].values()) + sum(s["seconds"].get("read", 0.0) for s in shards)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package", default="requests")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--encoder", default="hashing-64", help="'default' for the real encoder")
+    parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -93,7 +116,9 @@ def main() -> None:
             time.sleep(0.5)
         env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
         ingest(str(src), name="warmup")  # loads the encoder in this process: "direct" is the warm path
-        times: dict[str, list[float]] = {"direct": [], "cli": [], "deployment": []}
+        times: dict[str, list[float]] = {"direct": [], "cli": [], "deployment": [], "shards-here": [], "sharded": []}
+        plain = ("-p", "tune_fusion=false")  # as direct: no fusion tuning after the ingest
+        sharding = (*plain, "-p", f"shards={args.shards}", "-p", "shard_pool=cpu")
         for i in range(args.runs):
             t = time.perf_counter()
             ingest(str(src), name=f"direct-{i}")
@@ -106,7 +131,15 @@ def main() -> None:
                 capture_output=True,
             )
             times["cli"].append(time.perf_counter() - t)
-            times["deployment"].append(_deployment_run(env, src, f"deployment-{i}"))
+            times["deployment"].append(_deployment_run(env, src, f"deployment-{i}", *plain))
+            t = time.perf_counter()
+            ingest(str(src), name=f"shards-here-{i}", shards=args.shards)  # one shard after another, here
+            times["shards-here"].append(time.perf_counter() - t)
+            times["sharded"].append(_deployment_run(env, src, f"sharded-{i}", *sharding))
+        stages = {
+            way: [_stage_seconds(f"{way}-{i}") for i in range(args.runs)]
+            for way in ("direct", "shards-here", "sharded")
+        }
     finally:
         serve.send_signal(signal.SIGINT)
         serve.wait(timeout=60)
@@ -122,8 +155,17 @@ def main() -> None:
         f"deployment overhead over direct: {medians['deployment'] - medians['direct']:.2f} s; "
         f"over a fresh CLI process: {medians['deployment'] - medians['cli']:.2f} s"
     )
+    print("stage seconds (list/read, chunk, embed, write; the shards' re-reading of their files included), median:")
+    base = statistics.median(stages["direct"])
+    for way, label in (
+        ("direct", "one process"),
+        ("shards-here", f"{args.shards} shards, one after another, in this process"),
+        ("sharded", f"{args.shards} shards side by side on the worker (2 cores)"),
+    ):
+        v = statistics.median(stages[way])
+        print(f"  {label:55} {v:6.2f} s   x{v / base:.3f}   ({v / base - 1:+.1%} over one process)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"times": times, "medians": medians}, indent=2))
+        Path(args.json).write_text(json.dumps({"times": times, "medians": medians, "stages": stages}, indent=2))
     db.reset()
     db.stop_embedded()
     shutil.rmtree(work, ignore_errors=True)

@@ -9,9 +9,10 @@ import time
 from collections.abc import Iterator, Sequence
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
+from grounding.config import get_settings
 from grounding.errors import DatabaseUnavailable, IngestError, InvalidArgument, SourceUnreachable
 from grounding.index.ingest import Progress, ingest
 from grounding.index.shards import Shard, ShardRunner, run_shard
@@ -39,6 +40,12 @@ def reporting_progress(listener: Progress) -> Iterator[None]:
         _progress_listener.reset(token)
 
 
+def progress_listener() -> Progress | None:
+    """The listener `reporting_progress` set, if any. A function, not the context variable itself, in the task's
+    code: a task shipped to a Dask worker is pickled with the globals its code names, and a ContextVar cannot be."""
+    return _progress_listener.get()
+
+
 def retry_on_io(task, task_run, state) -> bool:
     """Retry when the database or a git remote failed to answer; a bad path or a bug fails at once."""
     try:
@@ -50,7 +57,7 @@ def retry_on_io(task, task_run, state) -> bool:
     return False
 
 
-# NO_CACHE: an ingest is never skipped for having run before, and its shard runner is a callable.
+# NO_CACHE: an ingest is never skipped for having run before.
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)
 def ingest_task(
     source: str,
@@ -60,10 +67,10 @@ def ingest_task(
     replace_source: bool = False,
     wait: bool = True,
     shards: int = 1,
-    run_shards: ShardRunner | None = None,
+    shard_pool: str | None = None,
 ) -> IngestReport:
     logger = get_run_logger()
-    listener = _progress_listener.get()
+    listener = progress_listener()
 
     def progress(stage: str, done: int, total: int) -> None:
         logger.info("%s: %d/%d", stage, done, total)
@@ -79,8 +86,19 @@ def ingest_task(
         replace_source=replace_source,
         wait=wait,
         shards=shards,
-        run_shards=run_shards,
+        run_shards=_shard_runner(shard_pool) if shards != 1 else None,
     )
+
+
+def _shard_runner(pool: str | None) -> ShardRunner:
+    """Where shards run: the Dask or Ray cluster GROUNDING_SHARD_CLUSTER names; else, in a deployment's run,
+    ingest-shard flow runs on `pool` (default: choose_shard_pool); else tasks on this process's threads."""
+    from prefect.runtime import deployment
+
+    cluster = get_settings().shard_cluster
+    if cluster or deployment.id is None:
+        return shard_tasks(cluster)
+    return shard_runs(pool or choose_shard_pool())
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
@@ -95,12 +113,12 @@ def ingest_shard(repo: str, snapshot: int, version: int, index: int, files: list
     return ingest_shard_task(repo, snapshot, version, index, files)
 
 
-def _run_shard_tasks(shards: Sequence[Shard]) -> None:
-    """Each shard as a task on this flow run's task runner (threads here; a Dask or Ray cluster's workers with
-    prefect-dask or prefect-ray)."""
-    futures = [
-        ingest_shard_task.submit(s.repo, s.snapshot, s.version, s.index, [list(f) for f in s.files]) for s in shards
-    ]
+@flow(name="ingest-shards", log_prints=True)
+def ingest_shards(shards: list[dict]) -> None:
+    """The shards of one ingest (Shard.parameters()) as tasks on this flow's task runner: threads here, or a
+    Dask or Ray cluster's workers (GROUNDING_SHARD_CLUSTER, see `shard_task_runner`). Every shard is waited
+    for; then the first failure is raised."""
+    futures = [ingest_shard_task.submit(**shard) for shard in shards]
     errors = []
     for future in futures:
         try:
@@ -109,6 +127,41 @@ def _run_shard_tasks(shards: Sequence[Shard]) -> None:
             errors.append(err)
     if errors:
         raise errors[0]
+
+
+def shard_task_runner(cluster: str | None):
+    """The task runner of `ingest-shards`: Prefect's threads, or the cluster GROUNDING_SHARD_CLUSTER names
+    (tcp:// or tls://: a Dask scheduler, with prefect-dask; ray://: a Ray cluster, with prefect-ray)."""
+    if not cluster:
+        return None
+    scheme = cluster.split("://", 1)[0].lower() if "://" in cluster else ""
+    if scheme in ("tcp", "tls"):
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=cluster)
+    if scheme == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError as err:
+            raise InvalidArgument(
+                "GROUNDING_SHARD_CLUSTER names a Ray cluster but prefect-ray is not installed: pip install prefect-ray"
+            ) from err
+        return RayTaskRunner(address=cluster)
+    raise InvalidArgument(
+        f"GROUNDING_SHARD_CLUSTER must be a Dask scheduler (tcp://host:8786, tls://...) or a Ray cluster "
+        f"(ray://host:10001), not {cluster!r}"
+    )
+
+
+def shard_tasks(cluster: str | None) -> ShardRunner:
+    """A ShardRunner: the shards as tasks of an `ingest-shards` sub-flow run on `cluster` (shard_task_runner)."""
+    task_runner = shard_task_runner(cluster)
+    run_flow = ingest_shards.with_options(task_runner=task_runner) if task_runner is not None else ingest_shards
+
+    def run(shards: Sequence[Shard]) -> None:
+        run_flow([s.parameters() for s in shards])
+
+    return run
 
 
 def choose_shard_pool() -> str:
@@ -264,18 +317,15 @@ def ingest_repo(
     that has no fusion weights of its own yet gets them, chosen on the repository's harvested questions.
     Without `wait`, a run that finds another ingest of the repository under way fails at once (IngestBusy)
     instead of queueing behind it (refresh-repos asks that: the next refresh picks the repository up).
-    With `shards` > 1 the changed files are written by that many shards: run from a deployment, each is an
-    `ingest-shard` flow run on `shard_pool` (default: `gpu` when a worker of it is online, else `cpu`), which
-    the pool's workers share out; called directly, tasks on this run's task runner.
+    With `shards` > 1 the changed files are written by that many shards: tasks of an `ingest-shards` sub-flow
+    run on the Dask or Ray cluster GROUNDING_SHARD_CLUSTER names; else, run from a deployment, `ingest-shard`
+    flow runs on `shard_pool` (default: `gpu` when a worker of it is online, else `cpu`), which the pool's
+    workers share out; else tasks of an `ingest-shards` sub-flow run, on threads.
     """
-    from prefect.runtime import deployment
-
     if shard_pool not in (None, *SHARD_DEPLOYMENTS):
         raise InvalidArgument(f"shard_pool must be one of {sorted(SHARD_DEPLOYMENTS)}, not {shard_pool!r}")
-    runner = None
-    if shards != 1:
-        runner = shard_runs(shard_pool or choose_shard_pool()) if deployment.id is not None else _run_shard_tasks
-    report = ingest_task(source, name, ref, user, replace_source, wait, shards, runner)
+    shard_task_runner(get_settings().shard_cluster)  # a cluster that cannot be named fails before any work
+    report = ingest_task(source, name, ref, user, replace_source, wait, shards, shard_pool)
     publish_report(report)
     summary = dataclasses.asdict(report)
     summary["skipped"] = report.skipped_by_reason()

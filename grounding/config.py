@@ -65,6 +65,7 @@ class Settings:
     run_heartbeat_s: float  # how often a training run's process writes that it is alive
     run_stale_after_s: float  # a run still `running` whose heartbeat is older is failed by any host that looks
     ingest_roots: tuple[Path, ...]  # directories an ingest asked for over the API may read (git URLs aside)
+    shard_cluster: str | None  # tcp://host:8786 (a Dask scheduler) or ray://host:10001: where shard tasks run
 
     @property
     def embedded_data_dir(self) -> Path:
@@ -111,6 +112,7 @@ _ENV = {
     "run_heartbeat_s": ("GROUNDING_RUN_HEARTBEAT_S", float, 30.0),
     "run_stale_after_s": ("GROUNDING_RUN_STALE_AFTER_S", float, 300.0),  # ten missed beats: not a slow disk
     "ingest_roots": ("GROUNDING_INGEST_ROOTS", lambda raw: _paths(raw), ()),
+    "shard_cluster": ("GROUNDING_SHARD_CLUSTER", str, None),
 }
 
 

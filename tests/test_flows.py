@@ -66,35 +66,66 @@ def test_ingest_repo_with_shards_runs_them_as_tasks_and_writes_what_one_task_wri
     sharded = state.result()
     assert sharded["chunks_added"] == one["chunks_added"] > 100
 
-    def chunks(name: str) -> list[tuple]:
-        with engine.connect() as conn:
-            return conn.execute(
-                sa.text(
-                    "SELECT f.path, c.start_line, c.content_hash, e.embedding::text FROM chunks c "
-                    "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
-                    "JOIN embeddings e ON e.chunk_id = c.id WHERE r.name = :n ORDER BY 1, 2, 3"
-                ),
-                {"n": name},
-            ).all()
-
-    assert chunks(repo_name) == chunks(f"{repo_name}-one")
+    assert _chunks(engine, repo_name) == _chunks(engine, f"{repo_name}-one")
 
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-    async def task_names() -> list[str]:
+    async def task_names() -> list[str]:  # of the ingest-shards sub-flow run
         async with get_client() as client:
+            children = FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+            subflows = await client.read_flow_runs(flow_run_filter=children)
             runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
-                task_run_filter=TaskRunFilter(),
+                flow_run_filter=FlowRunFilter(id={"any_": [r.id for r in subflows]}),
             )
             return sorted(r.name.rsplit("-", 1)[0] for r in runs)
 
     assert asyncio.run(task_names()).count("ingest_shard_task") == 3, "one task per shard"
     with pytest.raises(Exception, match="shard_pool must be one of"):
         ingest_repo(str(src), name=repo_name, shards=2, shard_pool="tpu")
+
+
+def test_ingest_repo_with_shards_on_a_local_dask_cluster_writes_what_one_task_writes(
+    prefect_server, engine, repo_name, tmp_path, monkeypatch
+):
+    from distributed import LocalCluster
+
+    from flows.ingest import ingest_repo
+    from grounding.config import reset_settings
+
+    monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")
+    reset_settings()
+    src = copy_tree("requests", tmp_path / "requests")
+    one = ingest_repo(str(src), name=f"{repo_name}-one", tune_fusion=False)
+    # Worker processes of their own, started after the test's environment is set: they inherit its database.
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        monkeypatch.setenv("GROUNDING_SHARD_CLUSTER", cluster.scheduler_address)
+        reset_settings()
+        sharded = ingest_repo(str(src), name=repo_name, tune_fusion=False, shards=2)
+        ran = {prefix for prefix in cluster.scheduler.task_prefixes}
+        monkeypatch.setenv("GROUNDING_SHARD_CLUSTER", "http://dask.example:8786")
+        reset_settings()
+        with pytest.raises(Exception, match="must be a Dask scheduler"):
+            ingest_repo(str(src), name=repo_name, shards=2)
+    assert "ingest_shard_task" in ran, ran
+    assert sharded["chunks_added"] == one["chunks_added"] > 100
+    assert _chunks(engine, repo_name) == _chunks(engine, f"{repo_name}-one")
+
+
+def _chunks(engine, name: str) -> list[tuple]:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT f.path, c.start_line, c.content_hash, e.embedding::text FROM chunks c "
+                "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+                "JOIN embeddings e ON e.chunk_id = c.id WHERE r.name = :n ORDER BY 1, 2, 3"
+            ),
+            {"n": name},
+        ).all()
 
 
 def test_flow_fails_without_retry_on_a_missing_path(prefect_server, engine, tmp_path):

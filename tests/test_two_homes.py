@@ -82,3 +82,38 @@ def test_a_clone_another_snapshot_left_is_moved_to_the_indexed_commit(upstream, 
     git(clone, "checkout", "--quiet", "--detach", git(work, "rev-parse", "HEAD"))  # as a later snapshot would
     assert dict(repository_texts(repo_name))["billing/money.py"] == OLD
     assert git(clone, "rev-parse", "HEAD") == indexed
+
+
+def test_shards_arriving_together_at_a_home_without_the_clone_clone_it_once(upstream, repo_name, tmp_path, monkeypatch):
+    """The shards of one ingest on one worker host whose home never saw the repository: one clones, the others wait."""
+    import threading
+
+    from grounding.index.ingest import ingest
+    from grounding.index.shards import run_shard
+
+    url, work, _ = upstream
+    use_home(monkeypatch, tmp_path / "home-b")
+    errors: list[BaseException] = []
+
+    def side_by_side_elsewhere(shards):
+        use_home(monkeypatch, tmp_path / "home-shards")  # the shard worker's own scratch home
+
+        def run(shard):
+            try:
+                run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files)
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in shards]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        use_home(monkeypatch, tmp_path / "home-b")
+
+    name = f"{repo_name}-sharded"  # a new repository: all nine files to write, four shards
+    report = ingest(url, name=name, embedder=HashingEmbedder(64), shards=4, run_shards=side_by_side_elsewhere)
+    assert not errors, errors
+    assert report.files_changed == 9
+    (clone,) = (tmp_path / "home-shards" / "checkouts").iterdir()
+    assert git(clone, "rev-parse", "HEAD") == report.commit == git(work, "rev-parse", "HEAD")

@@ -11,6 +11,8 @@ lives under `checkouts/<key>`, a key the caller derives from the repository's id
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import logging
 import os
@@ -211,14 +213,28 @@ def reopen(source: str, *, checkouts: Path, name: str, commit: str | None, ref: 
     """
     if is_git_url(source):
         root = checkouts / check_key(name)
-        if not (root / ".git").is_dir():
-            if commit is None:
-                raise SourceNotFound(f"the checkout at {root} is gone and no commit was recorded; re-ingest it")
-            return _clone(check_git_url(source), root, commit)
-        if commit is not None and _try_git(["rev-parse", "HEAD"], root) != commit:
-            return _clone(check_git_url(source), root, commit)  # fetches, then checks out the indexed commit
-        return Checkout(root.resolve(), display_url(source), commit, ref, True)
+        with _checkout_lock(checkouts.parent / "locks" / f"checkout-{check_key(name)}.lock"):  # the shards of one ingest on one host may all arrive without a clone
+            if not (root / ".git").is_dir():
+                if commit is None:
+                    raise SourceNotFound(f"the checkout at {root} is gone and no commit was recorded; re-ingest it")
+                return _clone(check_git_url(source), root, commit)
+            if commit is not None and _try_git(["rev-parse", "HEAD"], root) != commit:
+                return _clone(check_git_url(source), root, commit)  # fetches, then checks out the indexed commit
+            return Checkout(root.resolve(), display_url(source), commit, ref, True)
     return open_source(source, checkouts=checkouts, name=name)
+
+
+@contextlib.contextmanager
+def _checkout_lock(path: Path) -> Iterator[None]:
+    """Exclusive between the processes of one host for one clone (a lock file beside `checkouts/`, not in it): a
+    second waits for the first's clone instead of cloning into the same directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _try_git(args: list[str], cwd: Path) -> str | None:
