@@ -20,8 +20,9 @@ from grounding.records import IngestReport
 
 IO_ERRORS = (DatabaseUnavailable, SourceUnreachable, ConnectionError, TimeoutError)
 SHARD_DEPLOYMENTS = {"cpu": "ingest-shard/cpu", "gpu": "ingest-shard/gpu"}
-SHARD_ATTEMPTS = 3  # a shard whose flow run crashed (its worker died) or failed is started again, twice
+SHARD_ATTEMPTS = 3  # a shard whose flow run crashed (its process or machine died) is started again, twice
 SHARD_TIMEOUT_S = 4 * 3600
+SHARD_START_S = 900  # no shard run started by then: no worker of the pool has a free slot
 FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 POLL_SECONDS = 1.0
 
@@ -102,15 +103,16 @@ def _shard_runner(pool: str | None) -> ShardRunner:
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
-def ingest_shard_task(repo: str, snapshot: int, version: int, index: int, files: list[list[str]]) -> dict:
-    return dataclasses.asdict(run_shard(repo, snapshot, version, index, files))
+def ingest_shard_task(repo: str, snapshot: int, index: int) -> dict:
+    return dataclasses.asdict(run_shard(repo, snapshot, index))
 
 
 @flow(name="ingest-shard", log_prints=True)
-def ingest_shard(repo: str, snapshot: int, version: int, index: int, files: list[list[str]]) -> dict:
-    """Write one shard of a running ingest (grounding.index.shards): started by `ingest-repo` with `shards` > 1,
-    on whichever worker of the pool takes it. Its files are read from the repository's registered source."""
-    return ingest_shard_task(repo, snapshot, version, index, files)
+def ingest_shard(repo: str, snapshot: int, index: int) -> dict:
+    """Write shard `index` of running `snapshot` of `repo` (grounding.index.shards): started by `ingest-repo` with
+    `shards` > 1, on whichever worker of the pool takes it. Its files are the ones the ingest planned, read
+    from the repository's registered source."""
+    return ingest_shard_task(repo, snapshot, index)
 
 
 @flow(name="ingest-shards", log_prints=True)
@@ -131,11 +133,19 @@ def ingest_shards(shards: list[dict]) -> None:
 
 def shard_task_runner(cluster: str | None):
     """The task runner of `ingest-shards`: Prefect's threads, or the cluster GROUNDING_SHARD_CLUSTER names
-    (tcp:// or tls://: a Dask scheduler, with prefect-dask; ray://: a Ray cluster, with prefect-ray)."""
+    (tls://, or tcp:// on this host: a Dask scheduler, with prefect-dask; ray://: a Ray cluster, with prefect-ray)."""
     if not cluster:
         return None
     scheme = cluster.split("://", 1)[0].lower() if "://" in cluster else ""
     if scheme in ("tcp", "tls"):
+        host = cluster.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+        if scheme == "tcp" and host not in ("127.0.0.1", "localhost", "::1"):
+            # A Dask scheduler runs the code anyone who reaches it sends, on workers that hold the database's
+            # credentials and every checkout: off this host, only over TLS with certificates.
+            raise InvalidArgument(
+                f"GROUNDING_SHARD_CLUSTER {cluster!r} is plaintext to another host; use tls://{host}:PORT with "
+                "Dask's certificates (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ...__CLIENT__CERT, ...__CLIENT__KEY)"
+            )
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=cluster)
@@ -176,14 +186,20 @@ def choose_shard_pool() -> str:
     return "gpu" if any(getattr(w.status, "value", w.status) == "ONLINE" for w in workers) else "cpu"
 
 
-def shard_runs(pool: str, *, timeout_s: float = SHARD_TIMEOUT_S) -> ShardRunner:
+def shard_runs(pool: str, *, timeout_s: float = SHARD_TIMEOUT_S, start_timeout_s: float = SHARD_START_S) -> ShardRunner:
     """A ShardRunner that starts one `ingest-shard` flow run per shard on `pool`'s deployment, as sub-flow runs,
-    and waits for them all; a run that crashes (its worker died) or fails is started again, up to
-    SHARD_ATTEMPTS runs a shard."""
+    and waits for them all. A run that crashed (its process or machine died) is started again, up to
+    SHARD_ATTEMPTS runs a shard; one that failed or was cancelled fails the ingest at once (a file that
+    changed fails the same way again). Gives up, cancelling the runs still out, when no shard has started
+    within `start_timeout_s` (the pool has no free worker: the ingest itself may hold the last slot) or
+    all are not done within `timeout_s`."""
+    if pool not in SHARD_DEPLOYMENTS:
+        raise InvalidArgument(f"shard_pool must be one of {sorted(SHARD_DEPLOYMENTS)}, not {pool!r}")
 
     def run(shards: Sequence[Shard]) -> None:
         from prefect.client.orchestration import get_client
         from prefect.deployments import run_deployment
+        from prefect.states import Cancelled
 
         logger = get_run_logger()
         deployment = SHARD_DEPLOYMENTS[pool]
@@ -195,30 +211,49 @@ def shard_runs(pool: str, *, timeout_s: float = SHARD_TIMEOUT_S) -> ShardRunner:
         attempts = dict.fromkeys(runs, 1)
         by_index = {s.index: s for s in shards}
         done: set[int] = set()
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
+        started = False
         with get_client(sync_client=True) as client:
+
+            def give_up(why: str) -> IngestError:
+                for index, flow_run in runs.items():
+                    if index not in done:
+                        try:
+                            client.set_flow_run_state(flow_run.id, Cancelled(message="the ingest gave up"), force=True)
+                        except Exception:  # noqa: BLE001 - a run not cancelled stops at its next batch
+                            logger.warning("could not cancel shard run %s", flow_run.name)
+                return IngestError(why)
+
             while len(done) < len(runs):
-                if time.monotonic() >= deadline:
-                    raise IngestError(
-                        f"{len(runs) - len(done)} of {len(runs)} shards did not finish within {timeout_s:.0f} s "
-                        f"(is a worker polling the {pool!r} pool?); rerun the ingest"
+                waited = time.monotonic() - began
+                if not started and waited >= start_timeout_s:
+                    raise give_up(
+                        f"no worker of the {pool!r} pool took a shard of this ingest within {start_timeout_s:.0f} s; "
+                        "add workers (or raise their --limit) beyond the ingests that run at once, then rerun"
+                    )
+                if waited >= timeout_s:
+                    raise give_up(
+                        f"{len(runs) - len(done)} of {len(runs)} shards did not finish within {timeout_s:.0f} s; "
+                        "rerun the ingest: what the shards wrote is reused"
                     )
                 for index, flow_run in list(runs.items()):
                     if index in done:
                         continue
                     state = client.read_flow_run(flow_run.id).state
                     kind = state.type.value if state is not None else "UNKNOWN"
+                    started = started or kind not in ("SCHEDULED", "PENDING", "UNKNOWN")
                     if kind not in FINAL:
                         continue
                     if kind == "COMPLETED":
                         done.add(index)
                         continue
-                    if attempts[index] >= SHARD_ATTEMPTS:
-                        raise IngestError(
-                            f"shard {index} failed {attempts[index]} times (last: flow run {flow_run.name} "
-                            f"{kind.lower()}: {state.message or ''}); rerun the ingest: written shards are reused"
+                    why = f"flow run {flow_run.name} {kind.lower()}: {state.message or ''}"
+                    if kind != "CRASHED" or attempts[index] >= SHARD_ATTEMPTS:
+                        raise give_up(
+                            f"shard {index} ended after {attempts[index]} run(s) ({why}); rerun the ingest: what "
+                            "the shards wrote is reused"
                         )
-                    logger.warning("shard %d: flow run %s %s; starting it again", index, flow_run.name, kind.lower())
+                    logger.warning("shard %d: %s; starting it again", index, why)
                     runs[index] = start(by_index[index])
                     attempts[index] += 1
                 time.sleep(POLL_SECONDS)

@@ -10,6 +10,7 @@ training runs record how a retriever was trained, step by step, and what the pro
 A RETRO retrieval database holds a repository's files cut into fixed-length chunks of LM tokens,
 each with its encoder vector; its train chunks get their own partial HNSW index (built by
 `store.build_retro_index`), and the neighbours found for each chunk are cached per configuration.
+A sharded ingest keeps its plan (each shard's files and index version) and each write batch's counts.
 Access is granted per repository to principals, `user:NAME` or `group:NAME`; group members are users.
 """
 
@@ -66,6 +67,18 @@ snapshots = Table(
     Column("stats", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("error", Text),
     Index("snapshots_repo", "repo_id", "id"),
+)
+
+# The plan of a sharded ingest (grounding.index.shards): written under the repository's lock by the ingest,
+# read by its shards, which are told only (snapshot, shard); each write batch appends its counts.
+ingest_shards = Table(
+    "ingest_shards",
+    metadata,
+    Column("snapshot_id", Integer, ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("index_version_id", Integer, ForeignKey("index_versions.id", ondelete="CASCADE"), nullable=False),
+    Column("files", JSONB, nullable=False),  # [[path, content hash], ...] in listing order
+    Column("batches", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
 )
 
 skipped_files = Table(

@@ -107,10 +107,14 @@ def test_ingest_repo_with_shards_on_a_local_dask_cluster_writes_what_one_task_wr
         reset_settings()
         sharded = ingest_repo(str(src), name=repo_name, tune_fusion=False, shards=2)
         ran = {prefix for prefix in cluster.scheduler.task_prefixes}
-        monkeypatch.setenv("GROUNDING_SHARD_CLUSTER", "http://dask.example:8786")
-        reset_settings()
-        with pytest.raises(Exception, match="must be a Dask scheduler"):
-            ingest_repo(str(src), name=repo_name, shards=2)
+        for cluster, message in (
+            ("http://dask.example:8786", "must be a Dask scheduler"),
+            ("tcp://10.1.2.3:8786", "plaintext to another host"),  # runs code for anyone who reaches it
+        ):
+            monkeypatch.setenv("GROUNDING_SHARD_CLUSTER", cluster)
+            reset_settings()
+            with pytest.raises(Exception, match=message):
+                ingest_repo(str(src), name=repo_name, shards=2)
     assert "ingest_shard_task" in ran, ran
     assert sharded["chunks_added"] == one["chunks_added"] > 100
     assert _chunks(engine, repo_name) == _chunks(engine, f"{repo_name}-one")

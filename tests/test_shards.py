@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -12,7 +15,7 @@ from grounding.index import shards as shards_module
 from grounding.index.ingest import ingest
 from grounding.index.shards import plan_shards, run_shard
 from grounding.records import SourceFile
-from tests.conftest import copy_tree
+from tests.conftest import copy_tree, write_tree
 
 
 def visible(engine, name: str) -> list[tuple]:
@@ -47,12 +50,11 @@ def test_a_sharded_ingest_writes_what_one_ingest_writes_and_reports_the_same(eng
     ran: list[int] = []
 
     def runner(shards):
-        assert len(shards) == 3 and sorted(f for s in shards for f in s.files) == sorted(
-            f for s in shards for f in s.files
-        )
+        paths = [p for s in shards for p, _ in s.files]
+        assert len(shards) == 3 and len(paths) == len(set(paths)), "each file in one shard"
         for shard in reversed(shards):  # any order
             ran.append(shard.index)
-            run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files)
+            run_shard(shard.repo, shard.snapshot, shard.index)
 
     sharded = ingest(str(src), name=repo_name, embedder=hashing, shards=3, run_shards=runner)
     assert ran == [2, 1, 0]
@@ -63,15 +65,16 @@ def test_a_sharded_ingest_writes_what_one_ingest_writes_and_reports_the_same(eng
     rows, paths = file_rows(engine, repo_name)
     assert rows == paths == whole.files_changed
     with engine.connect() as conn:
-        by_shard = store.shard_stats(conn, sharded.snapshot_id)
-    assert sorted(by_shard) == [0, 1, 2] and sum(s["chunks_added"] for s in by_shard.values()) == whole.chunks_added
+        by_shard = store.shard_batches(conn, sharded.snapshot_id)
+        stats = store.snapshot(conn, sharded.snapshot_id)["stats"]["shards"]
+    assert sorted(by_shard) == [0, 1, 2]
+    assert sum(b["chunks_added"] for batches in by_shard.values() for b in batches) == whole.chunks_added
+    assert sum(s["files"] for s in stats.values()) == whole.files_changed
 
     # Incremental as ever: nothing changed, nothing written; one file changed, one shard's worth.
     again = ingest(str(src), name=repo_name, shards=3, run_shards=runner)
     assert again.files_changed == 0 and again.chunks_added == 0
-    (src / "core.py").write_text(
-        (src / "core.py").read_text() + "\ndef sharded_marker():\n    pass\n"
-    )
+    (src / "core.py").write_text((src / "core.py").read_text() + "\ndef sharded_marker():\n    pass\n")
     moved = ingest(str(src), name=repo_name, shards=3)  # the default runner: each shard in turn, here
     assert moved.files_changed == 1
     assert any(row[0] == "core.py" for row in visible(engine, repo_name))
@@ -99,10 +102,10 @@ def test_a_shard_run_again_after_its_worker_died_reuses_what_it_wrote_and_duplic
     def runner(shards):
         monkeypatch.setattr(shards_module, "write_batches", dies_after_first_batch)
         with pytest.raises(KeyboardInterrupt):
-            run_shard(shards[0].repo, shards[0].snapshot, shards[0].version, 0, shards[0].files)
+            run_shard(shards[0].repo, shards[0].snapshot, 0)
         monkeypatch.setattr(shards_module, "write_batches", real)
         for shard in shards:  # shard 0 again, "elsewhere"; the others once
-            resumed.append(run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files).files_resumed)
+            resumed.append(run_shard(shard.repo, shard.snapshot, shard.index).files_resumed)
 
     report = ingest(str(src), name=repo_name, embedder=hashing, shards=2, run_shards=runner)
     assert resumed == [2, 0], "the second run of shard 0 kept the two files its dead run wrote"
@@ -111,6 +114,38 @@ def test_a_shard_run_again_after_its_worker_died_reuses_what_it_wrote_and_duplic
     assert report.chunks_added == whole.chunks_added
     rows, paths = file_rows(engine, repo_name)
     assert rows == paths, "no file row twice"
+
+
+def test_what_a_dead_run_of_a_shard_wrote_is_counted_in_the_report(engine, repo_name, hashing, tmp_path, monkeypatch):
+    """Its redacted secrets and computed vectors too: a batch's counts are committed with its rows."""
+    files = {f"m{i}.py": f"def f{i}():\n    return {i} * {i}\n" for i in range(4)}
+    files["m0.py"] = "KEY = 'AKIAABCDEFGHIJKLMNOP'\n\n\ndef f0():\n    return KEY\n"
+    src = write_tree(tmp_path / "src", files)
+    monkeypatch.setenv("GROUNDING_WRITE_BATCH_FILES", "1")
+    reset_settings()
+    real = shards_module.write_batches
+
+    def dies_after_first_batch(*args, **kwargs):
+        def after(b):
+            raise KeyboardInterrupt  # as a killed process
+
+        return real(*args, **kwargs, after_batch=after)
+
+    def runner(shards):
+        first = next(s for s in shards if s.files[0][0] == "m0.py")
+        monkeypatch.setattr(shards_module, "write_batches", dies_after_first_batch)
+        with pytest.raises(KeyboardInterrupt):
+            run(first)
+        monkeypatch.setattr(shards_module, "write_batches", real)
+        for shard in shards:
+            run(shard)
+
+    sharded = ingest(str(src), name=repo_name, embedder=hashing, shards=2, run_shards=runner)
+    whole = ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
+    for field in ("chunks_added", "embeddings_computed", "secrets_redacted"):
+        assert getattr(sharded, field) == getattr(whole, field) >= 1, field
+    with engine.connect() as conn:
+        assert store.snapshot(conn, sharded.snapshot_id)["stats"]["redacted_files"] == ["m0.py"]
 
 
 def test_a_shard_of_a_finished_snapshot_writes_nothing(engine, repo_name, hashing, tmp_path):
@@ -132,7 +167,7 @@ def test_a_shard_of_a_finished_snapshot_writes_nothing(engine, repo_name, hashin
 
 
 def run(shard):
-    return run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files)
+    return run_shard(shard.repo, shard.snapshot, shard.index)
 
 
 def test_a_shard_whose_file_moved_on_disk_fails_the_ingest_and_the_previous_snapshot_answers(
@@ -166,15 +201,63 @@ def test_shards_are_checked(engine, repo_name, hashing, tmp_path):
     other = copy_tree("click", tmp_path / "other")
     ingest(str(other), name=f"{repo_name}-other", embedder=hashing)
     shard = kept[0]
-    with pytest.raises(InvalidArgument, match="not both of repository"):
-        run_shard(f"{repo_name}-other", shard.snapshot, shard.version, 0, shard.files)
+    with pytest.raises(InvalidArgument, match="has no shard 0"):  # another repository's snapshot
+        run_shard(f"{repo_name}-other", shard.snapshot, 0)
+    with pytest.raises(InvalidArgument, match="has no shard 7"):
+        run_shard(repo_name, shard.snapshot, 7)
     for bad in (0, 257, True, "2"):
         with pytest.raises(InvalidArgument, match="shards must be"):
             ingest(str(src), name=repo_name, shards=bad)
-    with pytest.raises(InvalidArgument, match="files must be"):
-        run_shard(repo_name, shard.snapshot, shard.version, 0, [["a.py"]])
     with pytest.raises(InvalidArgument, match="snapshot must be"):
-        run_shard(repo_name, -1, shard.version, 0, [])
+        run_shard(repo_name, -1, 0)
+    with pytest.raises(InvalidArgument, match="index must be"):
+        run_shard(repo_name, shard.snapshot, True)
+    assert set(shard.parameters()) == {"repo", "snapshot", "index"}, "no path or hash travels to a worker"
+
+
+def test_two_runs_of_one_shard_at_once_write_each_file_once(engine, repo_name, hashing, tmp_path, monkeypatch):
+    """A run of a shard that Prefect saw crash but that still lives, inside a write, while the shard runs again:
+    the second run waits for the first's write, leaves out what it wrote, and the ingest shows each file once."""
+    src = copy_tree("click", tmp_path / "click")
+    ingest(str(src), name=repo_name, embedder=hashing)
+    for f in ("core.py", "types.py", "utils.py"):
+        (src / f).write_text((src / f).read_text() + "\n# changed\n")
+    real = store.write_files
+    main = threading.current_thread()
+    inside = threading.Event()
+    late: list[BaseException] = []
+
+    def slow_write(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if threading.current_thread() is not main:
+            inside.set()
+            time.sleep(2)  # its rows written, not yet committed, while the ingest finishes
+        return out
+
+    monkeypatch.setattr(store, "write_files", slow_write)
+
+    def runner(shards):
+        def zombie():  # shard 0's first run, which Prefect saw crash: it lives on, inside its write
+            try:
+                run(shards[0])
+            except Exception as err:  # noqa: BLE001 - asserted below
+                late.append(err)
+
+        runner.thread = threading.Thread(target=zombie)
+        runner.thread.start()
+        assert inside.wait(30)
+        for shard in shards:  # shard 0 started again, and shard 1: both done, so the ingest finishes
+            run(shard)
+
+    try:
+        report = ingest(str(src), name=repo_name, embedder=hashing, shards=2, run_shards=runner)
+    finally:
+        runner.thread.join()
+    rows, paths = file_rows(engine, repo_name)
+    assert rows == paths, "the late run's rows were dropped: no file twice"
+    assert report.files_changed == 3 and not late
+    ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
+    assert visible(engine, repo_name) == visible(engine, f"{repo_name}-whole")
 
 
 def test_shards_split_files_by_bytes_and_keep_listing_order():
@@ -184,3 +267,19 @@ def test_shards_split_files_by_bytes_and_keep_listing_order():
     assert sorted(loads) == [1000, 1001]
     assert all([p for p, _ in s.files] == sorted(p for p, _ in s.files) for s in plan)
     assert len(plan_shards("r", 1, 1, files[:2], count=8)) == 2, "never an empty shard"
+
+
+def test_migration_0014_adds_and_drops_the_shard_plans(engine):
+    from tests.conftest import migrate
+
+    def exists() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT to_regclass('ingest_shards') IS NOT NULL")).scalar()
+
+    assert exists()
+    try:
+        migrate("0013")
+        assert not exists()
+    finally:
+        migrate("head")
+    assert exists()

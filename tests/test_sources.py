@@ -161,3 +161,28 @@ def test_git_credentials_go_only_to_the_hosts_they_are_lent_to(monkeypatch, url,
     assert answered == lent, result.stdout + result.stderr
     if lent:
         assert ("password=pw" if "pw@" in url else "password=ghp_COMPANYWIDE") in result.stdout
+
+
+def test_a_path_read_back_from_a_stored_listing_stays_inside_the_checkout(tmp_path):
+    """What a shard reads (sources.read_listed_file): a plain relative path under the root, nothing else."""
+    root = tmp_path / "repo"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "mod.py").write_text("def inside():\n    pass\n")
+    outside = tmp_path / "other-company"
+    outside.mkdir()
+    (outside / "secret.py").write_text("KEY = 'theirs'\n")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    limits = {"max_bytes": 1 << 20, "max_line_length": 1000}
+    assert sources.read_listed_file(root, "pkg/mod.py", **limits).path == "pkg/mod.py"
+    for rel in (
+        "../other-company/secret.py",
+        str(outside / "secret.py"),
+        "linked/secret.py",
+        "pkg/../../other-company/secret.py",
+        "./pkg/mod.py",
+        "pkg//mod.py",
+        "pkg\\mod.py",
+        "",
+    ):
+        found = sources.read_listed_file(root, rel, **limits)
+        assert found.reason == "outside-repo", rel

@@ -100,7 +100,7 @@ def test_shards_arriving_together_at_a_home_without_the_clone_clone_it_once(upst
 
         def run(shard):
             try:
-                run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files)
+                run_shard(shard.repo, shard.snapshot, shard.index)
             except BaseException as err:  # noqa: BLE001 - reported below
                 errors.append(err)
 

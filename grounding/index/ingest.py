@@ -261,7 +261,7 @@ def _write_snapshot(
     unchanged_ids = list(keep)
 
     done = ShardStats()
-    shard_stats: dict[str, dict] = {}  # what each shard recorded, kept in the finished snapshot's stats
+    shard_stats: dict[str, dict] = {}  # what each shard's batches did, kept in the finished snapshot's stats
     if todo:
         if version is not None:
             embedder = load_embedder(version.encoder)
@@ -284,12 +284,20 @@ def _write_snapshot(
             )
         else:
             plan = plan_shards(name, snapshot, version.id, todo, count=shards)
+            with engine.begin() as conn:  # the shards read their files from here, never from their callers
+                store.save_shard_plan(conn, snapshot, [(s.index, s.version, s.files) for s in plan])
             (run_shards or run_in_process)(plan)
             with engine.connect() as conn:
-                by_shard = store.shard_stats(conn, snapshot)
-            for shard in plan:
-                done.add(ShardStats.from_json(by_shard.get(shard.index, {})))
-            shard_stats = {str(i): by_shard[i] for i in sorted(by_shard)}
+                by_shard = store.shard_batches(conn, snapshot)
+            for shard in plan:  # every batch committed, by whichever run of the shard: a dead run's too
+                counts = ShardStats.from_batches(by_shard.get(shard.index, []))
+                done.add(counts)
+                shard_stats[str(shard.index)] = {
+                    "files": len(shard.files),
+                    "batches": len(by_shard.get(shard.index, [])),
+                    "chunks_written": counts.chunks_added,
+                    "embedded": counts.embedded,
+                }
         with engine.connect() as conn:
             written = store.snapshot_files(conn, repo, snapshot)
         lost = [f.path for f in todo if (f.path, f.index_hash) not in written]
@@ -330,6 +338,8 @@ def _write_snapshot(
         )
     t = time.perf_counter()
     with engine.begin() as conn:
+        if store.lock_snapshot(conn, snapshot) != "running":  # first: a shard still writing is waited for
+            raise IngestError(f"snapshot {snapshot} of {name!r} was ended by another run while this one wrote it")
         if version is not None and version.status == "building":
             store.build_vector_index(conn, version)
             store.activate_index_version(conn, version)

@@ -1,16 +1,18 @@
 """Shards of one ingest: the changed files of a snapshot, split so that several workers write them side by side.
 
 The ingest that opened the snapshot holds the repository's lock, lists the tree and decides what changed
-(grounding.index.ingest); a shard is a list of those files by path and content hash. Whoever runs a shard
-(this process, a Prefect task, a flow run on another worker: flows/ingest.py) calls `run_shard`, which
-re-reads its files from the repository's own source, checks each still has the hash the ingest listed,
-chunks, embeds and writes them into the running snapshot, and records its counts there. Nothing of it is
-visible until the ingest, once every shard is written, finishes the snapshot.
+(grounding.index.ingest); a shard is a list of those files by path and content hash, and the plan of
+every shard is stored with the snapshot (`ingest_shards`) before any runs. Whoever runs a shard (this
+process, a Prefect task, a flow run on another worker: flows/ingest.py) calls `run_shard(repo, snapshot,
+shard)`, which reads its files from the plan, re-reads them from the repository's registered source,
+checks each still has the hash the ingest listed, then chunks, embeds and writes them into the running
+snapshot, each batch's counts in the transaction that writes its rows. Nothing of it is visible until
+the ingest, once every shard is written, finishes the snapshot.
 
 A shard run again after its worker died reuses the files the dead run wrote (a write is one transaction
-per batch, whole or absent) and writes the rest; a run that outlives its snapshot writes nothing
-(`store.hold_running_snapshot`). Shard parameters carry no path of the server's disk: the source is
-the repository's registered one.
+per batch, whole or absent) and writes the rest; a run that outlives its snapshot writes nothing (every
+batch holds the snapshot's row while it writes, and finishing takes that row first). A shard's
+parameters name no file: no caller can make a shard read a path the ingest did not list.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sqlalchemy.engine import Connection
 
 from grounding import db, store, validation
 from grounding.config import get_settings
@@ -44,14 +47,8 @@ class Shard:
     files: tuple[tuple[str, str], ...]
 
     def parameters(self) -> dict:
-        """The `ingest-shard` flow's parameters (JSON)."""
-        return {
-            "repo": self.repo,
-            "snapshot": self.snapshot,
-            "version": self.version,
-            "index": self.index,
-            "files": [list(f) for f in self.files],
-        }
+        """The `ingest-shard` flow's parameters: which shard of which snapshot; its files are in the plan."""
+        return {"repo": self.repo, "snapshot": self.snapshot, "index": self.index}
 
 
 @dataclass
@@ -75,9 +72,13 @@ class ShardStats:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + secs
 
     @classmethod
-    def from_json(cls, data: dict) -> ShardStats:
+    def from_batches(cls, batches: Sequence[dict]) -> ShardStats:
+        """The sum of the counts write batches recorded (store.add_shard_batch)."""
+        total = cls()
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        for batch in batches:
+            total.add(cls(**{k: v for k, v in batch.items() if k in names}))
+        return total
 
 
 # Runs the shards (in any order, side by side or not) and returns once each has been written, or raises.
@@ -103,16 +104,12 @@ def plan_shards(repo: str, snapshot: int, version: int, files: Sequence[SourceFi
     ]
 
 
-def run_shard(repo: str, snapshot: int, version: int, index: int, files: Sequence[Sequence[str]]) -> ShardStats:
-    """Write shard `index` (`files`: (path, content hash) pairs) into running `snapshot` of `repo`; see the module."""
+def run_shard(repo: str, snapshot: int, index: int) -> ShardStats:
+    """Write shard `index` of running `snapshot` of `repo`, as the ingest planned it; see the module."""
     repo = validation.repo_name(repo, derived_ok=True)
-    for name, value in (("snapshot", snapshot), ("version", version), ("index", index)):
+    for name, value in (("snapshot", snapshot), ("index", index)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidArgument(f"{name} must be a whole number >= 0, not {value!r}")
-    if not isinstance(files, (list, tuple)) or not all(
-        isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in files
-    ):
-        raise InvalidArgument("files must be a list of [path, content hash] pairs")
     settings = get_settings()
     engine = db.get_engine()
     with engine.connect() as conn:
@@ -120,9 +117,10 @@ def run_shard(repo: str, snapshot: int, version: int, index: int, files: Sequenc
         if record is None:
             raise RepoNotFound(repo)
         snap = store.snapshot(conn, snapshot)
-        target = store.index_version(conn, version)
-    if snap is None or snap["repo_id"] != record.id or target is None or target.repo_id != record.id:
-        raise InvalidArgument(f"snapshot {snapshot} and index version {version} are not both of repository {repo!r}")
+        plan = store.shard_plan(conn, snapshot, index) if snap is not None and snap["repo_id"] == record.id else None
+        target = store.index_version(conn, plan[0]) if plan is not None else None
+    if plan is None or target is None or target.repo_id != record.id:
+        raise InvalidArgument(f"snapshot {snapshot} of repository {repo!r} has no shard {index}")
     if snap["status"] != "running":
         raise IngestError(f"snapshot {snapshot} of {repo!r} is {snap['status']}, not running: its shards are over")
     checkout = sources.reopen(
@@ -142,11 +140,11 @@ def run_shard(repo: str, snapshot: int, version: int, index: int, files: Sequenc
     todo: list[SourceFile] = []
     stats = ShardStats()
     t = time.perf_counter()
-    for path, content_hash in files:
+    for path, content_hash in plan[1]:
         if (path, content_hash) in written:
             stats.files_resumed += 1
             continue
-        found = sources.read_file(
+        found = sources.read_listed_file(
             checkout.root, path, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
         )
         if not isinstance(found, SourceFile) or found.index_hash != content_hash:
@@ -157,10 +155,22 @@ def run_shard(repo: str, snapshot: int, version: int, index: int, files: Sequenc
         todo.append(found)
     stats.seconds["read"] = time.perf_counter() - t
     if todo:
-        stats.add(write_batches(engine, record.id, snapshot, target, todo, embedder=load_embedder(target.encoder)))
-    with engine.begin() as conn:
-        if not store.record_shard(conn, snapshot, index, dataclasses.asdict(stats)):
-            raise IngestError(f"snapshot {snapshot} of {repo!r} ended while shard {index} was written")
+
+        def record_batch(conn, counts: dict) -> None:
+            store.add_shard_batch(conn, snapshot, index, counts)
+
+        stats.add(
+            write_batches(
+                engine,
+                record.id,
+                snapshot,
+                target,
+                todo,
+                embedder=load_embedder(target.encoder),
+                shard=index,
+                record=record_batch,
+            )
+        )
     return stats
 
 
@@ -174,26 +184,31 @@ def write_batches(
     embedder: Embedder,
     progress: Callable[[int], None] | None = None,
     after_batch: Callable[[int], None] | None = None,
+    shard: int | None = None,
+    record: Callable[[Connection, dict], None] | None = None,
 ) -> ShardStats:
     """Chunk, embed and write `files` into running `snapshot`, a transaction per batch of files.
 
     Vectors already computed for equal content (this version, or another of the same encoder) are
-    reused. `progress(files_done)` follows each batch; `after_batch(b)` is a test's hook."""
+    reused. For a `shard`, files another run of it wrote meanwhile are left out (store.claim_files), and
+    `record(conn, counts)` keeps a batch's counts in the transaction that writes it;
+    `progress(files_done)` follows each batch; `after_batch(b)` is a test's hook."""
     settings = get_settings()
     stats = ShardStats()
     counter = embedder.token_counter()
     batch_size = max(1, settings.write_batch_files)
     for b, lo in enumerate(range(0, len(files), batch_size)):
         batch = files[lo : lo + batch_size]
+        counts = ShardStats()
         t = time.perf_counter()
         chunked = []
         for f in batch:
             data, found = secrets.redact_bytes(f.data)
             if found:
-                stats.redacted[f.path] = len(found)
+                counts.redacted[f.path] = len(found)
             chunks = chunk_file(f.path, data, f.language, max_tokens=settings.chunk_tokens, counter=counter)
             chunked.append((f, chunks))
-        stats.seconds["chunk"] += time.perf_counter() - t
+        counts.seconds["chunk"] += time.perf_counter() - t
 
         t = time.perf_counter()
         all_chunks = [c for _, cs in chunked for c in cs]
@@ -207,18 +222,27 @@ def write_batches(
         if missing:
             vectors = embedder.embed(list(missing.values()), batch_size=settings.embed_batch_size)
             known.update(zip(missing.keys(), vectors))
-        stats.embedded += len(missing)
-        stats.reused += len(all_chunks) - len(missing)
-        stats.seconds["embed"] += time.perf_counter() - t
+        counts.embedded += len(missing)
+        counts.reused += len(all_chunks) - len(missing)
+        counts.seconds["embed"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        matrix = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, version.dim), np.float32)
         with engine.begin() as conn:
             if not store.hold_running_snapshot(conn, repo, snapshot):
                 raise IngestError(f"snapshot {snapshot} ended while its files were written")
+            if shard is not None:  # another run of this shard may have written some of them meanwhile
+                taken = store.claim_files(conn, repo, snapshot, shard, [(f.path, f.index_hash) for f, _ in chunked])
+                if taken:
+                    chunked = [(f, cs) for f, cs in chunked if (f.path, f.index_hash) not in taken]
+                    counts.files_resumed += len(taken)
+            hashes = [c.content_hash for _, cs in chunked for c in cs]
+            matrix = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, version.dim), np.float32)
             store.write_files(conn, repo, snapshot, version, files=chunked, vectors=matrix)
-        stats.chunks_added += len(all_chunks)
-        stats.seconds["write"] += time.perf_counter() - t
+            counts.chunks_added = len(hashes)
+            counts.seconds["write"] += time.perf_counter() - t
+            if record:
+                record(conn, dataclasses.asdict(counts))
+        stats.add(counts)
         if progress:
             progress(min(lo + batch_size, len(files)))
         if after_batch:
@@ -229,4 +253,4 @@ def write_batches(
 def run_in_process(shards: Sequence[Shard]) -> None:
     """A ShardRunner: each shard in turn, here (a test, a script, a flow with no worker to fan out to)."""
     for shard in shards:
-        run_shard(shard.repo, shard.snapshot, shard.version, shard.index, shard.files)
+        run_shard(shard.repo, shard.snapshot, shard.index)

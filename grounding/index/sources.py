@@ -213,7 +213,9 @@ def reopen(source: str, *, checkouts: Path, name: str, commit: str | None, ref: 
     """
     if is_git_url(source):
         root = checkouts / check_key(name)
-        with _checkout_lock(checkouts.parent / "locks" / f"checkout-{check_key(name)}.lock"):  # the shards of one ingest on one host may all arrive without a clone
+        with _checkout_lock(
+            checkouts.parent / "locks" / f"checkout-{check_key(name)}.lock"
+        ):  # the shards of one ingest on one host may all arrive without a clone
             if not (root / ".git").is_dir():
                 if commit is None:
                     raise SourceNotFound(f"the checkout at {root} is gone and no commit was recorded; re-ingest it")
@@ -411,6 +413,19 @@ def read_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> 
     except OSError as err:
         return SkippedFile(rel, f"unreadable: {err.strerror or err}")
     return classify(rel, data, max_bytes=max_bytes, max_line_length=max_line_length)
+
+
+def read_listed_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> SourceFile | SkippedFile:
+    """`read_file` for a path read back from a stored listing (a shard's plan): only a plain relative path
+    inside `root` with no symlinked directory on the way is read; anything else is `outside-repo`."""
+    segments = rel.split("/") if isinstance(rel, str) else []
+    if not segments or any(seg in ("", ".", "..") or "\\" in seg or "\0" in seg for seg in segments):
+        return SkippedFile(str(rel), "outside-repo")
+    base = root.resolve()
+    parent = (base / rel).parent
+    if parent.resolve() != parent or not parent.is_relative_to(base):
+        return SkippedFile(rel, "outside-repo")
+    return read_file(base, rel, max_bytes=max_bytes, max_line_length=max_line_length)
 
 
 def classify(rel: str, data: bytes, *, max_bytes: int, max_line_length: int) -> SourceFile | SkippedFile:

@@ -34,9 +34,13 @@ __all__ = [
     "current_snapshot",
     "snapshot",
     "hold_running_snapshot",
+    "lock_snapshot",
     "snapshot_files",
-    "record_shard",
-    "shard_stats",
+    "claim_files",
+    "save_shard_plan",
+    "shard_plan",
+    "add_shard_batch",
+    "shard_batches",
     "update_bm25_stats",
     "rebuild_bm25_stats",
     "REBUILD_BM25_STATS",
@@ -268,26 +272,70 @@ def snapshot_files(conn: Connection, repo: int, snapshot: int) -> dict[tuple[str
     return {(path, h): fid for path, h, fid in rows}
 
 
-def record_shard(conn: Connection, snapshot: int, index: int, stats: dict) -> bool:
-    """Keep what shard `index` of a running snapshot did (counts, seconds) in the snapshot's stats; False when
-    the snapshot no longer runs."""
-    return (
-        conn.execute(
-            sa.text(
-                "UPDATE snapshots SET stats = coalesce(stats, '{}'::jsonb) || jsonb_build_object('shards', "
-                "coalesce(stats -> 'shards', '{}'::jsonb) || jsonb_build_object(CAST(:i AS text), CAST(:st AS jsonb))) "
-                "WHERE id = :s AND status = 'running' RETURNING id"
-            ),
-            {"s": snapshot, "i": index, "st": json.dumps(stats)},
-        ).scalar()
-        is not None
+def lock_snapshot(conn: Connection, snapshot: int) -> str | None:
+    """Take the snapshot's row for this transaction (the one that finishes it) and return its status: a shard
+    still writing is waited for, and one that comes later finds the snapshot no longer running."""
+    return conn.execute(sa.text("SELECT status FROM snapshots WHERE id = :s FOR UPDATE"), {"s": snapshot}).scalar()
+
+
+_SHARD_LOCK_BASE = 1 << 62  # single-key advisory locks of shard writes: (snapshot << 16) + shard, above this
+
+
+def claim_files(conn: Connection, repo: int, snapshot: int, shard: int, paths: Sequence[tuple[str, str]]) -> set:
+    """Of these (path, content hash) pairs, those another run of the same shard already wrote into `snapshot`.
+
+    Taken first in a shard's write transaction: two runs of one shard (a crashed one that lives on) write
+    one after the other, and the second leaves out what the first wrote instead of colliding with it."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SHARD_LOCK_BASE + (snapshot << 16) + shard})
+    rows = conn.execute(
+        sa.text("SELECT path, content_hash FROM files WHERE repo_id = :r AND snapshot_id = :s AND path = ANY(:p)"),
+        {"r": repo, "s": snapshot, "p": sorted({path for path, _ in paths})},
+    )
+    return {(path, h) for path, h in rows} & set(paths)
+
+
+def save_shard_plan(
+    conn: Connection, snapshot: int, plan: Sequence[tuple[int, int, Sequence[tuple[str, str]]]]
+) -> None:
+    """Each shard of a sharded ingest: (shard number, index version, [(path, content hash), ...])."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO ingest_shards (snapshot_id, shard, index_version_id, files) "
+            "VALUES (:s, :i, :v, CAST(:f AS jsonb))"
+        ),
+        [
+            {"s": snapshot, "i": index, "v": version, "f": json.dumps([list(f) for f in files])}
+            for index, version, files in plan
+        ],
     )
 
 
-def shard_stats(conn: Connection, snapshot: int) -> dict[int, dict]:
-    """What each shard of `snapshot` recorded (record_shard), by shard index."""
-    stats = conn.execute(sa.text("SELECT stats -> 'shards' FROM snapshots WHERE id = :s"), {"s": snapshot}).scalar()
-    return {int(i): v for i, v in (stats or {}).items()}
+def shard_plan(conn: Connection, snapshot: int, shard: int) -> tuple[int, list[tuple[str, str]]] | None:
+    """(index version, files) of one shard of `snapshot`, or None when the ingest planned no such shard."""
+    row = conn.execute(
+        sa.text("SELECT index_version_id, files FROM ingest_shards WHERE snapshot_id = :s AND shard = :i"),
+        {"s": snapshot, "i": shard},
+    ).one_or_none()
+    return None if row is None else (row[0], [(path, h) for path, h in row[1]])
+
+
+def add_shard_batch(conn: Connection, snapshot: int, shard: int, counts: dict) -> None:
+    """What one write batch of a shard did, appended in the transaction that writes its rows."""
+    conn.execute(
+        sa.text(
+            "UPDATE ingest_shards SET batches = batches || jsonb_build_array(CAST(:c AS jsonb)) "
+            "WHERE snapshot_id = :s AND shard = :i"
+        ),
+        {"s": snapshot, "i": shard, "c": json.dumps(counts)},
+    )
+
+
+def shard_batches(conn: Connection, snapshot: int) -> dict[int, list[dict]]:
+    """Every write batch each shard of `snapshot` committed, whichever run of it wrote them."""
+    rows = conn.execute(
+        sa.text("SELECT shard, batches FROM ingest_shards WHERE snapshot_id = :s ORDER BY shard"), {"s": snapshot}
+    )
+    return {shard: batches for shard, batches in rows}
 
 
 def analyze_chunks(conn: Connection) -> None:
