@@ -42,6 +42,10 @@ class RetroConfig:
     enc_heads: int | None = None
     dropout: float = 0.0
     use_cca: bool = True  # False: the baseline decoder without retrieval, same size otherwise
+    # Rotary positions in CCA (queries at offset m-1 + j in their group, neighbour tokens at 0..r-1) and in the
+    # neighbour encoder: a query lines up with the neighbour token it would copy. Checkpoints saved before
+    # this field load with False (checkpoint.load_retro): learned absolute positions only, as they trained.
+    rotary: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,8 +62,23 @@ class RetroConfig:
         )
 
 
+ROTARY_BASE = 10_000.0
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al., 2021) of (..., T, dh) at positions (T,): the dot product of a
+    rotated query and key depends on their positions' difference only."""
+    half = x.shape[-1] // 2
+    freqs = ROTARY_BASE ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (dh/2,)
+    angles = positions.to(torch.float32)[:, None] * freqs[None]  # (T, dh/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., 2 * half :]], dim=-1)
+
+
 class Attention(nn.Module):
-    """Multi-head attention: self (causal or not) when `context` is None, cross otherwise."""
+    """Multi-head attention: self (causal or not) when `context` is None, cross otherwise; with `q_pos` and
+    `k_pos`, queries and keys are rotated to those positions (rotary)."""
 
     def __init__(self, d_model: int, n_heads: int, *, d_context: int | None = None, dropout: float = 0.0) -> None:
         super().__init__()
@@ -81,9 +100,13 @@ class Attention(nn.Module):
         key_mask: torch.Tensor | None = None,  # (N, Tk) True where a key may be attended
         causal: bool = False,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,  # cached (k, v) of earlier positions
+        q_pos: torch.Tensor | None = None,  # (Tq,) rotary positions of the queries
+        k_pos: torch.Tensor | None = None,  # (Tk,) and of the keys
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         q = self._heads(self.q(x))
         k, v = (self._heads(t) for t in self.kv(x if context is None else context).chunk(2, dim=-1))
+        if q_pos is not None:
+            q, k = rotate(q, q_pos), rotate(k, k_pos)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=-2), torch.cat([past[1], v], dim=-2)
         mask = None
@@ -114,6 +137,7 @@ class NeighbourEncoder(nn.Module):
         super().__init__()
         d = config.enc_d_model or config.d_model
         heads = config.enc_heads or config.n_heads
+        self.rotary = config.rotary
         self.proj_in = nn.Linear(config.d_model, d, bias=False) if d != config.d_model else nn.Identity()
         self.pos = nn.Embedding(config.retrieval_len, d)
         self.layers = nn.ModuleList()
@@ -145,9 +169,12 @@ class NeighbourEncoder(nn.Module):
         mask = never_empty(token_mask.reshape(b * n_chunks * k, r))
         # Each neighbour of chunk u reads chunk u's activations: repeat them over the k neighbours.
         hidden = chunk_hidden[:, :, None].expand(b, n_chunks, k, m, -1).reshape(b * n_chunks * k, m, -1)
+        # Rotary: neighbour token p and chunk position i line up at p = i (a neighbour's first m tokens match).
+        tokens = torch.arange(r, device=x.device) if self.rotary else None
+        chunk = torch.arange(m, device=x.device) if self.rotary else None
         for layer in self.layers:
-            x = x + layer["attn"](layer["ln1"](x), key_mask=mask)[0]
-            x = x + layer["cross"](layer["ln2"](x), hidden)[0]
+            x = x + layer["attn"](layer["ln1"](x), key_mask=mask, q_pos=tokens, k_pos=tokens)[0]
+            x = x + layer["cross"](layer["ln2"](x), hidden, q_pos=tokens, k_pos=chunk)[0]
             x = x + layer["ff"](layer["ln3"](x))
         return self.ln_f(x).view(b, n_chunks, k * r, -1)  # (B, L, k*r, d_enc)
 
@@ -222,7 +249,15 @@ class Retro(nn.Module):
     def chunked_cross_attention(self, block: DecoderBlock, h: torch.Tensor, encoded, mask) -> torch.Tensor:
         if encoded is None:
             return torch.zeros_like(h)
-        return chunked_cross_attention(block.ln_cca, block.cca, h, encoded, mask, chunk_len=self.config.chunk_len)
+        return chunked_cross_attention(
+            block.ln_cca,
+            block.cca,
+            h,
+            encoded,
+            mask,
+            chunk_len=self.config.chunk_len,
+            retrieval_len=self.config.retrieval_len if self.config.rotary else None,
+        )
 
     # --- forward ------------------------------------------------------------------------------------
 
@@ -290,7 +325,13 @@ class Retro(nn.Module):
             u = (start + j - (m - 1)) // m if start + j >= m - 1 else -1
             if u in cache.encoded:
                 encoded, mask = cache.encoded[u]  # (B, k*r, d_enc), (B, k*r)
-                y = block.cca(block.ln_cca(x[:, j : j + 1]), encoded, key_mask=never_empty(mask))[0]
+                q_pos = k_pos = None
+                if self.config.rotary:  # as chunked_cross_attention: offset in the group, plus m - 1
+                    q_pos = torch.tensor([start + j - u * m], device=x.device)
+                    k_pos = cca_key_positions(encoded.shape[1], self.config.retrieval_len, device=x.device)
+                y = block.cca(
+                    block.ln_cca(x[:, j : j + 1]), encoded, key_mask=never_empty(mask), q_pos=q_pos, k_pos=k_pos
+                )[0]
                 out[:, j : j + 1] = y * mask.any(-1)[:, None, None]
         return out
 
@@ -303,11 +344,15 @@ def chunked_cross_attention(
     mask: torch.Tensor,  # (B, L, k*r) True on real neighbour tokens
     *,
     chunk_len: int,
+    retrieval_len: int | None = None,
 ) -> torch.Tensor:
     """CCA over a sequence: (B, n, d) -> the (B, n, d) to add, zero on the first m-1 positions.
 
     Shifting by m-1 makes group u the last token of chunk u and the first m-1 tokens of chunk u+1;
-    group u attends to the neighbours of chunk u. Shared by RETRO and retro-fitted models.
+    group u attends to the neighbours of chunk u. With `retrieval_len` (r), rotary positions: the query
+    at offset j of its group is token m-1+j of chunk u's span, each neighbour's tokens are at 0..r-1, so
+    a query lines up with the neighbour token at its own place (the one after it continues the text).
+    Shared by RETRO and retro-fitted models.
     """
     b, n, d = h.shape
     m = chunk_len
@@ -319,10 +364,19 @@ def chunked_cross_attention(
     queries = norm(shifted.view(b, groups, m, d)).reshape(b * groups, m, d)
     context = encoded[:, :groups].reshape(b * groups, encoded.shape[2], -1)
     key_mask = mask[:, :groups].reshape(b * groups, -1)
-    out = attention(queries, context, key_mask=never_empty(key_mask))[0]
+    q_pos = k_pos = None
+    if retrieval_len is not None:
+        q_pos = torch.arange(m, device=h.device) + (m - 1)
+        k_pos = cca_key_positions(context.shape[1], retrieval_len, device=h.device)
+    out = attention(queries, context, key_mask=never_empty(key_mask), q_pos=q_pos, k_pos=k_pos)[0]
     out = out * key_mask.any(-1)[:, None, None]  # no neighbours: no change
     out = out.view(b, groups * m, d)[:, : n - m + 1]
     return F.pad(out, (0, 0, m - 1, 0))
+
+
+def cca_key_positions(n_keys: int, retrieval_len: int, *, device) -> torch.Tensor:
+    """(k*r,) rotary positions of k neighbours' encoded tokens, each neighbour from 0."""
+    return torch.arange(n_keys, device=device) % retrieval_len
 
 
 def init_weights(module: nn.Module) -> None:

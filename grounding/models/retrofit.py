@@ -147,6 +147,7 @@ class RetroFitted(nn.Module):
             enc_layers=config.enc_layers,
             enc_d_model=config.enc_d_model,
             enc_heads=config.enc_heads,
+            rotary=False,  # retro-fitted CCA keeps learned positions: its checkpoints trained with them
         )
         # A frozen base's activations and embeddings can be far from unit scale (GPT-2 has outlier
         # features in the hundreds; LLaMA's embeddings are as small as the encoder's positions):
