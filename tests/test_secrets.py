@@ -51,7 +51,8 @@ def planted() -> dict[str, str]:
         "aws_id": "AKIA" + _random(upper_digits, 16),
         "aws_secret": _random(alnum + "/+", 40),
         "github": "ghp_" + _random(alnum, 36),
-        "password": _random(alnum, 14) + "#!" + _random(string.digits, 2),
+        # Distinct characters: 1 in ~4,000 random draws repeats enough to fall under the entropy floor.
+        "password": "".join(_rng.sample(alnum, 14)) + "#!" + _random(string.digits, 2),
         "env_secret": _random(string.hexdigits.lower(), 40),
         "db_password": _random(alnum, 12) + "9",
     }
