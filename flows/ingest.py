@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import re
 import time
 from collections.abc import Iterator, Sequence
 
@@ -131,6 +132,9 @@ def ingest_shards(shards: list[dict]) -> None:
         raise errors[0]
 
 
+_DASK_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?")
+
+
 def shard_task_runner(cluster: str | None):
     """The task runner of `ingest-shards`: Prefect's threads, or the cluster GROUNDING_SHARD_CLUSTER names
     (tls://, or tcp:// on this host: a Dask scheduler, with prefect-dask; ray://: a Ray cluster, with prefect-ray)."""
@@ -138,7 +142,10 @@ def shard_task_runner(cluster: str | None):
         return None
     scheme = cluster.split("://", 1)[0].lower() if "://" in cluster else ""
     if scheme in ("tcp", "tls"):
-        host = cluster.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+        address = _DASK_ADDRESS.fullmatch(cluster.split("://", 1)[1])
+        if address is None:
+            raise InvalidArgument(f"GROUNDING_SHARD_CLUSTER {cluster!r} is not scheme://host[:port]")
+        host = address["host"].strip("[]")
         if scheme == "tcp" and host not in ("127.0.0.1", "localhost", "::1"):
             # A Dask scheduler runs the code anyone who reaches it sends, on workers that hold the database's
             # credentials and every checkout: off this host, only over TLS with certificates.

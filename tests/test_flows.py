@@ -110,6 +110,7 @@ def test_ingest_repo_with_shards_on_a_local_dask_cluster_writes_what_one_task_wr
         for cluster, message in (
             ("http://dask.example:8786", "must be a Dask scheduler"),
             ("tcp://10.1.2.3:8786", "plaintext to another host"),  # runs code for anyone who reaches it
+            ("tcp://localhost:8786@evil.example", "not scheme://host"),
         ):
             monkeypatch.setenv("GROUNDING_SHARD_CLUSTER", cluster)
             reset_settings()
