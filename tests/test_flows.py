@@ -102,6 +102,11 @@ def test_ingest_repo_with_shards_on_a_local_dask_cluster_writes_what_one_task_wr
     src = copy_tree("requests", tmp_path / "requests")
     one = ingest_repo(str(src), name=f"{repo_name}-one", tune_fusion=False)
     # Worker processes of their own, started after the test's environment is set: they inherit its database.
+    # They are spawned: a __main__ an earlier test left (a Streamlit page) must not be re-run in them.
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         monkeypatch.setenv("GROUNDING_SHARD_CLUSTER", cluster.scheduler_address)
         reset_settings()
