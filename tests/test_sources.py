@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from grounding.errors import SourceNotFound
 from grounding.index import sources
 from grounding.index.sources import classify, list_files, open_source
-from tests.conftest import copy_tree, git, git_repo
+from tests.conftest import copy_tree, git, git_repo, write_tree
 
 LIMITS = {"max_bytes": 1 << 20, "max_line_length": 1000}
 
@@ -164,7 +165,7 @@ def test_git_credentials_go_only_to_the_hosts_they_are_lent_to(monkeypatch, url,
 
 
 def test_a_path_read_back_from_a_stored_listing_stays_inside_the_checkout(tmp_path):
-    """What a shard reads (sources.read_listed_file): a plain relative path under the root, nothing else."""
+    """What a shard reads (sources.read_file): a plain relative path under the root, nothing else."""
     root = tmp_path / "repo"
     (root / "pkg").mkdir(parents=True)
     (root / "pkg" / "mod.py").write_text("def inside():\n    pass\n")
@@ -173,7 +174,7 @@ def test_a_path_read_back_from_a_stored_listing_stays_inside_the_checkout(tmp_pa
     (outside / "secret.py").write_text("KEY = 'theirs'\n")
     (root / "linked").symlink_to(outside, target_is_directory=True)
     limits = {"max_bytes": 1 << 20, "max_line_length": 1000}
-    assert sources.read_listed_file(root, "pkg/mod.py", **limits).path == "pkg/mod.py"
+    assert sources.read_file(root, "pkg/mod.py", **limits).path == "pkg/mod.py"
     for rel in (
         "../other-company/secret.py",
         str(outside / "secret.py"),
@@ -184,5 +185,23 @@ def test_a_path_read_back_from_a_stored_listing_stays_inside_the_checkout(tmp_pa
         "pkg\\mod.py",
         "",
     ):
-        found = sources.read_listed_file(root, rel, **limits)
+        found = sources.read_file(root, rel, **limits)
         assert found.reason == "outside-repo", rel
+
+
+def test_a_directory_swapped_for_a_link_after_listing_reads_nothing_from_where_it_points(tmp_path):
+    """git lists d/x.py; by the time it is read d is a link to another checkout (a shard moved the tree): the
+    listing skips it as outside-repo and holds none of the other checkout's bytes. A FIFO is refused at once."""
+    root = git_repo(
+        write_tree(tmp_path / "repo", {"d/x.py": "def ours():\n    pass\n", "keep.py": "def kept():\n    pass\n"})
+    )
+    victim = write_tree(tmp_path / "repo-7", {"x.py": "def theirs():\n    return 'SECRET'\n"})
+    shutil.rmtree(root / "d")
+    (root / "d").symlink_to(victim, target_is_directory=True)
+    checkout = sources.open_source(str(root), checkouts=tmp_path / "checkouts", name="_")
+    listing = sources.list_files(checkout, max_bytes=1 << 20, max_line_length=1000)
+    assert [f.path for f in listing.files] == ["keep.py"]
+    assert [(s.path, s.reason) for s in listing.skipped] == [("d/x.py", "outside-repo")]
+    assert all(b"SECRET" not in f.data for f in listing.files)
+    os.mkfifo(root / "pipe.py")  # opened without waiting for a writer, then refused
+    assert sources.read_file(root, "pipe.py", max_bytes=1 << 20, max_line_length=1000).reason == "not-a-file"

@@ -151,6 +151,9 @@ def ingest(
             # A trusted caller hears first that the path is wrong; a user must not probe the server's disk.
             checkout = sources.open_source(source, checkouts=settings.checkouts_dir, name="_", ref=ref)
         _check_target(record, name, source, user=user, replace_source=replace_source, derived=parent is not None)
+        if record is not None:  # before the checkout opens: a shard a dead run left must not move it under us
+            with engine.begin() as conn:
+                store.fail_interrupted(conn, record.id)
         t = time.perf_counter()
         created = False
         if record is None:

@@ -12,11 +12,13 @@ lives under `checkouts/<key>`, a key the caller derives from the repository's id
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import logging
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -208,8 +210,9 @@ def reopen(source: str, *, checkouts: Path, name: str, commit: str | None, ref: 
     indexed, or a local path as it is now.
 
     A worker with its own GROUNDING_HOME (a pod's scratch volume) has no clone, or one another snapshot
-    left: it clones, or fetches, and checks out exactly `commit`, never the branch's newer head. Callers
-    hold the repository's lock, as ingest does, so the checkout does not move under a reader.
+    left: it clones, or fetches, and checks out exactly `commit`, never the branch's newer head. A caller
+    holds its running snapshot's row (run_shard), which the repository's next ingest waits for before it opens
+    the checkout; reads do not follow links (read_file), whatever moves the tree meanwhile.
     """
     if is_git_url(source):
         root = checkouts / check_key(name)
@@ -394,38 +397,62 @@ def _walk(root: Path) -> Iterator[str | SkippedFile]:
 
 
 def read_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> SourceFile | SkippedFile:
-    """One file's bytes, or the reason it is not indexed."""
-    path = root / rel
-    try:
-        info = path.lstat()
-        if path.is_symlink():
-            target = path.resolve()
-            if not target.is_relative_to(root):
-                return SkippedFile(rel, "symlink-outside-repo")
-            return SkippedFile(rel, "symlink")
-        if not path.is_file():
-            return SkippedFile(rel, "not-a-file")
-        if info.st_size > max_bytes:
-            return SkippedFile(rel, "too-large")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return SkippedFile(rel, "missing")
-    except OSError as err:
-        return SkippedFile(rel, f"unreadable: {err.strerror or err}")
-    return classify(rel, data, max_bytes=max_bytes, max_line_length=max_line_length)
+    """One file's bytes, or the reason it is not indexed.
 
-
-def read_listed_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> SourceFile | SkippedFile:
-    """`read_file` for a path read back from a stored listing (a shard's plan): only a plain relative path
-    inside `root` with no symlinked directory on the way is read; anything else is `outside-repo`."""
+    `rel` is a plain relative path (from git's listing, a walk, or a stored plan). Every directory on the
+    way is opened without following a symlink, and the file itself too: a tree that changes under the
+    reader (a directory swapped for a link to another checkout) yields `outside-repo`, never bytes from
+    elsewhere. Only a regular file is read, and never more than `max_bytes` + 1 bytes (no FIFO, no device).
+    """
     segments = rel.split("/") if isinstance(rel, str) else []
     if not segments or any(seg in ("", ".", "..") or "\\" in seg or "\0" in seg for seg in segments):
         return SkippedFile(str(rel), "outside-repo")
-    base = root.resolve()
-    parent = (base / rel).parent
-    if parent.resolve() != parent or not parent.is_relative_to(base):
+    try:
+        fd = _open_beneath(root, segments)
+    except _LinkOnTheWay:
         return SkippedFile(rel, "outside-repo")
-    return read_file(base, rel, max_bytes=max_bytes, max_line_length=max_line_length)
+    except FileNotFoundError:
+        return SkippedFile(rel, "missing")
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # the file itself is a link: say where it points, read nothing
+            inside = (root / rel).resolve().is_relative_to(Path(root).resolve())
+            return SkippedFile(rel, "symlink" if inside else "symlink-outside-repo")
+        return SkippedFile(rel, f"unreadable: {err.strerror or err}")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return SkippedFile(rel, "not-a-file")
+            if info.st_size > max_bytes:
+                return SkippedFile(rel, "too-large")
+            data = handle.read(max_bytes + 1)  # a file that grows meanwhile is still cut here
+        except OSError as err:
+            return SkippedFile(rel, f"unreadable: {err.strerror or err}")
+    return classify(rel, data, max_bytes=max_bytes, max_line_length=max_line_length)
+
+
+class _LinkOnTheWay(Exception):
+    """A directory on a path is a symlink (or not a directory)."""
+
+
+def _open_beneath(root: Path, segments: list[str]) -> int:
+    """A read-only descriptor of root/segments, no symlink followed below `root`; the caller closes it."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for seg in segments[:-1]:
+            try:
+                step = os.open(seg, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _LinkOnTheWay(seg) from err
+                raise
+            os.close(fd)
+            fd = step
+        # O_NONBLOCK: opening a FIFO for reading must not wait for a writer; fstat then refuses it.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+        return os.open(segments[-1], flags, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def classify(rel: str, data: bytes, *, max_bytes: int, max_line_length: int) -> SourceFile | SkippedFile:

@@ -28,6 +28,7 @@ __all__ = [
     "delete_repo",
     "derived_parent",
     "begin_snapshot",
+    "fail_interrupted",
     "fail_snapshot",
     "finish_snapshot",
     "list_repos",
@@ -147,8 +148,10 @@ def delete_repo(conn: Connection, repo: int) -> None:
     conn.execute(sa.text("DELETE FROM repositories WHERE id = :r"), {"r": repo})
 
 
-def begin_snapshot(conn: Connection, repo: int, *, commit: str | None, ref: str | None) -> int:
-    """Open a running snapshot. Called under the repository lock, so a run still marked running has died."""
+def fail_interrupted(conn: Connection, repo: int) -> None:
+    """Mark failed the snapshots of `repo` still running. Called under the repository lock, before the checkout is
+    opened: a run still marked running has died, and a shard it left (which holds its snapshot's row while it moves
+    the checkout) is waited for here, or refused from now on."""
     conn.execute(
         sa.text(
             "UPDATE snapshots SET status = 'failed', finished_at = now(), "
@@ -156,6 +159,11 @@ def begin_snapshot(conn: Connection, repo: int, *, commit: str | None, ref: str 
         ),
         {"r": repo},
     )
+
+
+def begin_snapshot(conn: Connection, repo: int, *, commit: str | None, ref: str | None) -> int:
+    """Open a running snapshot, under the repository lock and after fail_interrupted."""
+    fail_interrupted(conn, repo)  # one running snapshot per repository at most
     return conn.execute(
         sa.text("INSERT INTO snapshots (repo_id, commit, ref, status) VALUES (:r, :c, :f, 'running') RETURNING id"),
         {"r": repo, "c": commit, "f": ref},
