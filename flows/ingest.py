@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -105,7 +106,7 @@ def _shard_runner(pool: str | None) -> ShardRunner:
 
 @task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_on_io)
 def ingest_shard_task(repo: str, snapshot: int, index: int) -> dict:
-    return dataclasses.asdict(run_shard(repo, snapshot, index))
+    return run_shard(repo, snapshot, index).summary()
 
 
 @flow(name="ingest-shard", log_prints=True)
@@ -137,25 +138,30 @@ _DASK_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:]+\]|[A-Za-z0-9.-]+)(?::\d{1,
 
 def shard_task_runner(cluster: str | None):
     """The task runner of `ingest-shards`: Prefect's threads, or the cluster GROUNDING_SHARD_CLUSTER names
-    (tls://, or tcp:// on this host: a Dask scheduler, with prefect-dask; ray://: a Ray cluster, with prefect-ray)."""
+    (tls://, or tcp:// on this host: a Dask scheduler, with prefect-dask; ray://: a Ray cluster, with prefect-ray,
+    on this host unless RAY_USE_TLS=1)."""
     if not cluster:
         return None
-    scheme = cluster.split("://", 1)[0].lower() if "://" in cluster else ""
-    if scheme in ("tcp", "tls"):
-        address = _DASK_ADDRESS.fullmatch(cluster.split("://", 1)[1])
-        if address is None:
-            raise InvalidArgument(f"GROUNDING_SHARD_CLUSTER {cluster!r} is not scheme://host[:port]")
-        host = address["host"].strip("[]")
-        if scheme == "tcp" and host not in ("127.0.0.1", "localhost", "::1"):
-            # A Dask scheduler runs the code anyone who reaches it sends, on workers that hold the database's
-            # credentials and every checkout: off this host, only over TLS with certificates.
-            raise InvalidArgument(
-                f"GROUNDING_SHARD_CLUSTER {cluster!r} is plaintext to another host; use tls://{host}:PORT with "
-                "Dask's certificates (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ...__CLIENT__CERT, ...__CLIENT__KEY)"
-            )
-        from prefect_dask import DaskTaskRunner
-
-        return DaskTaskRunner(address=cluster)
+    scheme, _, rest = cluster.partition("://") if "://" in cluster else ("", "", cluster)
+    scheme = scheme.lower()
+    if scheme not in ("tcp", "tls", "ray"):
+        raise InvalidArgument(
+            f"GROUNDING_SHARD_CLUSTER must be a Dask scheduler (tcp://host:8786, tls://...) or a Ray cluster "
+            f"(ray://host:10001), not {cluster!r}"
+        )
+    address = _DASK_ADDRESS.fullmatch(rest)
+    if address is None:
+        raise InvalidArgument(f"GROUNDING_SHARD_CLUSTER {cluster!r} is not scheme://host[:port]")
+    host = address["host"].strip("[]")
+    encrypted = scheme == "tls" or (scheme == "ray" and os.environ.get("RAY_USE_TLS", "").lower() in ("1", "true"))
+    if not encrypted and host not in ("127.0.0.1", "localhost", "::1"):
+        # A Dask scheduler or a Ray client server runs the code anyone who reaches it sends, on workers that hold
+        # the database's credentials and every checkout: off this host, only over TLS with certificates.
+        raise InvalidArgument(
+            f"GROUNDING_SHARD_CLUSTER {cluster!r} is plaintext to another host; use tls://{host}:PORT with "
+            "Dask's certificates (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ...__CLIENT__CERT, ...__CLIENT__KEY), "
+            "or Ray with RAY_USE_TLS=1 and its certificates"
+        )
     if scheme == "ray":
         try:
             from prefect_ray import RayTaskRunner
@@ -164,10 +170,9 @@ def shard_task_runner(cluster: str | None):
                 "GROUNDING_SHARD_CLUSTER names a Ray cluster but prefect-ray is not installed: pip install prefect-ray"
             ) from err
         return RayTaskRunner(address=cluster)
-    raise InvalidArgument(
-        f"GROUNDING_SHARD_CLUSTER must be a Dask scheduler (tcp://host:8786, tls://...) or a Ray cluster "
-        f"(ray://host:10001), not {cluster!r}"
-    )
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(address=cluster)
 
 
 def shard_tasks(cluster: str | None) -> ShardRunner:

@@ -175,6 +175,22 @@ def hashing():
     return HashingEmbedder(64)
 
 
+def visible_vectors(engine, name: str) -> list[tuple]:
+    """Every chunk queries of repository `name` can see, with its vector as text:
+    (path, role, start line, end line, content hash, vector), sorted."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT f.path, f.role, c.start_line, c.end_line, c.content_hash, e.embedding::text FROM chunks c "
+                "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
+                "JOIN index_versions v ON v.repo_id = r.id AND v.status = 'active' "
+                "JOIN embeddings e ON e.chunk_id = c.id AND e.index_version_id = v.id "
+                "WHERE r.name = :n AND f.snapshot_id <= r.current_snapshot_id ORDER BY 1, 3, 4, 5"
+            ),
+            {"n": name},
+        ).all()
+
+
 def git(cwd: Path, *args: str) -> str:
     env = {
         **os.environ,

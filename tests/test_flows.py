@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import copy_tree
+from tests.conftest import copy_tree, visible_vectors
 
 
 def test_ingest_repo_flow_writes_chunks_and_publishes_an_artifact(
@@ -51,22 +51,28 @@ def test_ingest_repo_flow_writes_chunks_and_publishes_an_artifact(
     assert data and "| added |" in data and "| binary |" in data and "| embed |" in data
 
 
-def test_ingest_repo_with_shards_runs_them_as_tasks_and_writes_what_one_task_writes(
-    prefect_server, engine, repo_name, tmp_path, monkeypatch
-):
+@pytest.fixture
+def ingested_once(prefect_server, engine, repo_name, tmp_path, monkeypatch):
+    """requests' tree, and the summary of its one-task ingest as `<repo_name>-one` (hashing-64 vectors)."""
     from flows.ingest import ingest_repo
     from grounding.config import reset_settings
 
     monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")
     reset_settings()
     src = copy_tree("requests", tmp_path / "requests")
-    one = ingest_repo(str(src), name=f"{repo_name}-one", tune_fusion=False)
+    return src, ingest_repo(str(src), name=f"{repo_name}-one", tune_fusion=False)
+
+
+def test_ingest_repo_with_shards_runs_them_as_tasks_and_writes_what_one_task_writes(engine, repo_name, ingested_once):
+    from flows.ingest import ingest_repo
+
+    src, one = ingested_once
     state = ingest_repo(str(src), name=repo_name, tune_fusion=False, shards=3, return_state=True)
     assert state.is_completed(), state
     sharded = state.result()
     assert sharded["chunks_added"] == one["chunks_added"] > 100
 
-    assert _chunks(engine, repo_name) == _chunks(engine, f"{repo_name}-one")
+    assert visible_vectors(engine, repo_name) == visible_vectors(engine, f"{repo_name}-one")
 
     import asyncio
 
@@ -90,17 +96,15 @@ def test_ingest_repo_with_shards_runs_them_as_tasks_and_writes_what_one_task_wri
 
 
 def test_ingest_repo_with_shards_on_a_local_dask_cluster_writes_what_one_task_writes(
-    prefect_server, engine, repo_name, tmp_path, monkeypatch
+    engine, repo_name, ingested_once, monkeypatch
 ):
     from distributed import LocalCluster
 
-    from flows.ingest import ingest_repo
+    from flows.ingest import ingest_repo, shard_task_runner
     from grounding.config import reset_settings
+    from grounding.errors import InvalidArgument
 
-    monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")
-    reset_settings()
-    src = copy_tree("requests", tmp_path / "requests")
-    one = ingest_repo(str(src), name=f"{repo_name}-one", tune_fusion=False)
+    src, one = ingested_once
     # Worker processes of their own, started after the test's environment is set: they inherit its database.
     # They are spawned: a __main__ an earlier test left (a Streamlit page) must not be re-run in them.
     import sys
@@ -116,26 +120,18 @@ def test_ingest_repo_with_shards_on_a_local_dask_cluster_writes_what_one_task_wr
             ("http://dask.example:8786", "must be a Dask scheduler"),
             ("tcp://10.1.2.3:8786", "plaintext to another host"),  # runs code for anyone who reaches it
             ("tcp://localhost:8786@evil.example", "not scheme://host"),
+            ("ray://10.1.2.3:10001", "plaintext to another host"),  # Ray's client server has no authentication
         ):
             monkeypatch.setenv("GROUNDING_SHARD_CLUSTER", cluster)
             reset_settings()
             with pytest.raises(Exception, match=message):
                 ingest_repo(str(src), name=repo_name, shards=2)
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        with pytest.raises(InvalidArgument, match="prefect-ray is not installed"):
+            shard_task_runner("ray://10.1.2.3:10001")
     assert "ingest_shard_task" in ran, ran
     assert sharded["chunks_added"] == one["chunks_added"] > 100
-    assert _chunks(engine, repo_name) == _chunks(engine, f"{repo_name}-one")
-
-
-def _chunks(engine, name: str) -> list[tuple]:
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.text(
-                "SELECT f.path, c.start_line, c.content_hash, e.embedding::text FROM chunks c "
-                "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
-                "JOIN embeddings e ON e.chunk_id = c.id WHERE r.name = :n ORDER BY 1, 2, 3"
-            ),
-            {"n": name},
-        ).all()
+    assert visible_vectors(engine, repo_name) == visible_vectors(engine, f"{repo_name}-one")
 
 
 def test_flow_fails_without_retry_on_a_missing_path(prefect_server, engine, tmp_path):

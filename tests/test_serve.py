@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from grounding.config import reset_settings
-from tests.conftest import copy_tree, free_port
+from tests.conftest import copy_tree, free_port, visible_vectors
 
 APP = Path(__file__).resolve().parent.parent / "app"
 
@@ -334,21 +334,7 @@ def test_a_worker_process_killed_mid_ingest_leaves_a_rerun_that_completes_with_n
 
 def assert_same_visible_chunks(engine, name: str, whole: str) -> None:
     """Repository `name` shows the chunks and vectors that `whole` (one uninterrupted ingest) shows, each once."""
-
-    def visible_chunks(name: str) -> list[tuple]:
-        with engine.connect() as conn:
-            return conn.execute(
-                sa.text(
-                    "SELECT f.path, c.start_line, c.end_line, c.content_hash, e.embedding::text FROM chunks c "
-                    "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
-                    "JOIN index_versions v ON v.repo_id = r.id AND v.status = 'active' "
-                    "JOIN embeddings e ON e.chunk_id = c.id AND e.index_version_id = v.id "
-                    "WHERE r.name = :n AND f.snapshot_id <= r.current_snapshot_id ORDER BY 1, 2, 3, 4"
-                ),
-                {"n": name},
-            ).all()
-
-    got, expected = visible_chunks(name), visible_chunks(whole)
+    got, expected = visible_vectors(engine, name), visible_vectors(engine, whole)
     assert len(got) > 1000 and len(set(got)) == len(got), "no chunk twice"
     assert got == expected
 

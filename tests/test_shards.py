@@ -12,25 +12,11 @@ from grounding import store
 from grounding.config import reset_settings
 from grounding.errors import IngestError, InvalidArgument
 from grounding.index import shards as shards_module
+from grounding.index import sources
 from grounding.index.ingest import ingest
 from grounding.index.shards import plan_shards, run_shard
 from grounding.records import SourceFile
-from tests.conftest import copy_tree, write_tree
-
-
-def visible(engine, name: str) -> list[tuple]:
-    """Every chunk queries can see, with its vector as text: (path, lines, hash, role, vector)."""
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.text(
-                "SELECT f.path, f.role, c.start_line, c.end_line, c.content_hash, e.embedding::text FROM chunks c "
-                "JOIN files f ON f.id = c.file_id JOIN repositories r ON r.id = f.repo_id "
-                "JOIN index_versions v ON v.repo_id = r.id AND v.status = 'active' "
-                "JOIN embeddings e ON e.chunk_id = c.id AND e.index_version_id = v.id "
-                "WHERE r.name = :n AND f.snapshot_id <= r.current_snapshot_id ORDER BY 1, 3, 4, 5"
-            ),
-            {"n": name},
-        ).all()
+from tests.conftest import copy_tree, visible_vectors, write_tree
 
 
 def file_rows(engine, name: str) -> tuple[int, int]:
@@ -58,7 +44,7 @@ def test_a_sharded_ingest_writes_what_one_ingest_writes_and_reports_the_same(eng
 
     sharded = ingest(str(src), name=repo_name, embedder=hashing, shards=3, run_shards=runner)
     assert ran == [2, 1, 0]
-    assert visible(engine, repo_name) == visible(engine, f"{repo_name}-whole")
+    assert visible_vectors(engine, repo_name) == visible_vectors(engine, f"{repo_name}-whole")
     for field in ("files_changed", "chunks_added", "embeddings_computed", "chunks_removed"):
         assert getattr(sharded, field) == getattr(whole, field), field
     assert sharded.seconds["embed"] > 0 and sharded.seconds["write"] > 0
@@ -77,7 +63,7 @@ def test_a_sharded_ingest_writes_what_one_ingest_writes_and_reports_the_same(eng
     (src / "core.py").write_text((src / "core.py").read_text() + "\ndef sharded_marker():\n    pass\n")
     moved = ingest(str(src), name=repo_name, shards=3)  # the default runner: each shard in turn, here
     assert moved.files_changed == 1
-    assert any(row[0] == "core.py" for row in visible(engine, repo_name))
+    assert any(row[0] == "core.py" for row in visible_vectors(engine, repo_name))
 
 
 def test_a_shard_run_again_after_its_worker_died_reuses_what_it_wrote_and_duplicates_nothing(
@@ -110,7 +96,7 @@ def test_a_shard_run_again_after_its_worker_died_reuses_what_it_wrote_and_duplic
     report = ingest(str(src), name=repo_name, embedder=hashing, shards=2, run_shards=runner)
     assert resumed == [2, 0], "the second run of shard 0 kept the two files its dead run wrote"
     whole = ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
-    assert visible(engine, repo_name) == visible(engine, f"{repo_name}-whole")
+    assert visible_vectors(engine, repo_name) == visible_vectors(engine, f"{repo_name}-whole")
     assert report.chunks_added == whole.chunks_added
     rows, paths = file_rows(engine, repo_name)
     assert rows == paths, "no file row twice"
@@ -146,6 +132,7 @@ def test_what_a_dead_run_of_a_shard_wrote_is_counted_in_the_report(engine, repo_
         assert getattr(sharded, field) == getattr(whole, field) >= 1, field
     with engine.connect() as conn:
         assert store.snapshot(conn, sharded.snapshot_id)["stats"]["redacted_files"] == ["m0.py"]
+    assert "m0.py" not in repr(shards_module.ShardStats(redacted={"m0.py": 1}).summary()), "a flow's result: counts"
 
 
 def test_a_shard_of_a_finished_snapshot_writes_nothing(engine, repo_name, hashing, tmp_path):
@@ -158,12 +145,12 @@ def test_a_shard_of_a_finished_snapshot_writes_nothing(engine, repo_name, hashin
         shards=2,
         run_shards=lambda shards: [kept.extend(shards), *map(run, shards)],
     )
-    before = visible(engine, repo_name)
+    before = visible_vectors(engine, repo_name)
     (src / "core.py").write_text("def rewritten():\n    pass\n")
     stale = next(s for s in kept if any(p == "core.py" for p, _ in s.files))
     with pytest.raises(IngestError, match="not running"):
         run(stale)  # a worker that outlived its ingest (the ingest saw it as crashed)
-    assert visible(engine, repo_name) == before and report.snapshot_id == stale.snapshot
+    assert visible_vectors(engine, repo_name) == before and report.snapshot_id == stale.snapshot
 
 
 def run(shard):
@@ -175,7 +162,7 @@ def test_a_shard_whose_file_moved_on_disk_fails_the_ingest_and_the_previous_snap
 ):
     src = copy_tree("click", tmp_path / "click")
     ingest(str(src), name=repo_name, embedder=hashing)
-    before = visible(engine, repo_name)
+    before = visible_vectors(engine, repo_name)
     (src / "core.py").write_text((src / "core.py").read_text() + "\n# changed\n")
 
     def changes_under_it(shards):
@@ -185,7 +172,7 @@ def test_a_shard_whose_file_moved_on_disk_fails_the_ingest_and_the_previous_snap
 
     with pytest.raises(IngestError, match="not on this worker as the ingest listed it"):
         ingest(str(src), name=repo_name, shards=2, run_shards=changes_under_it)
-    assert visible(engine, repo_name) == before
+    assert visible_vectors(engine, repo_name) == before
 
 
 def test_shards_are_checked(engine, repo_name, hashing, tmp_path):
@@ -213,6 +200,53 @@ def test_shards_are_checked(engine, repo_name, hashing, tmp_path):
     with pytest.raises(InvalidArgument, match="index must be"):
         run_shard(repo_name, shard.snapshot, True)
     assert set(shard.parameters()) == {"repo", "snapshot", "index"}, "no path or hash travels to a worker"
+
+
+def test_a_shard_a_killed_ingest_left_never_moves_the_checkout_under_the_next_ingest(
+    engine, repo_name, hashing, tmp_path, monkeypatch
+):
+    """The next ingest of the repository waits for a dead run's shard that is opening the checkout before it lists
+    the tree itself, and a shard of that run arriving later is refused before it touches the checkout."""
+    src = copy_tree("click", tmp_path / "click")
+    kept = []
+
+    def killed(shards):
+        kept.extend(shards)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest(str(src), name=repo_name, embedder=hashing, shards=2, run_shards=killed)
+    with engine.begin() as conn:  # as a killed process leaves it: the snapshot still says running
+        conn.execute(sa.text("UPDATE snapshots SET status = 'running' WHERE id = :s"), {"s": kept[0].snapshot})
+    opening, opened, listed = threading.Event(), threading.Event(), []
+    real_reopen, real_list = sources.reopen, sources.list_files
+
+    def slow_reopen(*args, **kwargs):
+        opening.set()
+        assert opened.wait(30)
+        return real_reopen(*args, **kwargs)
+
+    def list_files(*args, **kwargs):
+        listed.append(opened.is_set())
+        return real_list(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "reopen", slow_reopen)
+    monkeypatch.setattr(sources, "list_files", list_files)
+    orphan = threading.Thread(target=lambda: run(kept[0]), daemon=True)
+    orphan.start()
+    assert opening.wait(30)
+    done: list = []
+    follower = threading.Thread(target=lambda: done.append(ingest(str(src), name=repo_name, embedder=hashing)))
+    follower.start()
+    time.sleep(1.5)
+    assert not listed, "the next ingest listed the tree while a dead run's shard could still move it"
+    opened.set()
+    follower.join(60)
+    orphan.join(60)
+    assert listed == [True] and done and done[0].snapshot_id != kept[0].snapshot
+    monkeypatch.setattr(sources, "reopen", lambda *a, **k: pytest.fail("a refused shard opened the checkout"))
+    with pytest.raises(IngestError, match="not running"):
+        run(kept[1])
 
 
 def test_two_runs_of_one_shard_at_once_write_each_file_once(engine, repo_name, hashing, tmp_path, monkeypatch):
@@ -256,8 +290,9 @@ def test_two_runs_of_one_shard_at_once_write_each_file_once(engine, repo_name, h
     rows, paths = file_rows(engine, repo_name)
     assert rows == paths, "the late run's rows were dropped: no file twice"
     assert report.files_changed == 3 and not late
+    assert report.embeddings_computed + report.embeddings_reused == report.chunks_added, "counted once, as written"
     ingest(str(src), name=f"{repo_name}-whole", embedder=hashing)
-    assert visible(engine, repo_name) == visible(engine, f"{repo_name}-whole")
+    assert visible_vectors(engine, repo_name) == visible_vectors(engine, f"{repo_name}-whole")
 
 
 def test_shards_split_files_by_bytes_and_keep_listing_order():

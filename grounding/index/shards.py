@@ -71,6 +71,12 @@ class ShardStats:
         for stage, secs in other.seconds.items():
             self.seconds[stage] = self.seconds.get(stage, 0.0) + secs
 
+    def summary(self) -> dict:
+        """Counts only, for a flow run's result: which files held secrets stays in the database."""
+        counts = dataclasses.asdict(self)
+        counts["redacted"] = sum(self.redacted.values())
+        return counts
+
     @classmethod
     def from_batches(cls, batches: Sequence[dict]) -> ShardStats:
         """The sum of the counts write batches recorded (store.add_shard_batch)."""
@@ -121,15 +127,18 @@ def run_shard(repo: str, snapshot: int, index: int) -> ShardStats:
         target = store.index_version(conn, plan[0]) if plan is not None else None
     if plan is None or target is None or target.repo_id != record.id:
         raise InvalidArgument(f"snapshot {snapshot} of repository {repo!r} has no shard {index}")
-    if snap["status"] != "running":
-        raise IngestError(f"snapshot {snapshot} of {repo!r} is {snap['status']}, not running: its shards are over")
-    checkout = sources.reopen(
-        record.source,
-        checkouts=settings.checkouts_dir,
-        name=sources.checkout_key(record.id),
-        commit=snap["commit"],
-        ref=record.ref,
-    )
+    with engine.begin() as conn:
+        # The snapshot's row is held while the checkout may move: the repository's next ingest fails a dead run's
+        # snapshot (store.fail_interrupted) before it opens the checkout, so it waits for this, or this refuses.
+        if not store.hold_running_snapshot(conn, record.id, snapshot):
+            raise IngestError(f"snapshot {snapshot} of {repo!r} is not running: its shards are over")
+        checkout = sources.reopen(
+            record.source,
+            checkouts=settings.checkouts_dir,
+            name=sources.checkout_key(record.id),
+            commit=snap["commit"],
+            ref=record.ref,
+        )
     if checkout.commit != snap["commit"]:
         raise IngestError(
             f"{repo!r} is at commit {checkout.commit} on this worker, not {snap['commit']} as the ingest read it; "
@@ -144,7 +153,7 @@ def run_shard(repo: str, snapshot: int, index: int) -> ShardStats:
         if (path, content_hash) in written:
             stats.files_resumed += 1
             continue
-        found = sources.read_listed_file(
+        found = sources.read_file(
             checkout.root, path, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length
         )
         if not isinstance(found, SourceFile) or found.index_hash != content_hash:
@@ -222,8 +231,6 @@ def write_batches(
         if missing:
             vectors = embedder.embed(list(missing.values()), batch_size=settings.embed_batch_size)
             known.update(zip(missing.keys(), vectors))
-        counts.embedded += len(missing)
-        counts.reused += len(all_chunks) - len(missing)
         counts.seconds["embed"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -238,7 +245,9 @@ def write_batches(
             hashes = [c.content_hash for _, cs in chunked for c in cs]
             matrix = np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, version.dim), np.float32)
             store.write_files(conn, repo, snapshot, version, files=chunked, vectors=matrix)
-            counts.chunks_added = len(hashes)
+            counts.chunks_added = len(hashes)  # what this run wrote: files another run wrote are not counted twice
+            counts.embedded = len(set(hashes) & missing.keys())
+            counts.reused = len(hashes) - counts.embedded
             counts.seconds["write"] += time.perf_counter() - t
             if record:
                 record(conn, dataclasses.asdict(counts))
