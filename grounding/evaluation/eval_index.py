@@ -16,6 +16,7 @@ commit harvester reads history.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -114,10 +115,11 @@ def _harvest(repo: str, harvester: Harvester) -> tuple[list[Question], dict[str,
     settings = get_settings()
     engine = db.get_engine()
     with store.repo_lock(engine, repo):
-        with engine.connect() as conn:
+        with engine.begin() as conn:
             source, ref, commit = store.repo_source(conn, repo)
             repo_id = store.repo_id(conn, repo)
             version = store.active_index_version(conn, repo_id)
+            store.fail_interrupted(conn, repo_id)  # a dead ingest's shard must not move the checkout under us
         if version is None:
             raise NotIndexed(f"repository {repo!r} has no active index version; ingest it first")
         # Evaluating must not fetch: a git URL is read from the checkout the last ingest left.
@@ -134,9 +136,14 @@ def _write_tree(root: Path, files: Mapping[str, bytes]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         for path, data in files.items():
-            target = staging / path
+            segments = sources.plain_segments(path)
+            if segments is None:  # never outside the staging directory, never a .git of its own
+                raise DatasetError(f"refusing to write {path!r}: not a plain path inside the eval tree")
+            target = staging.joinpath(*segments)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
         shutil.rmtree(root, ignore_errors=True)
         staging.rename(root)
     except BaseException:

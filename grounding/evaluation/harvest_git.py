@@ -43,7 +43,7 @@ from grounding.errors import DatasetError
 from grounding.evaluation.datasets import Question, split_of
 from grounding.evaluation.harvest import MIN_QUESTION_WORDS
 from grounding.index.languages import detect_language
-from grounding.index.sources import classify
+from grounding.index.sources import classify, plain_segments
 from grounding.records import SourceFile
 
 MAX_COMMITS = 300  # how far back to walk: older commits are asked of an ever older tree
@@ -220,8 +220,10 @@ def tree_files(root: Path, commit: str, *, max_bytes: int) -> dict[str, bytes]:
             continue
         meta, _, path = entry.partition(b"\t")
         mode, kind, sha, size = meta.decode().split()
-        if kind == "blob" and mode in _BLOB_MODES and int(size) <= max_bytes:
-            wanted.append((path.decode("utf-8", "replace"), sha))
+        name = path.decode("utf-8", "replace")
+        # A tree object may name `..` or `.git` (git refuses to check them out, but clone and fetch accept them).
+        if kind == "blob" and mode in _BLOB_MODES and int(size) <= max_bytes and plain_segments(name) is not None:
+            wanted.append((name, sha))
     out = _git(root, "cat-file", "--batch", stdin="".join(f"{sha}\n" for _, sha in wanted).encode())
     files, at = {}, 0
     for path, sha in wanted:

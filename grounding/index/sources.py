@@ -396,6 +396,19 @@ def _walk(root: Path) -> Iterator[str | SkippedFile]:
                 yield rel
 
 
+def plain_segments(rel: object) -> list[str] | None:
+    """The segments of a plain relative path inside a tree, or None: no empty, `.` or `..` segment, no `.git` (in
+    any case: a `.git/config` written into a tree runs commands when git opens it), no backslash or NUL. For paths
+    from git's objects (a tree may name `..`) and from stored listings."""
+    if not isinstance(rel, str) or not rel:
+        return None
+    segments = rel.split("/")
+    for seg in segments:
+        if seg in ("", ".", "..") or seg.lower() == ".git" or "\\" in seg or "\0" in seg:
+            return None
+    return segments
+
+
 def read_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> SourceFile | SkippedFile:
     """One file's bytes, or the reason it is not indexed.
 
@@ -404,8 +417,8 @@ def read_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> 
     reader (a directory swapped for a link to another checkout) yields `outside-repo`, never bytes from
     elsewhere. Only a regular file is read, and never more than `max_bytes` + 1 bytes (no FIFO, no device).
     """
-    segments = rel.split("/") if isinstance(rel, str) else []
-    if not segments or any(seg in ("", ".", "..") or "\\" in seg or "\0" in seg for seg in segments):
+    segments = plain_segments(rel)
+    if segments is None:
         return SkippedFile(str(rel), "outside-repo")
     try:
         fd = _open_beneath(root, segments)
@@ -415,7 +428,10 @@ def read_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> 
         return SkippedFile(rel, "missing")
     except OSError as err:
         if err.errno == errno.ELOOP:  # the file itself is a link: say where it points, read nothing
-            inside = (root / rel).resolve().is_relative_to(Path(root).resolve())
+            try:
+                inside = Path(os.path.realpath(root / rel)).is_relative_to(os.path.realpath(root))
+            except (OSError, RuntimeError, ValueError):  # a loop of links
+                inside = False
             return SkippedFile(rel, "symlink" if inside else "symlink-outside-repo")
         return SkippedFile(rel, f"unreadable: {err.strerror or err}")
     with os.fdopen(fd, "rb") as handle:
