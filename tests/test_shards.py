@@ -249,6 +249,25 @@ def test_a_shard_a_killed_ingest_left_never_moves_the_checkout_under_the_next_in
         run(kept[1])
 
 
+def test_the_next_ingest_waits_for_a_dead_runs_shard_only_so_long(engine, repo_name, hashing, tmp_path):
+    from grounding.errors import IngestBusy
+
+    report = ingest(str(copy_tree("click", tmp_path / "click")), name=repo_name, embedder=hashing)
+    with engine.connect() as holder, engine.connect() as conn:
+        repo = store.repo_id(holder, repo_name)
+        holder.execute(sa.text("UPDATE snapshots SET status = 'running' WHERE id = :s"), {"s": report.snapshot_id})
+        holder.commit()
+        with holder.begin():
+            assert store.hold_running_snapshot(holder, repo, report.snapshot_id)  # a shard inside its reopen
+            t = time.perf_counter()
+            with pytest.raises(IngestBusy, match="still opening its checkout"), conn.begin():
+                store.fail_interrupted(conn, repo, wait_s=0.5)
+            assert time.perf_counter() - t < 5
+        with conn.begin():
+            store.fail_interrupted(conn, repo, wait_s=0.5)  # once it let go
+            assert store.snapshot(conn, report.snapshot_id)["status"] == "failed"
+
+
 def test_two_runs_of_one_shard_at_once_write_each_file_once(engine, repo_name, hashing, tmp_path, monkeypatch):
     """A run of a shard that Prefect saw crash but that still lives, inside a write, while the shard runs again:
     the second run waits for the first's write, leaves out what it wrote, and the ingest shows each file once."""

@@ -205,3 +205,13 @@ def test_a_directory_swapped_for_a_link_after_listing_reads_nothing_from_where_i
     assert all(b"SECRET" not in f.data for f in listing.files)
     os.mkfifo(root / "pipe.py")  # opened without waiting for a writer, then refused
     assert sources.read_file(root, "pipe.py", max_bytes=1 << 20, max_line_length=1000).reason == "not-a-file"
+
+
+def test_a_loop_of_links_is_skipped_with_a_reason(tmp_path):
+    root = tmp_path / "repo"
+    (root / "d").mkdir(parents=True)
+    (root / "loop.py").symlink_to("loop.py")
+    (root / "d" / "a.py").symlink_to("b.py")
+    (root / "d" / "b.py").symlink_to("a.py")
+    for rel in ("loop.py", "d/a.py"):
+        assert sources.read_file(root, rel, max_bytes=1 << 20, max_line_length=1000).reason.startswith("symlink")

@@ -70,12 +70,9 @@ def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None
             sources.reopen(
                 source, checkouts=settings.checkouts_dir, name=sources.checkout_key(repo_id), commit=commit, ref=ref
             )
-    file = root / path
-    try:
-        data = file.read_bytes() if not file.is_symlink() and file.resolve().is_relative_to(root) else None
-    except OSError:
-        data = None
-    if data is None or SourceFile(path, data, "").index_hash != stored_hash:
+    found = sources.read_file(root, path, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length)
+    data = found.data if isinstance(found, SourceFile) else None  # no link followed, nothing larger than ingest reads
+    if data is None or found.index_hash != stored_hash:
         raise SourceNotFound(
             f"{path} changed on disk since repository {repo!r} was indexed; run `grounding refresh {repo}` first"
         )

@@ -164,10 +164,11 @@ def _read_files(repo: str) -> tuple[int, int | None, str | None, list[SourceFile
     settings = get_settings()
     engine = get_engine()
     with store.repo_lock(engine, repo):
-        with engine.connect() as conn:
+        with engine.begin() as conn:
             source, ref, commit = store.repo_source(conn, repo)
             rid = store.repo_id(conn, repo)
             snapshot, _ = store.current_snapshot(conn, rid)
+            store.fail_interrupted(conn, rid)  # a dead ingest's shard must not move the checkout under us
         checkout = sources.reopen(
             source, checkouts=settings.checkouts_dir, name=sources.checkout_key(rid), commit=commit, ref=ref
         )

@@ -148,17 +148,28 @@ def delete_repo(conn: Connection, repo: int) -> None:
     conn.execute(sa.text("DELETE FROM repositories WHERE id = :r"), {"r": repo})
 
 
-def fail_interrupted(conn: Connection, repo: int) -> None:
+def fail_interrupted(conn: Connection, repo: int, *, wait_s: float = 300.0) -> None:
     """Mark failed the snapshots of `repo` still running. Called under the repository lock, before the checkout is
     opened: a run still marked running has died, and a shard it left (which holds its snapshot's row while it moves
-    the checkout) is waited for here, or refused from now on."""
-    conn.execute(
-        sa.text(
-            "UPDATE snapshots SET status = 'failed', finished_at = now(), "
-            "error = 'interrupted: the run ended without finishing' WHERE repo_id = :r AND status = 'running'"
-        ),
-        {"r": repo},
-    )
+    the checkout) is waited for here, at most `wait_s`, or refused from now on."""
+    conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(wait_s * 1000)}ms'"))
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                sa.text(
+                    "UPDATE snapshots SET status = 'failed', finished_at = now(), "
+                    "error = 'interrupted: the run ended without finishing' WHERE repo_id = :r AND status = 'running'"
+                ),
+                {"r": repo},
+            )
+    except sa.exc.OperationalError as err:
+        if getattr(err.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        raise IngestBusy(
+            f"a shard of an interrupted ingest of this repository is still opening its checkout after {wait_s:.0f}s; "
+            "retry when it has ended (or cancel its ingest-shard flow run)"
+        ) from err
+    conn.execute(sa.text("SET LOCAL lock_timeout = 0"))
 
 
 def begin_snapshot(conn: Connection, repo: int, *, commit: str | None, ref: str | None) -> int:
