@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from grounding.models.retro import Retro, RetroCache, RetroConfig
-from grounding.training.retro_data import ChunkGrid, batch_tensors, low_overlap_rows, shares_run, target_mask
+from grounding.models.retro import Retro, RetroCache, RetroConfig, lm_loss
+from grounding.training.retro_data import ChunkGrid, batch_tensors, low_overlap_rows, neighbour_quality, shares_run
 from tests.conftest import copy_tree
 
 M = 4
@@ -215,8 +215,34 @@ def test_grid_batches_mask_padding_and_the_leakage_filter_uses_the_previous_chun
     assert not shares_run(np.array([5, 6, 7, 8]), np.array([5, 6, 1, 7, 8]), 3)
     keep = low_overlap_rows(grid, 2, threshold=4)
     assert keep.tolist() == [True, False, True, True]  # row 2 starts a sequence: no neighbours precede it
-    mask = target_mask([np.array([0, 1])], keep, 4)
-    assert mask.tolist()[0] == [True, True, True, False, False, False, False, False]
+    # row 1 shares its 4 tokens with row 0's neighbour, whose 4-gram (5, 6, 7, 8) ends at its last token; row 3 none
+    assert neighbour_quality(grid, 2, threshold=4) == {"chunks": 2, "share": 0.5, "copyable": 1 / 8}
+    from grounding.training.retro_train import chunk_losses
+
+    torch.manual_seed(0)
+    config = RetroConfig(
+        16,
+        pad,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        max_seq_len=8,
+        chunk_len=4,
+        neighbours=1,
+        retrieval_len=8,
+        cca_start=2,
+        cca_every=1,
+        enc_layers=1,
+    )
+    model = Retro(config)
+    nats, n_bytes, n_tokens = chunk_losses(
+        model, grid, np.arange(16), chunks_per_sequence=2, retrieval=True, device="cpu"
+    )
+    # a target counts in the chunk it lies in: row 1 holds 5 (predicted at the end of row 0), 6, 7 and 8
+    assert n_tokens.tolist() == [3, 4, 1, 3] and n_bytes.tolist() == [2 + 3 + 4, 5 + 6 + 7 + 8, 10, 12 + 13 + 14]
+    with torch.no_grad():
+        whole = lm_loss(model(idx, nb), targets, ignore=pad).item()
+    assert abs(nats.sum() - whole) < 1e-3 * whole
 
 
 def test_only_a_whole_long_chunk_copied_by_the_prompt_marks_the_file_being_completed():
@@ -323,6 +349,11 @@ def _check_completion_edges(repo, report):
     assert len(chunks) >= 4
     prefix = "".join(c.text for c in chunks[:3])
     assert any(c.path == path for c in retro_db.retrieve(database, chunks[0].text, k=2)), "itself is nearest"
+    # What generation reads: the window of the hit's file aligned to the retrieving chunk (here a suffix of it).
+    hit = [nb for nb in retro_db.retrieve(database, chunks[1].text, k=4) if nb.chunk_id == chunks[1].id]
+    pad = load_tokenizer(database.tokenizer).pad_id
+    (window,) = retro_db.align(database, chunks[1].tokens[5:], hit, r=64, pad=pad)
+    assert window.tokens == (*chunks[1].tokens[5:], *chunks[2].tokens, *chunks[3].tokens[:5])
     result = grounding.complete(repo, prefix, max_new_tokens=8)
     assert result.citations and all(c.path != path for c in result.citations), [c.path for c in result.citations]
 

@@ -112,11 +112,30 @@ def low_overlap_rows(grid: ChunkGrid, chunks_per_sequence: int, *, threshold: in
     return keep
 
 
-def target_mask(rows: Sequence[np.ndarray], keep: np.ndarray, chunk_len: int) -> torch.Tensor:
-    """(B, n) True where the target token (p+1) lies in a kept chunk: for a bits-per-byte over a subset."""
-    width = max(len(r) for r in rows)
-    mask = np.zeros((len(rows), width * chunk_len), dtype=bool)
-    for b, r in enumerate(rows):
-        per_token = np.repeat(keep[r], chunk_len)  # (len(r) * m,)
-        mask[b, : len(per_token) - 1] = per_token[1:]
-    return torch.from_numpy(mask)
+COPY_NGRAM = 4  # a target token is "copyable" when the n-gram ending at it appears in a neighbour
+
+
+def neighbour_quality(grid: ChunkGrid, chunks_per_sequence: int, *, threshold: int = MIN_OVERLAP_TOKENS) -> dict:
+    """How much the neighbours hold that the model could copy, measured before any training.
+
+    Over the chunks that are predicted with neighbours (all but a sequence's first: chunk u reads the
+    neighbours of chunk u-1): `share` is the fraction sharing a run of `threshold`+ tokens with one of them,
+    `copyable` the fraction of their tokens whose COPY_NGRAM-gram (ending at the token) is in one of them."""
+    pad = grid.pad_id
+    predicted = shared = tokens = copyable = 0
+    n = COPY_NGRAM
+    for row in range(len(grid)):
+        if row % chunks_per_sequence == 0:
+            continue
+        own = grid.tokens[row][grid.tokens[row] != pad]
+        rows = [nb[nb != pad] for nb in grid.neighbours[row - 1]]
+        predicted += 1
+        shared += any(shares_run(own, nb, threshold) for nb in rows)
+        grams = {tuple(nb[i : i + n]) for nb in rows for i in range(len(nb) - n + 1)}
+        tokens += len(own)
+        copyable += sum(tuple(own[i - n + 1 : i + 1]) in grams for i in range(n - 1, len(own)))
+    return {
+        "chunks": predicted,
+        "share": shared / max(predicted, 1),
+        "copyable": copyable / max(tokens, 1),
+    }

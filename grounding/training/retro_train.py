@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from grounding.config import get_settings
 from grounding.index import retro_db
@@ -29,12 +30,14 @@ from grounding.training.retro_data import (
     batch_tensors,
     build_grid,
     low_overlap_rows,
+    neighbour_quality,
     sequences,
-    target_mask,
 )
 from grounding.training.runs import MetricsLog, recorded_run, update_run
 
 log = logging.getLogger(__name__)
+
+MIN_COPYABLE = 0.10  # of held-out tokens whose 4-gram a neighbour holds: below it, retrieval has little to offer
 
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM, the denominator of model FLOP utilisation
 
@@ -122,15 +125,22 @@ def prepare(
     db_config: retro_db.RetroDbConfig | None = None,
     tokenizer_path: str | None = None,
     vocab_size: int = 8192,
+    aligned: bool = True,
 ) -> RetroData:
-    """Tokenizer, database, neighbours and the train/held-out chunk grids of a repository."""
+    """Tokenizer, database, neighbours and the train/held-out chunk grids of a repository; with `aligned`, each
+    neighbour is the window of its file aligned to the chunk that retrieved it (retro_db.aligned_window)."""
     db_config = db_config or retro_db.RetroDbConfig()
     tokenizer = repository_tokenizer(repo, vocab_size=vocab_size, path=tokenizer_path)
     database = retro_db.build_database(repo, tokenizer, config=db_config)
     neighbour_ids = retro_db.neighbours(database, config=db_config)
-    wanted = sorted({n for ids in neighbour_ids.values() for n in ids})
-    tokens = {nb.chunk_id: nb.tokens for nb in retro_db.neighbour_tokens(database, wanted)}
     m, k = db_config.chunk_tokens, db_config.neighbours
+    if aligned:
+        neighbour_ids, tokens = retro_db.aligned_neighbours(
+            retro_db.database_chunks(database), neighbour_ids, r=2 * m, pad=tokenizer.pad_id
+        )
+    else:
+        wanted = sorted({n for ids in neighbour_ids.values() for n in ids})
+        tokens = {nb.chunk_id: nb.tokens for nb in retro_db.neighbour_tokens(database, wanted)}
     grids = {}
     for split in ("train", "heldout"):
         chunks = retro_db.database_chunks(database, split=split)
@@ -232,6 +242,48 @@ def train_model(
 
 
 @torch.no_grad()
+def chunk_losses(
+    model: torch.nn.Module,
+    grid: ChunkGrid,
+    byte_lengths: np.ndarray,
+    *,
+    chunks_per_sequence: int,
+    retrieval: bool,
+    device: str,
+    batch_size: int = 8,
+    amp: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nats, bytes, tokens) per grid row, each target token counted in the chunk it lies in: one pass of the
+    model, any subset of chunks summed from it afterwards."""
+    model.to(device).eval()
+    lengths = torch.from_numpy(byte_lengths).to(device)
+    nats, n_bytes, n_tokens = (np.zeros(len(grid)) for _ in range(3))
+    m = grid.chunk_len
+    seqs = sequences(grid, chunks_per_sequence)
+    for lo in range(0, len(seqs), batch_size):
+        rows = seqs[lo : lo + batch_size]
+        idx, targets, nb = batch_tensors(grid, rows, with_neighbours=retrieval and _uses_retrieval(model))
+        idx, targets = idx.to(device), targets.to(device)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+            logits = model(idx, nb.to(device) if nb is not None else None)
+        per = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=grid.pad_id,
+            reduction="none",
+        ).reshape(targets.shape)
+        real = targets != grid.pad_id
+        size = torch.where(real, lengths[targets.clamp(min=0)], 0)
+        for b, r in enumerate(rows):
+            # target p is token p+1, which lies in chunk (p+1) // m; the last position has no target
+            owner = torch.arange(1, len(r) * m + 1, device=per.device).clamp(max=len(r) * m - 1) // m
+            for values, out in ((per[b], nats), (size[b], n_bytes), (real[b], n_tokens)):
+                sums = torch.zeros(len(r), dtype=torch.float64, device=per.device)
+                sums.index_add_(0, owner, values[: len(r) * m].double())
+                out[r] += sums.cpu().numpy()
+    return nats, n_bytes, n_tokens
+
+
 def evaluate_bpb(
     model: torch.nn.Module,
     grid: ChunkGrid,
@@ -244,22 +296,22 @@ def evaluate_bpb(
     batch_size: int = 8,
 ) -> dict[str, float]:
     """Held-out bits per byte over every target token (or those in `keep` chunks)."""
-    model.to(device).eval()
-    lengths = torch.from_numpy(byte_lengths).to(device)
-    nats, n_bytes, n_tokens = 0.0, 0, 0
-    seqs = sequences(grid, chunks_per_sequence)
-    for lo in range(0, len(seqs), batch_size):
-        rows = seqs[lo : lo + batch_size]
-        idx, targets, nb = batch_tensors(grid, rows, with_neighbours=retrieval and _uses_retrieval(model))
-        idx, targets = idx.to(device), targets.to(device)
-        logits = model(idx, nb.to(device) if nb is not None else None)
-        if keep is not None:
-            targets = targets.masked_fill(~target_mask(rows, keep, grid.chunk_len).to(device), grid.pad_id)
-        nats += lm_loss(logits, targets, ignore=grid.pad_id).item()
-        real = targets != grid.pad_id
-        n_bytes += int(lengths[targets[real]].sum())
-        n_tokens += int(real.sum())
-    return {"bits_per_byte": bits_per_byte(nats, n_bytes), "tokens": n_tokens, "bytes": n_bytes}
+    nats, n_bytes, n_tokens = chunk_losses(
+        model,
+        grid,
+        byte_lengths,
+        chunks_per_sequence=chunks_per_sequence,
+        retrieval=retrieval,
+        device=device,
+        batch_size=batch_size,
+    )
+    if keep is not None:
+        nats, n_bytes, n_tokens = nats[keep], n_bytes[keep], n_tokens[keep]
+    return {
+        "bits_per_byte": bits_per_byte(float(nats.sum()), int(n_bytes.sum())),
+        "tokens": int(n_tokens.sum()),
+        "bytes": int(n_bytes.sum()),
+    }
 
 
 def heldout_bpb(
@@ -295,7 +347,13 @@ def train_retro(
     db_config = db_config or retro_db.RetroDbConfig()
     config = {"train": train_config.to_dict(), "db": asdict(db_config), "model": model.to_dict() if model else None}
     with recorded_run(repo, kind="retro", config=config, device=device) as run_id:
-        data = prepare(repo, db_config=db_config, tokenizer_path=tokenizer_path, vocab_size=train_config.vocab_size)
+        data = prepare(
+            repo,
+            db_config=db_config,
+            tokenizer_path=tokenizer_path,
+            vocab_size=train_config.vocab_size,
+            aligned=model.aligned if model is not None else True,
+        )
         tok = data.tokenizer
         if model is None:
             model = (
@@ -313,6 +371,23 @@ def train_retro(
         update_run(run_id, metrics={"model": model.to_dict(), "database": data.database.id})
         directory = get_settings().home / "runs" / str(run_id)
         metrics: dict = {"train_chunks": len(data.train), "heldout_chunks": len(data.heldout)}
+        # Before training: what the neighbours hold that the model could copy bounds what retrieval can gain.
+        quality = neighbour_quality(data.heldout, train_config.chunks_per_sequence)
+        metrics["neighbour_quality"] = quality
+        log.info(
+            "%s: held-out neighbours share 8+ tokens with %.1f%% of chunks; %.1f%% of tokens are copyable",
+            repo,
+            100 * quality["share"],
+            100 * quality["copyable"],
+        )
+        if quality["copyable"] < MIN_COPYABLE:
+            log.warning(
+                "%s: the neighbours hold little to copy (%.1f%% of held-out tokens, under %.0f%%): retrieval can "
+                "gain little here; the report's bits per byte will say so",
+                repo,
+                100 * quality["copyable"],
+                100 * MIN_COPYABLE,
+            )
 
         retro = Retro(model)
         metrics["retro_train"] = train_model(
@@ -389,7 +464,7 @@ def train_retrofit(
     db_config = db_config or retro_db.RetroDbConfig()
     config = {"train": train_config.to_dict(), "db": asdict(db_config), "base": base}
     with recorded_run(repo, kind="retrofit", config=config, device=device) as run_id:
-        data = prepare(repo, db_config=db_config, tokenizer_path=base)
+        data = prepare(repo, db_config=db_config, tokenizer_path=base, aligned=False)  # as RetrofitConfig reads them
         lm = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
         m = db_config.chunk_tokens
         model = RetroFitted(
