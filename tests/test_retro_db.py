@@ -377,3 +377,15 @@ def test_a_changed_repository_gets_a_new_database_and_retires_the_old(
     assert short.id != new.id and latest_database(repo_name) == short
     with db.get_engine().connect() as conn:
         assert store.retro_database(conn, new.id)["status"] == "ready"
+
+
+def test_a_neighbour_is_aligned_to_the_chunk_that_retrieves_it():
+    """Its first half ends where the retrieving chunk's text ends in that file, so its second half is what follows."""
+    from grounding.index.retro_db import aligned_window
+
+    file = list(range(100, 300))  # every token distinct
+    assert aligned_window(file[37:45], file, 40, r=16, pad=0) == tuple(file[37:53]), "the stored chunk began at 40"
+    edited = [1, 2, 3, 4, *file[60:64]]  # an edit before; the last 4 tokens are still in the file
+    assert aligned_window(edited, file, 56, r=16, pad=0) == tuple(file[56:72])
+    assert aligned_window([7, 7, 7, 7, *file[:4]], file, 0, r=16, pad=0) == (0, 0, 0, 0, *file[:12]), "padded in front"
+    assert aligned_window([1, 2, 3, 4, 5, 6, 7, 8], file, 8, r=16, pad=0) == tuple(file[8:24]), "nothing shared"

@@ -196,7 +196,12 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
         return retro_db.retrieve(database, text, k=k, exclude_paths=excluded, train_only=False)  # every file
 
     def use(u: int, found: list) -> None:
-        cache.neighbours[u] = _neighbour_tensor(found, k, r, tokenizer.pad_id).to(device)
+        read = (
+            retro_db.align(database, ids[u * m : (u + 1) * m], found, r=r, pad=tokenizer.pad_id)
+            if cfg.aligned
+            else found
+        )
+        cache.neighbours[u] = _neighbour_tensor(read, k, r, tokenizer.pad_id).to(device)
         for nb in found:
             key = (nb.path, nb.start_line, nb.end_line)
             citations.setdefault(key, Citation(repo, nb.path, nb.start_line, nb.end_line, nb.commit, nb.score, nb.text))

@@ -156,6 +156,65 @@ def exact_neighbours(vectors: np.ndarray, paths: Sequence[str], train: Sequence[
     return out
 
 
+def aligned_window(
+    query: Sequence[int], file_tokens: Sequence[int], start: int, *, r: int, pad: int, ngrams: Sequence[int] = (8, 4)
+) -> tuple[int, ...]:
+    """r tokens of a retrieved file whose first half ends where `query` (the retrieving chunk) ends in it.
+
+    `start` is where the retrieved chunk begins. The last n tokens of the query (n = 8, else 4) are looked for
+    within a chunk of it; the window is placed so they end at r/2, and padded in front where the file begins
+    later. Aligned so, a neighbour's token at p stands where the chunk's token at p would, and its second half
+    is what follows the query's text in that file: what rotary CCA copies. Where no n-gram is shared, the
+    chunk and its continuation as stored."""
+    half = r // 2
+    lo, hi = max(0, start - half), min(len(file_tokens), start + 2 * half)
+    for n in ngrams:
+        tail = tuple(query[-n:])
+        if len(tail) < n:
+            continue
+        ends = [p + n for p in range(lo, hi - n + 1) if tuple(file_tokens[p : p + n]) == tail]
+        if ends:
+            end = min(ends, key=lambda e: (abs(e - half - start), e))  # nearest the chunk retrieved
+            first = end - len(query)
+            window = list(file_tokens[max(first, 0) : first + r])
+            return (*([pad] * max(-first, 0)), *window)[:r]
+    return tuple(file_tokens[start : start + r])
+
+
+def aligned_neighbours(
+    chunks: Sequence[RetroChunk], neighbour_ids: dict[int, Sequence[int]], *, r: int, pad: int
+) -> tuple[dict[int, list[tuple[int, int]]], dict[tuple[int, int], tuple[int, ...]]]:
+    """Every chunk's neighbours as windows aligned to it (aligned_window), from the database's chunks in memory:
+    ({chunk id: [(chunk id, neighbour id), ...]}, {(chunk id, neighbour id): r tokens}), for build_grid."""
+    streams: dict[str, list[int]] = {}
+    where: dict[int, tuple[str, int]] = {}
+    for c in sorted(chunks, key=lambda c: (c.path, c.ordinal)):
+        stream = streams.setdefault(c.path, [])
+        where[c.id] = (c.path, len(stream))
+        stream.extend(c.tokens)
+    by_id = {c.id: c for c in chunks}
+    ids: dict[int, list[tuple[int, int]]] = {}
+    windows: dict[tuple[int, int], tuple[int, ...]] = {}
+    for cid, hits in neighbour_ids.items():
+        ids[cid] = []
+        for nid in hits:
+            path, start = where[nid]
+            windows[(cid, nid)] = aligned_window(by_id[cid].tokens, streams[path], start, r=r, pad=pad)
+            ids[cid].append((cid, nid))
+    return ids, windows
+
+
+def align(db: RetroDatabase, query: Sequence[int], found: Sequence[Neighbour], *, r: int, pad: int) -> list[Neighbour]:
+    """Retrieved neighbours with their tokens aligned to the chunk `query` that retrieved them (generation)."""
+    with get_engine().connect() as conn:
+        around = store.retro_chunks_around(conn, db.id, [nb.chunk_id for nb in found])
+    out = []
+    for nb in found:
+        stream, start = around.get(nb.chunk_id, (list(nb.tokens), 0))
+        out.append(replace(nb, tokens=aligned_window(query, stream, start, r=r, pad=pad)))
+    return out
+
+
 # --- building --------------------------------------------------------------------------------------
 
 

@@ -46,8 +46,8 @@ def load_retro(path: str | Path, *, device: str = "cpu") -> tuple[Retro, dict]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         raise EncoderNotFound(f"{path} is not a RETRO checkpoint ({type(err).__name__})") from err
-    # A checkpoint saved before rotary positions existed trained without them.
-    model = Retro(RetroConfig(**{"rotary": False, **state["config"]}))
+    # A checkpoint saved before rotary positions (or aligned neighbours) existed trained without them.
+    model = Retro(RetroConfig(**{"rotary": False, "aligned": False, **state["config"]}))
     # torch.compile prefixes parameter names; a checkpoint saved from a compiled module still loads.
     model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in state["model"].items()})
     return model.to(device).eval(), {k: v for k, v in state.items() if k != "model"}

@@ -46,6 +46,9 @@ class RetroConfig:
     # neighbour encoder: a query lines up with the neighbour token it would copy. Checkpoints saved before
     # this field load with False (checkpoint.load_retro): learned absolute positions only, as they trained.
     rotary: bool = True
+    # Each neighbour is the window of its file aligned to the chunk that retrieved it (retro_db.aligned_window):
+    # its first m tokens end where that chunk's text ends there. Checkpoints saved before load with False.
+    aligned: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -30,6 +30,7 @@ __all__ = [
     "retro_chunks",
     "retro_chunk_ids",
     "retro_chunks_with_continuation",
+    "retro_chunks_around",
     "retro_paths_gone",
     "ready_retro_databases",
     "retro_file_texts",
@@ -344,6 +345,27 @@ def retro_chunks_with_continuation(conn: Connection, database_id: int, chunk_ids
         {"d": database_id, "ids": list(chunk_ids)},
     )
     return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def retro_chunks_around(conn: Connection, database_id: int, chunk_ids: Sequence[int]) -> dict[int, tuple[list, int]]:
+    """Per chunk id of the database: (tokens of the chunk before it, itself and the two after it in its file,
+    where the chunk starts in them): what a neighbour aligned to its retrieving chunk is cut from."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT h.id, c.ordinal - h.ordinal, c.tokens FROM retro_chunks h JOIN retro_chunks c "
+            "ON c.database_id = h.database_id AND c.path = h.path "
+            "AND c.ordinal BETWEEN h.ordinal - 1 AND h.ordinal + 2 "
+            "WHERE h.database_id = :d AND h.id = ANY(:ids) ORDER BY h.id, c.ordinal"
+        ),
+        {"d": database_id, "ids": list(chunk_ids)},
+    )
+    out: dict[int, tuple[list, int]] = {}
+    for cid, offset, tokens in rows:
+        stream, start = out.get(cid, ([], 0))
+        if offset == 0:
+            start = len(stream)
+        out[cid] = ([*stream, *tokens], start)
+    return out
 
 
 # --- nearest neighbours --------------------------------------------------------------------------
