@@ -3,6 +3,8 @@ and a tiny real training run over a real source tree with bits per byte, generat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -356,6 +358,26 @@ def _check_completion_edges(repo, report):
     assert window.tokens == (*chunks[1].tokens[5:], *chunks[2].tokens, *chunks[3].tokens[:5])
     result = grounding.complete(repo, prefix, max_new_tokens=8)
     assert result.citations and all(c.path != path for c in result.citations), [c.path for c in result.citations]
+
+    # BM25 over the LM's tokens: training's neighbours come from other train files; generation's exclude `path`.
+    bm25 = retro_db.RetroDbConfig(chunk_tokens=32, neighbours=2, encoder="hashing-64", retriever="bm25")
+    found = retro_db.neighbours(database, config=bm25)
+    by_id = {c.id: c for c in retro_db.database_chunks(database)}
+    assert sum(map(len, found.values())) > 1.5 * len(found)
+    assert all(by_id[n].split == "train" and by_id[n].path != by_id[c].path for c, ns in found.items() for n in ns)
+    top = retro_db.retrieve(database, "", k=3, retriever="bm25", tokens=chunks[1].tokens, train_only=False)
+    assert top[0].chunk_id == chunks[1].id, "a chunk's own tokens find it first"
+    others = retro_db.retrieve(
+        database, "", k=3, retriever="bm25", tokens=chunks[1].tokens, train_only=False, exclude_paths=[path]
+    )
+    assert others and all(nb.path != path for nb in others)
+    state = torch.load(report.checkpoint, weights_only=True)
+    state["extra"] = {"retriever": "bm25"}  # a model trained with BM25 neighbours is served with them
+    torch.save(state, Path(report.checkpoint).with_name("bm25.pt"))
+    result = grounding.complete(
+        repo, prefix, max_new_tokens=8, checkpoint=str(Path(report.checkpoint).with_name("bm25.pt"))
+    )
+    assert result.citations and all(c.path != path for c in result.citations)
 
     # A held-out file is read when serving: the prompt copying one of its chunks retrieves it.
     heldout = max(retro_db.database_chunks(database, split="heldout"), key=lambda c: len(set(c.text.split())))

@@ -191,9 +191,19 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
     # database was built: perhaps for what it held).
     excluded = ([path] if path else []) + retro_db.paths_gone(database)
 
+    retriever = (state.get("extra") or {}).get("retriever", "dense")  # as the model was trained
+
     def neighbours_of(u: int, tokens: list[int]) -> list:
-        text = tokenizer.decode(tokens[u * m : (u + 1) * m])
-        return retro_db.retrieve(database, text, k=k, exclude_paths=excluded, train_only=False)  # every file
+        chunk = tokens[u * m : (u + 1) * m]
+        return retro_db.retrieve(
+            database,
+            tokenizer.decode(chunk),
+            k=k,
+            exclude_paths=excluded,
+            train_only=False,  # every file
+            retriever=retriever,
+            tokens=chunk,
+        )
 
     def use(u: int, found: list) -> None:
         read = (

@@ -132,7 +132,7 @@ def _cmd_train_retro(args: argparse.Namespace) -> int:
     train_config = RetroTrainConfig(
         steps=args.steps, batch_size=args.batch_size, chunks_per_sequence=args.chunks_per_sequence
     )
-    db_config = RetroDbConfig(chunk_tokens=args.chunk_tokens, neighbours=args.neighbours)
+    db_config = RetroDbConfig(chunk_tokens=args.chunk_tokens, neighbours=args.neighbours, retriever=args.retriever)
     if args.retrofit:
         report = train_retrofit(
             args.repo, args.retrofit, train_config=train_config, db_config=db_config, device=args.device
@@ -247,6 +247,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunks-per-sequence", type=int, default=16, help="sequence length in chunks of m tokens")
     p.add_argument("--chunk-tokens", type=int, default=64, help="m (default 64)")
     p.add_argument("--neighbours", type=int, default=2, help="k (default 2)")
+    p.add_argument(
+        "--retriever", choices=("dense", "bm25"), default="dense", help="how neighbours are found (default dense)"
+    )
     p.add_argument("--tokenizer", help="a local tokenizer directory (default: one trained on the repository)")
     p.add_argument("--retrofit", metavar="BASE", help="RETRO-fit this local GPT-2/LLaMA causal LM instead (frozen)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available; the tiny model on cpu)")

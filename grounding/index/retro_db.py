@@ -38,6 +38,9 @@ NEIGHBOUR_BATCH = 256  # chunks searched per statement, and written to the cache
 RETIRED_GRACE_SECONDS = 600
 
 
+RETRIEVERS = ("dense", "bm25")
+
+
 @dataclass(frozen=True)
 class RetroDbConfig:
     """How a database is cut and searched: m tokens per chunk, k neighbours, the frozen encoder."""
@@ -45,12 +48,17 @@ class RetroDbConfig:
     chunk_tokens: int = 64
     neighbours: int = 2
     encoder: str | None = None  # None: the configured encoder (GROUNDING_ENCODER)
+    # How neighbours are found: `dense`, the frozen encoder's inner product; `bm25`, BM25 over the chunks' LM
+    # tokens and their bigrams (token_bm25), which holds more text a model can copy (bench/retro_timesplit.py).
+    retriever: str = "dense"
 
     def __post_init__(self) -> None:
         if self.chunk_tokens < 1 or self.neighbours < 1:
             raise ValueError(
                 f"chunk_tokens and neighbours must be at least 1, not {self.chunk_tokens}, {self.neighbours}"
             )
+        if self.retriever not in RETRIEVERS:
+            raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}, not {self.retriever!r}")
 
     def resolved_encoder(self) -> str:
         return self.encoder or get_settings().encoder
@@ -58,6 +66,8 @@ class RetroDbConfig:
     def key(self) -> str:
         """Names the neighbours this configuration finds: equal keys, equal neighbours of one database."""
         fields = {"chunk_tokens": self.chunk_tokens, "neighbours": self.neighbours, "encoder": self.resolved_encoder()}
+        if self.retriever != "dense":  # the keys of dense neighbours cached before stay what they were
+            fields["retriever"] = self.retriever
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()[:16]
         return f"m{self.chunk_tokens}-k{self.neighbours}-{digest}"
 
@@ -496,7 +506,22 @@ def neighbours(db: RetroDatabase, *, config: RetroDbConfig, embedder: Embedder |
     missing = [cid for cid in ids if cid not in found]
     if missing:
         log.info("finding %d neighbours of %d chunks of database %d", k, len(missing), db.id)
-    if missing and config.encoder == db.encoder:
+    if missing and config.retriever == "bm25":
+        chunks = database_chunks(db)
+        index, pool = _bm25(db, chunks, train_only=True)
+        paths = {p: i for i, p in enumerate(sorted({c.path for c in chunks}))}
+        wanted = [c for c in chunks if c.id in set(missing)]
+        hits = index.search(
+            [c.tokens for c in wanted],
+            k=k,
+            groups=[paths[c.path] for c in pool],
+            query_groups=[paths[c.path] for c in wanted],
+        )
+        computed = {c.id: [pool[i].id for i in row] for c, row in zip(wanted, hits)}
+        with engine.begin() as conn:
+            store.write_retro_neighbours(conn, db.id, config_key=key, neighbours=computed)
+        found.update(computed)
+    elif missing and config.encoder == db.encoder:
         for lo in range(0, len(missing), NEIGHBOUR_BATCH):
             with engine.begin() as conn:
                 batch = store.retro_neighbours_of(
@@ -538,13 +563,17 @@ def retrieve(
     exclude_paths: Sequence[str] = (),
     embedder: Embedder | None = None,
     train_only: bool = True,
+    retriever: str = "dense",
+    tokens: Sequence[int] = (),
 ) -> list[Neighbour]:
     """The k chunks nearest `text` (with continuations), outside `exclude_paths`: retrieval while generating.
 
     Train chunks only, as training saw them, unless `train_only` is false (serving: the split is a
-    training-time notion)."""
+    training-time notion). With `retriever="bm25"` the query is `tokens` (the chunk's LM tokens), not `text`."""
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
+    if retriever == "bm25":
+        return _retrieve_bm25(db, tokens, k=k, exclude_paths=exclude_paths, train_only=train_only)
     embedder = embedder or load_embedder(db.encoder)
     if embedder.name != db.encoder:
         raise ValueError(f"database {db.id} was embedded with {db.encoder!r}, not {embedder.name!r}")
@@ -555,3 +584,36 @@ def retrieve(
         )
     found = neighbour_tokens(db, [cid for cid, _ in hits])
     return [replace(n, score=score) for n, (_, score) in zip(found, hits)]
+
+
+_BM25_CACHE: dict[tuple, tuple] = {}  # (database, what it holds, train only) -> (TokenBM25, its chunks): one each
+
+
+def _bm25(db: RetroDatabase, chunks: Sequence[RetroChunk] | None = None, *, train_only: bool):
+    """A BM25 index over the database's chunks (train ones only if asked), kept for this process while the
+    database holds the same files (a follow of a new snapshot changes its fingerprint)."""
+    from grounding.index.token_bm25 import TokenBM25
+
+    with get_engine().connect() as conn:
+        held = (store.retro_database(conn, db.id) or {}).get("stats", {}).get("fingerprint", "")
+    key = (db.id, held, train_only)
+    if key not in _BM25_CACHE:
+        chunks = chunks if chunks is not None else database_chunks(db)
+        pool = [c for c in chunks if c.split == "train" or not train_only]
+        if not pool:
+            raise NotIndexed(f"retrieval database {db.id} has no chunk to search")
+        vocab = 1 + max((max(c.tokens, default=0) for c in pool), default=0)
+        _BM25_CACHE.clear()
+        _BM25_CACHE[key] = (TokenBM25([c.tokens for c in pool], vocab_size=vocab, bigrams=True), pool)
+    return _BM25_CACHE[key]
+
+
+def _retrieve_bm25(
+    db: RetroDatabase, tokens: Sequence[int], *, k: int, exclude_paths: Sequence[str], train_only: bool
+) -> list[Neighbour]:
+    index, pool = _bm25(db, train_only=train_only)
+    excluded = set(exclude_paths)
+    groups = [1 if c.path in excluded else 0 for c in pool]
+    hits = index.search([list(tokens)], k=k, groups=groups, query_groups=[1])[0]  # group 1: never returned
+    found = neighbour_tokens(db, [pool[i].id for i in hits])
+    return [replace(n, score=float(len(hits) - j)) for j, n in enumerate(found)]  # rank, not a comparable score

@@ -22,7 +22,7 @@ def term_matrix(
     skip = set(ignore)
     indptr, indices = [0], []
     for row in rows:
-        ids = [t for t in row if t not in skip]
+        ids = [t for t in row if t not in skip and 0 <= t < vocab_size]  # an id the documents never had: no term
         terms = list(ids)
         if bigrams and len(ids) > 1:
             a = np.asarray(ids[:-1], dtype=np.int64)

@@ -394,7 +394,12 @@ def train_retro(
             retro, data.train, train_config, device=device, metrics=MetricsLog(run_id, "retro")
         )
         checkpoint = save_retro(
-            directory / "retro.pt", retro, tokenizer=tok.name, database=data.database.id, step=train_config.steps
+            directory / "retro.pt",
+            retro,
+            tokenizer=tok.name,
+            database=data.database.id,
+            step=train_config.steps,
+            extra={"retriever": db_config.retriever},  # generation finds neighbours as training did
         )
         update_run(run_id, checkpoint=str(checkpoint))
         baseline = None
