@@ -510,7 +510,8 @@ def neighbours(db: RetroDatabase, *, config: RetroDbConfig, embedder: Embedder |
         chunks = database_chunks(db)
         index, pool = _bm25(db, chunks, train_only=True)
         paths = {p: i for i, p in enumerate(sorted({c.path for c in chunks}))}
-        wanted = [c for c in chunks if c.id in set(missing)]
+        todo = set(missing)
+        wanted = [c for c in chunks if c.id in todo]
         hits = index.search(
             [c.tokens for c in wanted],
             k=k,
@@ -597,15 +598,17 @@ def _bm25(db: RetroDatabase, chunks: Sequence[RetroChunk] | None = None, *, trai
     with get_engine().connect() as conn:
         held = (store.retro_database(conn, db.id) or {}).get("stats", {}).get("fingerprint", "")
     key = (db.id, held, train_only)
-    if key not in _BM25_CACHE:
+    cached = _BM25_CACHE.get(key)
+    if cached is None:  # built outside the dict: a request on another thread never sees half of it
         chunks = chunks if chunks is not None else database_chunks(db)
         pool = [c for c in chunks if c.split == "train" or not train_only]
         if not pool:
             raise NotIndexed(f"retrieval database {db.id} has no chunk to search")
         vocab = 1 + max((max(c.tokens, default=0) for c in pool), default=0)
+        cached = (TokenBM25([c.tokens for c in pool], vocab_size=vocab, bigrams=True), pool)
         _BM25_CACHE.clear()
-        _BM25_CACHE[key] = (TokenBM25([c.tokens for c in pool], vocab_size=vocab, bigrams=True), pool)
-    return _BM25_CACHE[key]
+        _BM25_CACHE[key] = cached
+    return cached
 
 
 def _retrieve_bm25(
