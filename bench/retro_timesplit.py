@@ -1,12 +1,14 @@
-"""RETRO on a time split of a real history: the database is the repository at commit A, the model predicts the
-files as they are N commits later (the changed ones only), the way a copilot completes tomorrow's code.
+"""RETRO on a time split of a real history: database at commit A, targets the files changed N commits later.
 
-For each history (`../shared/benchmarks/repos/*.bundle`), on its first-parent line: B = HEAD, A = B~N. Training
-pairs come from before A only: database at A-(j+1)N, targets the files changed up to A-jN, for j < windows. A
-tokenizer is trained on the files at A. Neighbours (k per 64-token chunk, chunk + continuation) come from the
-database commit's files, the same path's older version included: BM25 over the LM's tokens and their bigrams
-(grounding.index.token_bm25), or MiniLM (--retriever dense); their quality is printed before training
-("share": chunks sharing 8+ tokens with a neighbour; "copyable": tokens whose 4-gram is in one).
+The way a copilot completes tomorrow's code. For each history (`../shared/benchmarks/repos/*.bundle`, outside
+the project), on its first-parent line: B = HEAD, A = B~N. Training pairs come from before A only: database at
+A-(j+1)N, targets the files changed up to A-jN, for j < windows. A tokenizer is trained on the files at A.
+Neighbours (k per 64-token chunk) come from the database commit's files, the target's own older version included
+unless --exclude-own-path: BM25 over the LM's tokens and their bigrams (grounding.index.token_bm25), or a dense
+encoder (--retriever PATH, or auto: the better copyable share on a training pair). Each is the window of its file
+aligned to the retrieving chunk (retro_db.aligned_window; --no-align: chunk + continuation as stored). Their
+quality is printed before training ("share": chunks sharing 8+ tokens with a neighbour; "copyable": tokens whose
+4-gram is in one).
 
 Arms, each seed initialised from that seed (RETRO and the baseline alike): RETRO with retrieval, the same model
 with retrieval off, with shuffled neighbours (another chunk's), and the decoder without CCA trained on the same
@@ -14,7 +16,7 @@ sequences. Printed: bits per byte on all target chunks and by overlap bucket (th
 covered by 8-token runs of its neighbours; the paper's leakage filter is the first bucket), mean over seeds with
 the spread, and the gain of retrieval over off and over the baseline.
 
-    python bench/retro_timesplit.py --history click gin --window 50 --steps 400 --seeds 0 1
+    python bench/retro_timesplit.py --history click gin --seeds 0 1 --steps 250 --neighbours 1 --bf16
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def changed(repo: Path, old: str, new: str, texts_new: dict[str, str]) -> list[s
 class Pair:
     """Target chunks (changed files at the later commit) and their neighbours from the earlier commit."""
 
-    def __init__(self, targets, database, retriever, k: int, m: int, pad: int, vocab: int, align: bool):
+    def __init__(self, targets, database, retriever, k, m, pad, vocab, align: bool, exclude_own: bool):
         from grounding.index.retro_db import aligned_window
         from grounding.index.token_bm25 import TokenBM25
         from grounding.training.retro_data import build_grid
@@ -88,7 +90,13 @@ class Pair:
         t = time.perf_counter()
         if retriever == "bm25":
             index = TokenBM25([c.tokens for c in database], vocab_size=vocab, bigrams=True, ignore=(pad,))
-            found = index.search([c.tokens for c in targets], k=k)
+            names = {p: i for i, p in enumerate(sorted({c.path for c in [*database, *targets]}))}
+            found = index.search(  # with exclude_own, never the target's own file (as `complete` with `path`)
+                [c.tokens for c in targets],
+                k=k,
+                groups=[names[c.path] for c in database] if exclude_own else None,
+                query_groups=[names[c.path] for c in targets] if exclude_own else None,
+            )
         else:
             found = dense_search(retriever, targets, database, k)
         self.search_s = time.perf_counter() - t
@@ -203,7 +211,9 @@ def run_history(name: str, args, device: str) -> dict:
     def pair(old: str, new: str, start: int, retriever: str) -> Pair:
         targets = cut(texts[new], changed(repo, old, new, texts[new]), tokenizer, m, start)
         database = cut(texts[old], sorted(texts[old]), tokenizer, m, start + 1_000_000)
-        return Pair(targets, database, retriever, k, m, pad, tokenizer.vocab_size, not args.no_align)
+        return Pair(
+            targets, database, retriever, k, m, pad, tokenizer.vocab_size, not args.no_align, args.exclude_own_path
+        )
 
     from grounding.config import get_settings
 
@@ -378,8 +388,18 @@ def main() -> int:
         "--retriever", default="bm25", help="bm25, auto (bm25 or --encoder, by copyable share), or a local encoder path"
     )
     parser.add_argument("--encoder", help="the dense encoder `auto` compares with (default: GROUNDING_ENCODER)")
-    parser.add_argument("--no-align", action="store_true", help="neighbours as stored (chunk + continuation), not "
-                        "aligned to the retrieving chunk (retro_db.aligned_window)")
+    parser.add_argument(
+        "--no-align",
+        action="store_true",
+        help="neighbours as stored (chunk + continuation), not "
+        "aligned to the retrieving chunk (retro_db.aligned_window)",
+    )
+    parser.add_argument(
+        "--exclude-own-path",
+        action="store_true",
+        help="never a neighbour from the target's own "
+        "file (its older version): what `complete` does when given `path`; training pairs alike",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in training and evaluation (AMX here)")
     parser.add_argument("--json")

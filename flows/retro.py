@@ -27,6 +27,7 @@ def train_retro_flow(
     chunks_per_sequence: int = 16,
     chunk_tokens: int = 64,
     neighbours: int = 2,
+    retriever: str = "dense",
     baseline: bool = True,
     device: str | None = None,
 ) -> dict:
@@ -35,7 +36,7 @@ def train_retro_flow(
         "train_config": RetroTrainConfig(
             steps=steps, batch_size=batch_size, chunks_per_sequence=chunks_per_sequence, baseline=baseline
         ),
-        "db_config": RetroDbConfig(chunk_tokens=chunk_tokens, neighbours=neighbours),
+        "db_config": RetroDbConfig(chunk_tokens=chunk_tokens, neighbours=neighbours, retriever=retriever),
         "device": device,
     }
 

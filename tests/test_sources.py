@@ -215,3 +215,17 @@ def test_a_loop_of_links_is_skipped_with_a_reason(tmp_path):
     (root / "d" / "b.py").symlink_to("a.py")
     for rel in ("loop.py", "d/a.py"):
         assert sources.read_file(root, rel, max_bytes=1 << 20, max_line_length=1000).reason.startswith("symlink")
+
+
+def test_a_submodule_is_skipped_as_not_a_file_and_no_descriptor_is_left_open(tmp_path):
+    root = git_repo(write_tree(tmp_path / "repo", {"main.py": "def main():\n    pass\n"}))
+    commit = git(root, "rev-parse", "HEAD")
+    git(root, "update-index", "--add", "--cacheinfo", f"160000,{commit},vendor/lib")  # a gitlink, as a submodule
+    (root / "vendor" / "lib").mkdir(parents=True)
+    checkout = sources.open_source(str(root), checkouts=tmp_path / "checkouts", name="_")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        listing = sources.list_files(checkout, max_bytes=1 << 20, max_line_length=1000)
+    assert [f.path for f in listing.files] == ["main.py"]
+    assert [(s.path, s.reason) for s in listing.skipped] == [("vendor/lib", "not-a-file")]
+    assert len(os.listdir("/proc/self/fd")) <= before + 1

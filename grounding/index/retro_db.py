@@ -14,7 +14,9 @@ import bisect
 import hashlib
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -573,7 +575,11 @@ def retrieve(
     training-time notion). With `retriever="bm25"` the query is `tokens` (the chunk's LM tokens), not `text`."""
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
+    if retriever not in RETRIEVERS:
+        raise ValueError(f"retriever must be one of {', '.join(RETRIEVERS)}, not {retriever!r}")
     if retriever == "bm25":
+        if not tokens:
+            raise ValueError("BM25 retrieval needs the chunk's LM tokens (tokens=...)")
         return _retrieve_bm25(db, tokens, k=k, exclude_paths=exclude_paths, train_only=train_only)
     embedder = embedder or load_embedder(db.encoder)
     if embedder.name != db.encoder:
@@ -587,7 +593,9 @@ def retrieve(
     return [replace(n, score=score) for n, (_, score) in zip(found, hits)]
 
 
-_BM25_CACHE: dict[tuple, tuple] = {}  # (database, what it holds, train only) -> (TokenBM25, its chunks): one each
+_BM25_CACHE: OrderedDict[tuple, tuple] = OrderedDict()  # (database, what it holds, train only) -> (index, chunks)
+_BM25_CACHED = 4  # databases kept per process, least recently used first out
+_BM25_LOCK = threading.Lock()
 
 
 def _bm25(db: RetroDatabase, chunks: Sequence[RetroChunk] | None = None, *, train_only: bool):
@@ -596,18 +604,27 @@ def _bm25(db: RetroDatabase, chunks: Sequence[RetroChunk] | None = None, *, trai
     from grounding.index.token_bm25 import TokenBM25
 
     with get_engine().connect() as conn:
-        held = (store.retro_database(conn, db.id) or {}).get("stats", {}).get("fingerprint", "")
-    key = (db.id, held, train_only)
-    cached = _BM25_CACHE.get(key)
-    if cached is None:  # built outside the dict: a request on another thread never sees half of it
-        chunks = chunks if chunks is not None else database_chunks(db)
-        pool = [c for c in chunks if c.split == "train" or not train_only]
-        if not pool:
-            raise NotIndexed(f"retrieval database {db.id} has no chunk to search")
-        vocab = 1 + max((max(c.tokens, default=0) for c in pool), default=0)
-        cached = (TokenBM25([c.tokens for c in pool], vocab_size=vocab, bigrams=True), pool)
-        _BM25_CACHE.clear()
+        stats = (store.retro_database(conn, db.id) or {}).get("stats", {})
+    # A follow re-cuts changed files under new chunk ids, even when a revert brings the fingerprint back: the
+    # snapshot it followed is part of the key.
+    key = (db.id, stats.get("fingerprint", ""), (stats.get("followed") or {}).get("snapshot"), train_only)
+    with _BM25_LOCK:
+        cached = _BM25_CACHE.get(key)
+        if cached is not None:
+            _BM25_CACHE.move_to_end(key)
+            return cached
+    chunks = chunks if chunks is not None else database_chunks(db)
+    pool = [c for c in chunks if c.split == "train" or not train_only]
+    if not pool:
+        raise NotIndexed(f"retrieval database {db.id} has no chunk to search")
+    vocab = 1 + max((max(c.tokens, default=0) for c in pool), default=0)
+    cached = (TokenBM25([c.tokens for c in pool], vocab_size=vocab, bigrams=True), pool)
+    with _BM25_LOCK:
+        for old in [k for k in _BM25_CACHE if k[0] == db.id and k[3] == train_only]:
+            del _BM25_CACHE[old]  # what this database held before
         _BM25_CACHE[key] = cached
+        while len(_BM25_CACHE) > _BM25_CACHED:
+            _BM25_CACHE.popitem(last=False)
     return cached
 
 

@@ -434,16 +434,18 @@ def read_file(root: Path, rel: str, *, max_bytes: int, max_line_length: int) -> 
                 inside = False
             return SkippedFile(rel, "symlink" if inside else "symlink-outside-repo")
         return SkippedFile(rel, f"unreadable: {err.strerror or err}")
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                return SkippedFile(rel, "not-a-file")
-            if info.st_size > max_bytes:
-                return SkippedFile(rel, "too-large")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # a submodule's directory, a FIFO, a device
+            return SkippedFile(rel, "not-a-file")
+        if info.st_size > max_bytes:
+            return SkippedFile(rel, "too-large")
+        with os.fdopen(os.dup(fd), "rb") as handle:
             data = handle.read(max_bytes + 1)  # a file that grows meanwhile is still cut here
-        except OSError as err:
-            return SkippedFile(rel, f"unreadable: {err.strerror or err}")
+    except OSError as err:
+        return SkippedFile(rel, f"unreadable: {err.strerror or err}")
+    finally:
+        os.close(fd)
     return classify(rel, data, max_bytes=max_bytes, max_line_length=max_line_length)
 
 
