@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from grounding.errors import InvalidArgument
 from grounding.models.retro import Retro, RetroCache, RetroConfig, lm_loss
 from grounding.training.retro_data import ChunkGrid, batch_tensors, low_overlap_rows, neighbour_quality, shares_run
 from tests.conftest import copy_tree
@@ -321,6 +322,10 @@ def _check_completion(repo, report, capsys):
     result = grounding.complete(repo, prefix, max_new_tokens=40, path="sessions.py")
     assert result.tokens > 0 and result.checkpoint == report.checkpoint
     assert result.citations and all(c.path != "sessions.py" for c in result.citations)
+    own = grounding.complete(repo, prefix, max_new_tokens=40, path="sessions.py", own_file=True)
+    assert "sessions.py" in {c.path for c in own.citations}, "its indexed version is read when asked"
+    with pytest.raises(InvalidArgument, match="give the path being completed"):
+        grounding.complete(repo, prefix, own_file=True)
     assert all(c.start_line >= 1 and c.end_line >= c.start_line and c.snippet for c in result.citations)
     assert main(["complete", repo, "sessions.py:40", "--max-new-tokens", "16"]) == 0
     out = capsys.readouterr().out

@@ -126,8 +126,11 @@ def complete(
     device: str | None = None,
     seed: int = 0,
     user: str | None = None,
+    own_file: bool = False,
 ) -> Completion:
-    """Continue `prefix` with the repository's RETRO model; `path` (the prefix's own file) is never retrieved.
+    """Continue `prefix` with the repository's RETRO model; `path` (the prefix's own file) is never retrieved,
+    unless `own_file`: then its indexed version is read too, as an editor's buffer would read the file as it was
+    at the last ingest (where the time split measures RETRO's gain; see the README).
 
     Without `path`, a file of the database that holds one of the prompt's retrieved chunks verbatim is
     taken to be the file being completed and is not retrieved either (its continuation is the answer).
@@ -153,12 +156,16 @@ def complete(
         raise InvalidArgument(f"temperature must be a number from 0 (greedy) to 10, not {temperature!r}")
     if path is not None:
         path = validation.repo_path(path)
+    if not isinstance(own_file, bool):
+        raise InvalidArgument(f"own_file must be True or False, not {own_file!r}")
+    if own_file and path is None:
+        raise InvalidArgument("own_file reads the indexed version of `path`: give the path being completed")
 
     with torch.inference_mode():
-        return _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, device, seed)
+        return _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, device, seed, own_file)
 
 
-def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, device, seed) -> Completion:
+def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, device, seed, own_file) -> Completion:
     import torch
 
     from grounding.index import retro_db
@@ -189,7 +196,7 @@ def _complete(repo, prefix, max_new_tokens, temperature, path, checkpoint, devic
     generator = torch.Generator().manual_seed(seed)
     # Never the file being completed, nor a file the current snapshot no longer holds (deleted since the
     # database was built: perhaps for what it held).
-    excluded = ([path] if path else []) + retro_db.paths_gone(database)
+    excluded = ([path] if path and not own_file else []) + retro_db.paths_gone(database)
 
     retriever = (state.get("extra") or {}).get("retriever", "dense")  # as the model was trained
 
