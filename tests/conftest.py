@@ -191,7 +191,7 @@ def visible_vectors(engine, name: str) -> list[tuple]:
         ).all()
 
 
-def git(cwd: Path, *args: str) -> str:
+def git(cwd: Path, *args: str, stdin: str | None = None) -> str:
     env = {
         **os.environ,
         "GIT_AUTHOR_NAME": "t",
@@ -199,7 +199,8 @@ def git(cwd: Path, *args: str) -> str:
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@example.com",
     }
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+    result = subprocess.run(["git", *args], cwd=cwd, env=env, input=stdin, check=True, capture_output=True, text=True)
+    return result.stdout.strip()
 
 
 def git_repo(path: Path) -> Path:

@@ -117,12 +117,6 @@ def test_prefix_at_reads_only_what_ingest_indexed_and_redacted(engine, repo_name
     assert done, "prefix_at waited on a FIFO put where an indexed file was"
 
 
-def _git_in(root: Path, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=root, input=stdin, capture_output=True, check=True, text=True
-    ).stdout.strip()
-
-
 def test_a_tree_in_history_that_names_dotdot_or_dotgit_writes_nothing_outside_the_eval_tree(
     engine, repo_name, hashing, tmp_path
 ):
@@ -133,51 +127,23 @@ def test_a_tree_in_history_that_names_dotdot_or_dotgit_writes_nothing_outside_th
     from grounding.evaluation.eval_index import run_eval
 
     origin = git_repo(tree(tmp_path / "origin", {f"m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(6)}))
-    blob = _git_in(origin, "hash-object", "-w", "--stdin", stdin="print('written by a committer')\n")
-    config = _git_in(origin, "hash-object", "-w", "--stdin", stdin="[core]\n\tfsmonitor = touch PWNED; false #\n")
-    up = _git_in(origin, "mktree", stdin=f"100644 blob {blob}\tPWNED.py\n")
+    blob = git(origin, "hash-object", "-w", "--stdin", stdin="print('written by a committer')\n")
+    config = git(origin, "hash-object", "-w", "--stdin", stdin="[core]\n\tfsmonitor = touch PWNED; false #\n")
+    up = git(origin, "mktree", stdin=f"100644 blob {blob}\tPWNED.py\n")
     for _ in range(3):
-        up = _git_in(origin, "mktree", stdin=f"040000 tree {up}\t..\n")
-    dotgit = _git_in(origin, "mktree", stdin=f"100644 blob {config}\tconfig\n")
-    entries = _git_in(origin, "ls-tree", "HEAD")
-    base_tree = _git_in(origin, "mktree", stdin=f"{entries}\n040000 tree {up}\t..\n040000 tree {dotgit}\t.GIT\n")
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e",
-    }
-    parent = subprocess.run(
-        ["git", "commit-tree", base_tree, "-p", "HEAD", "-m", "x"],
-        cwd=origin,
-        env=env,
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout.strip()
-    clean = _git_in(origin, "rev-parse", "HEAD^{tree}")
+        up = git(origin, "mktree", stdin=f"040000 tree {up}\t..\n")
+    dotgit = git(origin, "mktree", stdin=f"100644 blob {config}\tconfig\n")
+    entries = git(origin, "ls-tree", "HEAD")
+    base_tree = git(origin, "mktree", stdin=f"{entries}\n040000 tree {up}\t..\n040000 tree {dotgit}\t.GIT\n")
+    parent = git(origin, "commit-tree", base_tree, "-p", "HEAD", "-m", "x")
+    clean = git(origin, "rev-parse", "HEAD^{tree}")
     for i in range(6):  # questions: each commit changes one source file, on the clean tree
         (origin / f"m{i}.py").write_text(f"def f{i}():\n    return {i} + 1\n")
-        _git_in(origin, "read-tree", clean if i == 0 else parent)
-        _git_in(origin, "add", f"m{i}.py")
-        parent = subprocess.run(
-            [
-                "git",
-                "commit-tree",
-                _git_in(origin, "write-tree"),
-                "-p",
-                parent,
-                "-m",
-                f"Make function {i} return one more",
-            ],
-            cwd=origin,
-            env=env,
-            capture_output=True,
-            check=True,
-            text=True,
-        ).stdout.strip()
-    _git_in(origin, "update-ref", "refs/heads/main", parent)
+        git(origin, "read-tree", clean if i == 0 else parent)
+        git(origin, "add", f"m{i}.py")
+        written = git(origin, "write-tree")
+        parent = git(origin, "commit-tree", written, "-p", parent, "-m", f"Make function {i} return one more")
+    git(origin, "update-ref", "refs/heads/main", parent)
     ingest(f"file://{origin}", name=repo_name, embedder=hashing)
     home = get_settings().home
     with contextlib.suppress(GroundingError):
