@@ -78,10 +78,95 @@ def commits_set(name: str, work: Path) -> tuple[str, Path, list[tuple[str, froze
     return index.name, eval_dir(name) / "commits-tree", [(q, frozenset(paths)) for q, paths in gold.items()]
 
 
+def changed_lines(clone: Path, parent: str, sha: str, path: str) -> list[tuple[int, int]]:
+    """The lines of `path` at `parent` that commit `sha` changed, as (first, last) spans: `git diff -U0`'s old side.
+
+    A pure insertion after line a is the span (a, a+1), the two lines it goes between."""
+    import re
+
+    out = subprocess.run(
+        ["git", "diff", "-U0", "--no-color", "--no-renames", parent, sha, "--", path],
+        cwd=clone,
+        capture_output=True,
+        check=True,
+    ).stdout.decode("utf-8", "replace")
+    spans = []
+    for m in re.finditer(r"^@@ -(\d+)(?:,(\d+))? \+", out, re.MULTILINE):
+        start, count = int(m.group(1)), int(m.group(2) if m.group(2) is not None else 1)
+        spans.append((start, start + count - 1) if count else (max(start, 1), start + 1))
+    return spans
+
+
+def line_map(clone: Path, base: str, commit: str, path: str):
+    """A function from a line of `path` at `commit` to the same line at `base`, or None where `base` lacks it.
+
+    Read from `git diff -U0 base commit`: a line inside a hunk's new side is new; every other line moves
+    by the lines the hunks before it added or removed."""
+    import re
+
+    out = subprocess.run(
+        ["git", "diff", "-U0", "--no-color", "--no-renames", base, commit, "--", path],
+        cwd=clone,
+        capture_output=True,
+        check=True,
+    ).stdout.decode("utf-8", "replace")
+    hunks = [
+        (int(m[1]), int(m[2] if m[2] is not None else 1), int(m[3]), int(m[4] if m[4] is not None else 1))
+        for m in re.finditer(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", out, re.MULTILINE)
+    ]
+
+    def to_base(line: int) -> int | None:
+        shift = 0
+        for _, old_count, new_start, new_count in hunks:
+            if new_count and new_start <= line < new_start + new_count:
+                return None
+            if (new_start + new_count - 1 if new_count else new_start) < line:
+                shift += old_count - new_count
+        return line + shift
+
+    return to_base
+
+
+def commit_lines_set(name: str, work: Path) -> tuple[str, Path, list[tuple[str, frozenset]]]:
+    """commits_set at line level: a commit subject asks for the lines it changed (`git diff -U0`, old side).
+
+    Searched in the same tree (BASE, the parent of the oldest kept commit): the changed lines of the
+    commit's parent are carried back to BASE (line_map); a span none of whose ends BASE has is dropped,
+    and a commit with no span left is not asked. A hit counts when it overlaps a changed span of a gold file."""
+    from grounding.evaluation.harvest_git import harvest_commits
+
+    repo, tree, _ = commits_set(name, work)
+    clone = work / name
+    harvest = harvest_commits(clone)
+
+    def exists(commit: str, path: str) -> bool:
+        found = subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=clone, capture_output=True)
+        return found.returncode == 0
+
+    questions = []
+    for c in harvest.commits:
+        gold = set()
+        for path in c.paths:
+            if not (exists(harvest.base, path) and exists(c.parent, path)):
+                continue
+            to_base = line_map(clone, harvest.base, c.parent, path)
+            for lo, hi in changed_lines(clone, c.parent, c.sha, path):
+                ends = [line for line in (to_base(lo), to_base(hi)) if line is not None]
+                if ends:
+                    gold.add((path, min(ends), max(ends)))
+        if gold:
+            questions.append((c.question, frozenset(gold)))
+    log(f"{name}-lines: {len(questions)} of {len(harvest.commits)} commits asked at line level")
+    return repo, tree, questions
+
+
 def dev_set(name: str, work: Path) -> tuple[str, list[tuple[str, frozenset[str]]]]:
     """A dev set already ingested under `work` by this script: (repository searched, questions with gold files)."""
     if name == "cosqa":
         return "cosqa", cosqa_set(work)[1]
+    if name.endswith("-lines"):
+        repo, _, questions = commit_lines_set(name.removesuffix("-lines"), work)
+        return repo, questions
     repo, _, questions = commits_set(name, work)
     return repo, questions
 
@@ -317,7 +402,7 @@ def measure(name: str, parts: list[Part], *, rows: Sequence[str] | None = None) 
         if len(rr) != n:
             continue  # a row some part lacked (no reranker there) is not comparable
         diff, lo, hi = paired_interval(hybrid, rr)
-        table[row] = {**metrics(ranks), "hybrid_minus_row": diff, "interval": [lo, hi]}
+        table[row] = {**metrics(ranks), "hybrid_minus_row": diff, "interval": [lo, hi], "ranks": ranks}
     return {"questions": n, "rows": table}
 
 
@@ -412,6 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", help="GROUNDING_HOME to reuse across runs (default: a temporary one)")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--rows", help="only these rows (comma-separated; hybrid is always measured)")
+    parser.add_argument("--against", help="an earlier run's --json: each row now minus then, paired by question")
     args = parser.parse_args(argv)
     rows = args.rows.split(",") if args.rows else None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -444,6 +530,9 @@ def main(argv: list[str] | None = None) -> None:
                     log(f"{name}: no question from a test function")
                     continue
                 results[name] = measure(name, [tests], rows=rows)
+            elif name.endswith("-lines"):
+                repo, root, questions = commit_lines_set(name.removesuffix("-lines"), work)
+                results[name] = measure(name, [(repo, root, questions)], rows=rows)
             else:
                 repo, root, questions = commits_set(name, work)
                 log(f"{name}: eval index {repo}, {len(questions)} commit questions, {time.perf_counter() - t:.0f}s")
@@ -454,6 +543,21 @@ def main(argv: list[str] | None = None) -> None:
         db.stop_embedded()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.against:
+        print_against(results, json.loads(Path(args.against).read_text()))
+
+
+def print_against(now: dict, then: dict) -> None:
+    """MRR@10 of each row now minus the earlier run's, paired by question (same set, same questions)."""
+    print("\nnow minus then, MRR@10 [95% interval]")
+    for name, result in now.items():
+        earlier = then.get(name, {}).get("rows", {})
+        for row, m in result["rows"].items():
+            old = earlier.get(row, {}).get("ranks")
+            if old is None or len(old) != len(m["ranks"]):
+                continue  # the earlier run lacked the row, or asked other questions
+            diff, lo, hi = paired_interval(*([1 / r if r else 0.0 for r in ranks] for ranks in (m["ranks"], old)))
+            print(f"  {name:22} {row:14} {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
 
 
 if __name__ == "__main__":
