@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 # Raised whenever what ingest derives from a file's bytes changes (chunking, secret redaction): a file
 # indexed by an older grounding is then processed again on the next ingest although its bytes did not
 # change, and chunks whose text is unchanged keep their embeddings. 2: secrets redacted before chunking.
-INDEXING_VERSION = 2
+# 3: JavaScript/TypeScript functions assigned to a property (`res.send = function () {}`) are definitions.
+INDEXING_VERSION = 3
 
 
 def content_hash(data: bytes) -> str:

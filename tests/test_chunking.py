@@ -226,6 +226,29 @@ def test_exported_definitions_keep_their_symbol_and_comment():
     ]
 
 
+
+@pytest.mark.parametrize("language", ["javascript", "typescript", "tsx"])
+def test_functions_assigned_to_properties_are_definitions_named_by_their_target(language):
+    """Express's `res.send = function send(body) {}`: CommonJS and prototype code defines its API this way."""
+    data = (
+        b"'use strict';\n\n"
+        b"/**\n * Set status `code`.\n */\nres.status = function status(code) {\n  this.statusCode = code;\n"
+        b"  return this;\n};\n\n"
+        b"exports.parse = (s) => s.split(',');\n\n"
+        b"Router.prototype.handle = function handle(req, res, out) {\n  function next(err) {\n"
+        b"    return out(err);\n  }\n  next();\n};\n\n"
+        b"res.locals = Object.create(null);\n"
+    )
+    chunks = chunk(data, language, path="response.js", max_tokens=256)
+    assert [(c.kind, c.symbol, c.start_line, c.end_line) for c in chunks] == [
+        ("block", None, 1, 1),
+        ("function", "res.status", 3, 9),
+        ("function", "exports.parse", 11, 11),
+        ("function", "Router.prototype.handle", 13, 18),
+        ("block", None, 20, 20),
+    ]
+    assert_exact_ordered_and_complete(data, chunks)
+
 def test_markdown_sections_nest():
     path, data = fixture("markdown")
     chunks = chunk_file(path, data, "markdown", max_tokens=48, counter=REGEX)

@@ -39,3 +39,11 @@
   (variable_declarator
     name: (identifier) @name
     value: [(arrow_function) (function_expression) (generator_function)])) @definition.function
+
+; Functions assigned to a property (CommonJS and prototype style: `res.send = function send(body) {}`,
+; `exports.parse = (s) => ...`, `Router.prototype.handle = function () {}`), named by the whole
+; left-hand side. The statement is captured so that its `;` stays with it.
+(expression_statement
+  (assignment_expression
+    left: (member_expression) @name
+    right: [(arrow_function) (function_expression) (generator_function)])) @definition.function
