@@ -9,6 +9,7 @@ marked as derived in the catalogue (repositories.derived_from), which is what ac
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 
@@ -95,6 +96,16 @@ def repo_path(path: object) -> str:
     if clean.startswith("/") or any(part in ("", "..") for part in clean.split("/")):
         raise InvalidArgument(f"{path!r} is not a path inside the repository: give it relative to the root")
     return clean
+
+
+def directory_name(repo: str) -> str:
+    """A directory name of `repo`'s own under GROUNDING_HOME: readable, plus a hash of the exact name.
+
+    Readable alone it would not be one-to-one: `acme/api` and `acme_api` would share a directory (and
+    one's files could be ingested into the other's eval index), and a case-insensitive disk would give
+    `Acme` and `acme` one."""
+    readable = re.sub(r"[^\w.-]", "_", repo).lstrip(".")[:60] or "_"
+    return f"{readable}-{hashlib.sha256(repo.encode()).hexdigest()[:16]}"
 
 
 def is_loopback(address: str) -> bool:

@@ -184,3 +184,39 @@ def test_a_user_never_sees_an_ungranted_repository_through_any_path(engine, repo
         assert grounding.ask(secret, question, user=user).citations
     finally:
         access.remove_member(user, group)
+
+
+def test_eval_indexes_of_names_alike_on_disk_never_share_files(engine, repo_name, hashing, tmp_path, monkeypatch):
+    """`acme/api` and `acme_api` once shared GROUNDING_HOME/eval/acme_api/: when their eval builds overlapped
+    (two nightly flows), one's files were ingested into the other's eval index, readable by its grantees."""
+    from grounding.evaluation import eval_index
+    from grounding.index.ingest import ingest
+    from grounding.search.retrieve import search
+    from tests.conftest import git_repo, write_tree
+
+    slash, underscore = f"{repo_name}/api", f"{repo_name}_api"
+    sources = {
+        slash: {"pub.py": 'def public_helper(x):\n    """Return the public helper value for x."""\n    return x + 1\n'},
+        underscore: {
+            "crown.py": 'def crown_jewels_pricing(order):\n    """Compute the confidential discount."""\n'
+            "    return order.total * 0.0317\n"
+        },
+    }
+    for name, files in sources.items():
+        ingest(str(git_repo(write_tree(tmp_path / name.replace("/", "-slash-"), files))), name=name, embedder=hashing)
+    alice = f"alice-{uuid.uuid4().hex[:8]}"
+    access.grant(alice, slash)
+
+    real_ingest, overlapped = eval_index.ingest, []
+
+    def overlapping(source, *, name, **kwargs):
+        if name == f"{slash}~eval-docstrings" and not overlapped:  # the other build runs between tree and ingest
+            overlapped.append(eval_index.build_eval_index(underscore))
+        return real_ingest(source, name=name, **kwargs)
+
+    monkeypatch.setattr(eval_index, "ingest", overlapping)
+    eval_index.build_eval_index(slash)
+    assert overlapped
+    hits = search(f"{slash}~eval-docstrings", "crown jewels pricing discount order total", k=20, user=alice)
+    assert {h.citation.path for h in hits} == {"pub.py"}
+    assert eval_index.eval_dir(slash) != eval_index.eval_dir(underscore)

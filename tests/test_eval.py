@@ -16,6 +16,7 @@ from grounding import store
 from grounding.cli import main
 from grounding.config import get_settings, reset_settings
 from grounding.evaluation.datasets import Question, load_questions, save_questions, select_split, split_of
+from grounding.evaluation.eval_index import eval_dir
 from grounding.evaluation.harvest import first_sentence, functions, harvest_docstrings
 from grounding.evaluation.metrics import DatasetError, eval_runs, first_correct, retrieval_metrics
 from grounding.index.ingest import ingest
@@ -211,7 +212,7 @@ def test_grounding_eval_harvests_indexes_evaluates_and_stores(engine, repo_name,
     assert main(["eval", repo_name, "--harvest", "docstrings"]) == 0
     out = capsys.readouterr().out
     derived = f"{repo_name}~eval-docstrings"
-    saved = get_settings().home / "eval" / repo_name / "docstrings.jsonl"
+    saved = eval_dir(repo_name) / "docstrings.jsonl"
     questions = load_questions(saved)
     heldout = select_split(questions, "heldout")
     assert len(questions) >= 30 and 5 <= len(heldout) < len(questions)

@@ -7,10 +7,9 @@ import subprocess
 import pytest
 
 from grounding.cli import main
-from grounding.config import get_settings
 from grounding.errors import DatasetError
 from grounding.evaluation.datasets import load_questions, split_of
-from grounding.evaluation.eval_index import run_eval
+from grounding.evaluation.eval_index import eval_dir, run_eval
 from grounding.evaluation.harvest_git import harvest_commits, is_test_path, question_of
 from grounding.evaluation.metrics import eval_runs
 from grounding.index.ingest import ingest
@@ -227,9 +226,9 @@ def test_grounding_eval_harvests_commits(engine, repo_name, hashing, history, ca
     assert f"7 questions (all split of 7) asked of {derived}" in out and "(hashing-64)" in out
 
     harvest = harvest_commits(root)
-    saved = get_settings().home / "eval" / repo_name / "commits.jsonl"
+    saved = eval_dir(repo_name) / "commits.jsonl"
     assert load_questions(saved) == list(harvest.questions)
-    tree = get_settings().home / "eval" / repo_name / "commits-tree"
+    tree = eval_dir(repo_name) / "commits-tree"
     assert {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree.rglob("*") if p.is_file()} == harvest.files
 
     (run,) = eval_runs(repo_name)

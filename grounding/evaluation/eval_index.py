@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -73,8 +72,8 @@ def eval_index_name(repo: str, harvester: str) -> str:
 
 
 def eval_dir(repo: str) -> Path:
-    """Where a repository's eval datasets and eval trees live: GROUNDING_HOME/eval/REPO."""
-    return get_settings().home / "eval" / (re.sub(r"[^\w.-]", "_", repo).lstrip(".") or "_")
+    """Where a repository's eval datasets and eval trees live: GROUNDING_HOME/eval/, a directory of its own."""
+    return get_settings().home / "eval" / validation.directory_name(repo)
 
 
 def _harvest_docstrings(checkout: sources.Checkout) -> tuple[list[Question], dict[str, bytes]]:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from grounding import validation
 from grounding.config import get_settings
 from grounding.index import retro_db
 from grounding.index.lm_tokenizer import LMTokenizer, load_tokenizer, train_tokenizer
@@ -102,12 +103,8 @@ def repository_tokenizer(repo: str, *, vocab_size: int, path: str | None = None)
     texts = [text for _, text in retro_db.repository_texts(repo, split="train")]  # held-out files stay unseen
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    tokenizer.save(get_settings().home / "retro" / _safe(repo) / f"tokenizer-{stamp}")
+    tokenizer.save(get_settings().home / "retro" / validation.directory_name(repo) / f"tokenizer-{stamp}")
     return tokenizer
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
 def token_byte_lengths(tokenizer: LMTokenizer) -> np.ndarray:
