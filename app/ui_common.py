@@ -7,7 +7,8 @@ browser session signs in with an API token (`grounding token create USER`), whic
 rerun, so a revoked or expired token signs the session out; where Streamlit's own OIDC is configured
 (`[auth]` in .streamlit/secrets.toml, and Authlib installed) the provider's sign-in is offered too. `none`,
 which only `grounding ui` on loopback sets: the server's one user (GROUNDING_UI_USER), or local trusted mode;
-a server told to listen off loopback (`--server.address`) asks for a login even then. Every page asks
+a server that listens beyond loopback asks for a login even then: one given a non-loopback `--server.address`,
+and one given none, which Streamlit binds to every interface. Every page asks
 `current_user()` first, and that is where the login form stops a page.
 """
 
@@ -38,11 +39,12 @@ TOKEN_KEY, PRINCIPAL_KEY = "grounding_token", "grounding_principal"  # in st.ses
 
 def login_required() -> bool:
     """Whether sessions sign in: unless GROUNDING_UI_AUTH is an explicit `none` (which `grounding ui` sets on
-    loopback only), and always when this server was told to listen on an address beyond this machine."""
+    loopback only) on a server listening on a loopback address. Without `--server.address` Streamlit
+    listens on every interface, so that is beyond this machine too."""
     if os.environ.get(AUTH_ENV, "token").strip().lower() != "none":
         return True
     address = st.get_option("server.address")
-    return bool(address) and not is_loopback(address)
+    return not (address and is_loopback(address))
 
 
 def current_principal() -> Principal | None:

@@ -157,6 +157,18 @@ def prefect_server():
 
 
 @pytest.fixture
+def loopback_ui():
+    """Streamlit's server.address as `grounding ui` sets it on loopback (AppTest sets none, which would
+    mean every interface, and so a login); restored after."""
+    from streamlit import config as st_config
+
+    before = st_config.get_option("server.address")
+    st_config.set_option("server.address", "127.0.0.1")
+    yield
+    st_config.set_option("server.address", before)
+
+
+@pytest.fixture
 def engine(database_url):
     return db.get_engine()
 

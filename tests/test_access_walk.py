@@ -168,7 +168,7 @@ def run_page(name: str, monkeypatch, user: str, **query) -> AppTest:
     return at
 
 
-def test_every_copilot_page(world, monkeypatch):
+def test_every_copilot_page(world, monkeypatch, loopback_ui):
     w, alice = world, world["alice"]
     at = run_page("copilot.py", monkeypatch, alice, repo=[w["open"], w["closed"]])  # a link naming both
     assert at.multiselect(key="repos").options == [w["open"]]
@@ -180,9 +180,10 @@ def test_every_copilot_page(world, monkeypatch):
         at = run_page(page, monkeypatch, alice)
         assert w["open"] in rendered(at), page
         assert not leaks(rendered(at), world=w), page
+        assert str(w["open_dir"]) not in rendered(at), f"{page}: a server path is an administrator's"
 
 
-def test_the_ingest_page_re_ingests_only_what_the_user_may_read(world, monkeypatch, prefect_server):
+def test_the_ingest_page_re_ingests_only_what_the_user_may_read(world, monkeypatch, prefect_server, loopback_ui):
     w, alice = world, world["alice"]
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     at = run_page("pages/1_Ingest.py", monkeypatch, alice)

@@ -25,7 +25,7 @@ LABEL = re.compile(r"^\[(\d+)\] (\S+\.py):(\d+)-(\d+)@([0-9a-f]{12})$")
 
 
 @pytest.fixture(autouse=True)
-def app_on_path(monkeypatch):
+def app_on_path(monkeypatch, loopback_ui):
     monkeypatch.syspath_prepend(str(APP))
     monkeypatch.setenv("GROUNDING_UI_AUTH", "none")  # as `grounding ui` on loopback; tests/test_ui_login.py signs in
 

@@ -309,6 +309,11 @@ def test_a_repository_whose_only_ingest_failed_says_it_has_no_index(engine, repo
         ingest(str(src), name=repo_name)
     with pytest.raises(NotIndexed, match="no index yet: its last ingest failed .*the encoder broke"):
         grounding.ask(repo_name, "what does a return")
+    # A user granted it learns that it failed, not the error's text (which may name server paths).
+    access.grant("reader-of-a", repo_name)
+    with pytest.raises(NotIndexed, match="no index yet: its last ingest failed;") as err:
+        grounding.ask(repo_name, "what does a return", user="reader-of-a")
+    assert "encoder broke" not in str(err.value)
 
 
 def test_a_normal_file_with_a_few_long_lines_is_not_minified():

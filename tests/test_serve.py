@@ -128,7 +128,9 @@ def test_deployment_run_from_the_cli_ingests_through_a_worker(served, engine, re
     assert proc.poll() is None, "serve keeps running"
 
 
-def test_ingest_page_submits_the_deployment_and_follows_its_flow_run(served, engine, repo_name, tmp_path, monkeypatch):
+def test_ingest_page_submits_the_deployment_and_follows_its_flow_run(
+    served, engine, repo_name, tmp_path, monkeypatch, loopback_ui
+):
     """The copilot's Ingest page with PREFECT_API_URL at `grounding serve`: the flow runs on a worker."""
     from prefect import context as prefect_context
     from prefect.settings import PREFECT_API_URL

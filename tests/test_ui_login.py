@@ -126,7 +126,7 @@ def test_sign_out_forgets_the_token(teams):
         ([], "none"),  # loopback without --login: the one user of GROUNDING_UI_USER, or trusted mode
     ],
 )
-def test_grounding_ui_off_loopback_starts_behind_the_login(teams, monkeypatch, capsys, args, auth):
+def test_grounding_ui_off_loopback_starts_behind_the_login(teams, monkeypatch, capsys, args, auth, loopback_ui):
     started = {}
 
     class Streamlit:  # stands in for `streamlit run`: records how it was started, and exits at once
@@ -147,18 +147,21 @@ def test_grounding_ui_off_loopback_starts_behind_the_login(teams, monkeypatch, c
 
     monkeypatch.setenv("GROUNDING_UI_AUTH", env["GROUNDING_UI_AUTH"])  # the app, as that command starts it
     monkeypatch.delenv("GROUNDING_UI_USER")
+    st_config.set_option("server.address", started["command"][started["command"].index("--server.address") + 1])
     at = AppTest.from_file(str(APP / "copilot.py"), default_timeout=120)
     at.run()
     assert ([t.value for t in at.title] == LOGIN) == (auth == "token")
     assert (teams["payroll"] in text_of(at)) == (auth == "none"), "trusted mode reads every repository"
 
 
-def test_trusted_mode_is_refused_by_a_server_listening_off_loopback(teams, monkeypatch):
-    """GROUNDING_UI_AUTH=none by hand, with `streamlit run --server.address 0.0.0.0`: a login all the same."""
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", None])
+def test_trusted_mode_is_refused_by_a_server_listening_off_loopback(teams, monkeypatch, address):
+    """GROUNDING_UI_AUTH=none by hand, with `streamlit run --server.address 0.0.0.0`, or with no address
+    (Streamlit then listens on every interface): a login all the same."""
     monkeypatch.setenv("GROUNDING_UI_AUTH", "none")
     monkeypatch.delenv("GROUNDING_UI_USER")
     before = st_config.get_option("server.address")
-    st_config.set_option("server.address", "0.0.0.0")
+    st_config.set_option("server.address", address)
     try:
         at = AppTest.from_file(str(APP / "pages/1_Ingest.py"), default_timeout=120)
         at.run()

@@ -57,7 +57,8 @@ def show_job(key: str) -> None:
     if job is None:
         return
     how = f"Prefect deployment `{ingest_jobs.DEPLOYMENT}`" if job.mode == "deployment" else "the flow, in this server"
-    st.subheader(f"{job.name} ← `{job.source}`" + (f" @ `{job.ref}`" if job.ref else ""))
+    trusted = user is None  # sources and errors name server paths: local trusted mode's, as in the API
+    st.subheader(f"{job.name} ← `{job.source}`" + (f" @ `{job.ref}`" if job.ref else "") if trusted else job.name)
     st.caption(f"Through {how}" + (f", flow run `{job.flow_run_id}`" if job.flow_run_id else ""))
     if not job.finished:
         if job.fraction is not None:
@@ -68,7 +69,8 @@ def show_job(key: str) -> None:
             text = f"{job.stage}" + (f" (flow {job.flow_state})" if job.flow_state else "") + "…"
         st.progress(job.fraction or 0.0, text=text)
     elif job.status == "failed":
-        st.error(f"Ingest of {job.name} failed: {job.error}. The previous snapshot stays active.")
+        why = f": {job.error}" if trusted else "; an administrator can read why"
+        st.error(f"Ingest of {job.name} failed{why}. The previous snapshot stays active.")
     elif job.snapshot is not None:
         st.progress(1.0, text="done")
         show_summary(job.name, job.snapshot)
@@ -138,7 +140,11 @@ others = [j for j in ingest_jobs.running_jobs() if j.key != key and (user is Non
 if others:
     st.markdown("**Other ingests running here**")
     st.dataframe(
-        [{"repository": j.name, "source": j.source, "stage": j.stage, "mode": j.mode} for j in others], hide_index=True
+        [
+            {"repository": j.name, **({"source": j.source} if user is None else {}), "stage": j.stage, "mode": j.mode}
+            for j in others
+        ],
+        hide_index=True,
     )
 
 with st.expander("Repositories and their current snapshots"):

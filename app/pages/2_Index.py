@@ -8,7 +8,9 @@ from ui_common import current_user, errors_as_messages, scope_or_stop, when
 from grounding.service.status import file_roles, index_versions, skipped_files, snapshots
 
 st.set_page_config(page_title="Index · grounding copilot", page_icon=":material/database:", layout="wide")
-current_user()  # first: with a login on, the sign-in form stops the page here
+# First: with a login on, the sign-in form stops the page here. Sources (server paths, URLs) and ingest
+# errors (which may name them) are shown in local trusted mode only, as the API keeps them to admins.
+trusted = current_user() is None
 st.title("Index")
 scope = scope_or_stop()
 if not scope.repos:
@@ -36,7 +38,8 @@ st.dataframe(
 chosen = st.selectbox("Repository", scope.names, key="index_repo")
 repo = next(r for r in scope.repos if r.name == chosen)
 st.subheader(repo.name)
-st.caption(f"from `{repo.source}`" + (f" @ `{repo.ref}`" if repo.ref else ""))
+if trusted:
+    st.caption(f"from `{repo.source}`" + (f" @ `{repo.ref}`" if repo.ref else ""))
 cols = st.columns(5)
 cols[0].metric("files", repo.files)
 cols[1].metric("chunks", repo.chunks)
@@ -44,7 +47,8 @@ cols[2].metric("snapshot", repo.snapshot_id or "-", help=f"commit {repo.commit}"
 cols[3].metric("index version", repo.index_version or "-", help=repo.encoder)
 cols[4].metric("last ingest", repo.freshness if repo.freshness in ("just now", "never") else f"{repo.freshness} ago")
 if repo.last_status == "failed" and repo.last_error:
-    st.warning(f"The latest ingest failed (the previous snapshot still answers): {repo.last_error.splitlines()[0]}")
+    why = f": {repo.last_error.splitlines()[0]}" if trusted else "; an administrator can read why"
+    st.warning(f"The latest ingest failed (the previous snapshot still answers){why}")
 elif repo.last_status == "running":
     st.info("An ingest of this repository is running.")
 
@@ -67,7 +71,7 @@ with history, errors_as_messages("Reading the snapshots"):
                 "chunks added": stats.get("chunks_added"),
                 "removed": stats.get("chunks_removed"),
                 "embedded": stats.get("embeddings_computed"),
-                "error": (s.error or "").splitlines()[0] if s.error else "",
+                "error": ((s.error.splitlines() or [""])[0] if trusted else "failed") if s.error else "",
             }
         )
     st.dataframe(rows, hide_index=True)

@@ -35,12 +35,12 @@ def fuse(rankings: Sequence[Sequence[Hit]], *, k: int) -> list[Hit]:
     return [hit for *_, hit in sorted(keyed, key=lambda item: item[:3])[:k]]
 
 
-def evidence(repos: Sequence[str], question: str, *, k: int, filters=None) -> tuple[Citation, ...]:
-    """The k best citations for `question` over all `repos`, best first."""
+def evidence(repos: Sequence[str], question: str, *, k: int, filters=None, user=None) -> tuple[Citation, ...]:
+    """The k best citations for `question` over all `repos`, best first, as `user` may read them."""
     from grounding.search.retrieve import search
 
     extra = {} if filters is None else {"filters": filters}
-    rankings = [search(repo, question, k=k, **extra) for repo in repos]
+    rankings = [search(repo, question, k=k, user=user, **extra) for repo in repos]
     return tuple(hit.citation for hit in fuse(rankings, k=k))
 
 
@@ -64,7 +64,7 @@ def ask_stream(
         authorize(user, names)
     question, filters = with_inline_filters(question, filters)
     generator = load_generator(backend)
-    citations = evidence(names, question, k=k, filters=filters)
+    citations = evidence(names, question, k=k, filters=filters, user=user)
     settings = get_settings()
     prompt = build_prompt(
         question,

@@ -328,7 +328,9 @@ def search(
         snapshot, commit = store.current_snapshot(conn, repo_id)
         if snapshot is None:
             last = store.latest_snapshot(conn, repo)
-            why = f": its last ingest failed ({last['error'].splitlines()[0][:200]})" if last and last["error"] else ""
+            why = ""
+            if last and last["error"]:  # its text may name server paths: a trusted caller's, as in the API
+                why = ": its last ingest failed" + (f" ({last['error'].splitlines()[0][:200]})" if user is None else "")
             raise NotIndexed(
                 f"repository {repo!r} has no index yet{why}; fix that and run `grounding ingest` again "
                 "(`grounding repos` shows every run)"
