@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from grounding.errors import GroundingError
+from grounding.errors import GroundingError, RepoNotFound
 from grounding.service.status import RepoScope, repo_scope
 from grounding.validation import is_loopback
 
@@ -198,6 +198,9 @@ def errors_as_messages(what: str) -> Iterator[dict]:
     outcome: dict = {}
     try:
         yield outcome
+    except RepoNotFound as err:  # its own message lists every repository, as the API never shows
+        outcome["error"] = f"{what}: no repository {err.name!r} that you may read"
+        st.error(outcome["error"])
     except (GroundingError, ValueError, PermissionError) as err:
         outcome["error"] = f"{what}: {err}"
         st.error(outcome["error"])

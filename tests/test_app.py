@@ -107,6 +107,24 @@ def test_chat_reports_errors_without_a_traceback(engine, ingested, monkeypatch):
     assert at.error, "the refusal is shown as an error box"
 
 
+def _page_whose_repository_vanished():
+    from ui_common import errors_as_messages
+
+    from grounding.errors import RepoNotFound
+
+    with errors_as_messages("Reading the snapshots"):
+        raise RepoNotFound("gone", ["payroll-secret", "gone-not"])  # as store.repo_id raises it
+
+
+def test_a_repository_not_found_is_shown_without_the_list_of_every_repository():
+    """store.repo_id's RepoNotFound names every repository; a page showing it as is would list them."""
+    at = AppTest.from_function(_page_whose_repository_vanished, default_timeout=60)
+    at.run()
+    assert not at.exception and [e.value for e in at.error] == [
+        "Reading the snapshots: no repository 'gone' that you may read"
+    ]
+
+
 def test_picker_shows_only_the_repositories_granted_to_the_user(engine, ingested, monkeypatch):
     from grounding.access import grant
 
