@@ -269,6 +269,23 @@ def test_a_git_url_repository_is_evaluated_from_its_checkout(engine, repo_name, 
     assert "questions (all split of" in out and table(out)["lexical"][2] > 0, out
 
 
+def test_an_eval_index_registered_from_an_older_tree_place_is_rebuilt_from_the_new_one(
+    engine, repo_name, hashing, tmp_path
+):
+    """Eval trees moved to a directory named by a hash of the repository's name: an eval index ingested from
+    the old place is read from the new one, not refused as a source conflict."""
+    from grounding.evaluation.eval_index import build_eval_index
+
+    src = copy_tree("docstring_parser", tmp_path / "docstring_parser")
+    ingest(str(src), name=repo_name, embedder=hashing)
+    old_place = copy_tree("docstring_parser", tmp_path / "eval" / repo_name / "docstrings-tree")
+    ingest(str(old_place), name=f"{repo_name}~eval-docstrings", embedder=hashing, derived_from=repo_name)
+    index = build_eval_index(repo_name)
+    with engine.connect() as conn:
+        source, _, _ = store.repo_source(conn, index.name)
+    assert source == str(eval_dir(repo_name) / "docstrings-tree") and index.questions
+
+
 def test_grounding_eval_on_a_question_file(engine, repo_name, hashing, tmp_path, capsys):
     src = copy_tree("docstring_parser", tmp_path / "docstring_parser")
     ingest(str(src), name=repo_name, embedder=hashing)

@@ -173,7 +173,9 @@ def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
     if derived is not None and derived.encoder != encoder:
         log.info("%s was embedded with %s; reindexing with %s", name, derived.encoder, encoder)
         reindex(name, encoder=encoder, query_encoder=version.query_encoder, grace_seconds=0)
-    report = ingest(str(tree), name=name, embedder=load_embedder(encoder), derived_from=repo)
+    # The tree's place is grounding's to choose (it moved once, to a directory named by a hash of the name):
+    # an eval index registered from an older place reads this one from now on.
+    report = ingest(str(tree), name=name, embedder=load_embedder(encoder), derived_from=repo, replace_source=True)
     with db.get_engine().connect() as conn:
         derived = store.active_index_version(conn, store.repo_id(conn, name))
     if derived.query_encoder != version.query_encoder:
