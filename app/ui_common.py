@@ -47,6 +47,21 @@ def login_required() -> bool:
     return not (address and is_loopback(address))
 
 
+def trusted_session() -> bool:
+    """Local trusted mode: no login and no GROUNDING_UI_USER. Only such a session is shown server details
+    (repositories' sources, ingest and run errors, encoder paths, generator URLs), which the API shows to
+    no user."""
+    return not login_required() and not os.environ.get(USER_ENV)
+
+
+def shown_encoder(name: str | None) -> str:
+    """An encoder as this session may read it: a trusted one its whole name, others its last part (a trained
+    encoder is named by its checkpoint's path on the server), as the API shows it."""
+    if not name:
+        return ""
+    return name if trusted_session() else name.rstrip("/").rsplit("/", 1)[-1]
+
+
 def current_principal() -> Principal | None:
     """The signed-in Principal (grounding.tokens), or None without a login; stops the page at the login form."""
     if not login_required():
@@ -202,11 +217,19 @@ def errors_as_messages(what: str) -> Iterator[dict]:
         outcome["error"] = f"{what}: no repository {err.name!r} that you may read"
         st.error(outcome["error"])
     except (GroundingError, ValueError, PermissionError) as err:
-        outcome["error"] = f"{what}: {err}"
+        if trusted_session():
+            outcome["error"] = f"{what}: {err}"
+        elif isinstance(err, GroundingError):  # as the API words it for a user: a generator without its URL
+            from grounding.service.api import public_error
+
+            outcome["error"] = f"{what}: {public_error(err)[1]}"
+        else:  # an OSError's text holds its path
+            outcome["error"] = f"{what}: {type(err).__name__}"
         st.error(outcome["error"])
     except Exception as err:  # the UI boundary: the server log keeps the traceback
         log.exception("%s failed", what)
-        outcome["error"] = f"{what} failed unexpectedly ({type(err).__name__}: {err}); the server log has the details."
+        detail = f"{type(err).__name__}: {err}" if trusted_session() else type(err).__name__  # str(err) may hold paths
+        outcome["error"] = f"{what} failed unexpectedly ({detail}); the server log has the details."
         st.error(outcome["error"])
 
 

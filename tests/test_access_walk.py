@@ -183,6 +183,34 @@ def test_every_copilot_page(world, monkeypatch, loopback_ui):
         assert str(w["open_dir"]) not in rendered(at), f"{page}: a server path is an administrator's"
 
 
+def test_server_details_of_a_failed_ingest_are_not_shown_to_a_user(world, monkeypatch, tmp_path, loopback_ui):
+    """A failed ingest's error names server paths: alice, granted the repository, learns that it failed."""
+    import sys
+
+    broken = world["open"].removesuffix("-open") + "-broken"
+    src = tmp_path / "broken"
+    src.mkdir()
+    (src / "a.py").write_text("def a():\n    return 1\n")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("could not read /srv/secret-mount/ledger.db")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["grounding.index.ingest"], "_write_snapshot", fail)
+        with pytest.raises(GroundingError):
+            ingest(str(git_repo(src)), name=broken)
+    access.grant(world["alice"], broken)
+    try:
+        at = run_page("pages/2_Index.py", monkeypatch, world["alice"])
+        at.selectbox(key="index_repo").set_value(broken).run()
+        shown = rendered(at)
+    finally:  # the world's other tests see alice with one repository
+        with db.get_engine().begin() as conn:
+            conn.execute(sa.text("DELETE FROM repositories WHERE name = :n"), {"n": broken})
+    assert "an administrator can read why" in shown and broken in shown
+    assert "secret-mount" not in shown and str(src) not in shown
+
+
 def test_the_ingest_page_re_ingests_only_what_the_user_may_read(world, monkeypatch, prefect_server, loopback_ui):
     w, alice = world, world["alice"]
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -191,6 +219,7 @@ def test_the_ingest_page_re_ingests_only_what_the_user_may_read(world, monkeypat
 
     assert at.selectbox[0].options == [w["open"]] and not at.text_input, "no free-text source for a user"
     at.button[0].click().run()
+    assert at.subheader and str(w["open_dir"].resolve()) not in rendered(at), "the source is a server path"
     job = ingest_jobs.job(at.session_state["ingest_job"])
     deadline = time.monotonic() + 120
     while not job.finished and time.monotonic() < deadline:

@@ -125,6 +125,36 @@ def test_a_repository_not_found_is_shown_without_the_list_of_every_repository():
     ]
 
 
+def _page_whose_generator_and_disk_fail():
+    from ui_common import errors_as_messages, shown_encoder
+
+    from grounding.errors import GeneratorUnavailable
+
+    with errors_as_messages("Answering"):
+        raise GeneratorUnavailable("the OpenAI-compatible server at http://10.1.2.3:8000/v1 reported an error")
+    with errors_as_messages("Reading"):
+        raise PermissionError(13, "Permission denied", "/srv/private/runs/7/model.pt")
+    import streamlit as st
+
+    st.caption(shown_encoder("realm:/srv/private/runs/7#query"))
+
+
+@pytest.mark.parametrize("user", [None, "alice"])
+def test_server_details_in_errors_and_encoders_are_for_local_trusted_mode_only(monkeypatch, user):
+    """The API tells a user that the generator is unavailable, not where it is; the copilot now does the same."""
+    if user:
+        monkeypatch.setenv("GROUNDING_UI_USER", user)
+    else:
+        monkeypatch.delenv("GROUNDING_UI_USER", raising=False)
+    at = AppTest.from_function(_page_whose_generator_and_disk_fail, default_timeout=60)
+    at.run()
+    shown = " ".join([e.value for e in at.error] + [c.value for c in at.caption])
+    assert not at.exception and len(at.error) == 2
+    assert ("10.1.2.3" in shown and "/srv/private" in shown) == (user is None), shown
+    if user:
+        assert "generator is unavailable" in shown and "PermissionError" in shown and "7#query" in shown
+
+
 def test_picker_shows_only_the_repositories_granted_to_the_user(engine, ingested, monkeypatch):
     from grounding.access import grant
 

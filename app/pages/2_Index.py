@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
-from ui_common import current_user, errors_as_messages, scope_or_stop, when
+from ui_common import current_user, errors_as_messages, scope_or_stop, shown_encoder, when
 
 from grounding.service.status import file_roles, index_versions, skipped_files, snapshots
 
@@ -26,7 +26,7 @@ st.dataframe(
             "files": r.files,
             "chunks": r.chunks,
             "index version": r.index_version,
-            "encoder": r.encoder,
+            "encoder": shown_encoder(r.encoder),
             "fresh": r.freshness,
             "last run": r.last_status,
         }
@@ -44,7 +44,7 @@ cols = st.columns(5)
 cols[0].metric("files", repo.files)
 cols[1].metric("chunks", repo.chunks)
 cols[2].metric("snapshot", repo.snapshot_id or "-", help=f"commit {repo.commit}" if repo.commit else None)
-cols[3].metric("index version", repo.index_version or "-", help=repo.encoder)
+cols[3].metric("index version", repo.index_version or "-", help=shown_encoder(repo.encoder) or None)
 cols[4].metric("last ingest", repo.freshness if repo.freshness in ("just now", "never") else f"{repo.freshness} ago")
 if repo.last_status == "failed" and repo.last_error:
     why = f": {repo.last_error.splitlines()[0]}" if trusted else "; an administrator can read why"
@@ -82,14 +82,14 @@ with versions, errors_as_messages("Reading the index versions"):
             {
                 "version": v.id,
                 "status": v.status,
-                "encoder": v.encoder,
-                "query encoder": v.query_encoder or "",
+                "encoder": shown_encoder(v.encoder),
+                "query encoder": shown_encoder(v.query_encoder),
                 "dim": v.dim,
                 "vectors": v.vectors,
                 "created": when(v.created_at),
                 "activated": when(v.activated_at),
                 "retired": when(v.retired_at),
-                "note": v.note or "",
+                "note": (v.note or "") if trusted else "",  # a failed reindex's error text
             }
             for v in reversed(index_versions(repo.name))
         ],

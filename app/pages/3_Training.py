@@ -6,7 +6,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
-from ui_common import current_user, errors_as_messages, scope_or_stop, when
+from ui_common import current_user, errors_as_messages, scope_or_stop, shown_encoder, when
 
 from grounding.service.status import (
     REALM_KINDS,
@@ -63,7 +63,9 @@ def grouped_bars(
     st.altair_chart(chart, width="stretch")
 
 
-current_user()  # first: with a login on, the sign-in form stops the page here
+# First: with a login on, the sign-in form stops the page here. A run's error (its host, its paths) and an
+# evaluation's dataset path are server details, shown in local trusted mode only.
+trusted = current_user() is None
 st.title("Training")
 scope = scope_or_stop()
 if not scope.repos:
@@ -97,7 +99,7 @@ if runs:
                 "kind": r.kind,
                 "status": r.status,
                 "decision": r.decision or "",
-                "reason": r.reason or r.error or "",
+                "reason": r.reason or ((r.error if trusted else "failed") if r.error else ""),
                 "gain [95%]": gate_interval(r.metrics),
                 "best step": (r.metrics or {}).get("finetune_best_step"),
                 "device": r.device,
@@ -178,6 +180,9 @@ with errors_as_messages("Reading the evaluations"):
     if evaluations:
         for row in evaluations:
             row["when"] = when(row["when"])
+            row["encoder"] = shown_encoder(row["encoder"])
+            if not trusted and row["dataset"]:
+                row["dataset"] = row["dataset"].rstrip("/").rsplit("/", 1)[-1]  # a question file's path
         st.dataframe(evaluations, hide_index=True)
     else:
         st.caption(f"No evaluation of {repo} stored yet: `grounding eval {repo}`.")
