@@ -133,11 +133,19 @@ def commit_lines_set(name: str, work: Path) -> tuple[str, Path, list[tuple[str, 
     Searched in the same tree (BASE, the parent of the oldest kept commit): the changed lines of the
     commit's parent are carried back to BASE (line_map); a span none of whose ends BASE has is dropped,
     and a commit with no span left is not asked. A hit counts when it overlaps a changed span of a gold file."""
+    from grounding.config import get_settings
     from grounding.evaluation.harvest_git import harvest_commits
 
     repo, tree, _ = commits_set(name, work)
     clone = work / name
-    harvest = harvest_commits(clone)
+    settings = get_settings()  # as the eval index harvested it (eval_index._harvest_commits), so BASE is the same
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, check=True).stdout
+    harvest = harvest_commits(
+        clone,
+        commit=commit.decode().strip(),
+        max_bytes=settings.max_file_bytes,
+        max_line_length=settings.max_line_length,
+    )
 
     def exists(commit: str, path: str) -> bool:
         found = subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=clone, capture_output=True)
@@ -419,7 +427,7 @@ def measure(name: str, parts: list[Part], *, rows: Sequence[str] | None = None) 
             continue  # a row some part lacked (no reranker there) is not comparable
         diff, lo, hi = paired_interval(hybrid, rr)
         table[row] = {**metrics(ranks), "hybrid_minus_row": diff, "interval": [lo, hi], "ranks": ranks}
-    return {"questions": n, "rows": table}
+    return {"questions": n, "texts": [q for _, _, qs in parts for q, _ in qs], "rows": table}
 
 
 def handwritten_parts(work: Path) -> list[Part]:
@@ -567,11 +575,14 @@ def print_against(now: dict, then: dict) -> None:
     """MRR@10 of each row now minus the earlier run's, paired by question (same set, same questions)."""
     print("\nnow minus then, MRR@10 [95% interval]")
     for name, result in now.items():
+        if then.get(name, {}).get("texts", result["texts"]) != result["texts"]:
+            print(f"  {name:22} asked other questions then: not paired")
+            continue
         earlier = then.get(name, {}).get("rows", {})
         for row, m in result["rows"].items():
             old = earlier.get(row, {}).get("ranks")
             if old is None or len(old) != len(m["ranks"]):
-                continue  # the earlier run lacked the row, or asked other questions
+                continue  # the earlier run lacked the row, or (a run without texts) asked other questions
             diff, lo, hi = paired_interval(*([1 / r if r else 0.0 for r in ranks] for ranks in (m["ranks"], old)))
             print(f"  {name:22} {row:14} {diff:+.3f} [{lo:+.3f}, {hi:+.3f}]")
 

@@ -182,7 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=["heldout", "train", "all"], help="default: heldout if harvested, else all")
     p.add_argument("--mode", choices=["hybrid", "vector", "lexical", "all"], default="hybrid")
     p.add_argument("-k", type=int, default=10, help="hits per question (default 10)")
-    p.add_argument("--save", help="where to write harvested questions (default: GROUNDING_HOME/eval/REPO/)")
+    p.add_argument("--save", help="where to write harvested questions (default: GROUNDING_HOME/eval/REPO-HASH/)")
     p.add_argument(
         "--rerank",
         action="store_true",

@@ -210,7 +210,7 @@ def run_eval(
     """Evaluate `repo`'s retrieval on a question file, or on harvested questions; store one run per mode.
 
     A question file is asked of `repo` itself, every split by default. Harvested questions are asked
-    of the eval index, held-out split by default, and saved as JSONL (GROUNDING_HOME/eval/REPO/).
+    of the eval index, held-out split by default, and saved as JSONL (GROUNDING_HOME/eval/REPO-HASH/, eval_dir).
     With `rerank`, each mode is evaluated twice, without and then with the cross-encoder that
     GROUNDING_RERANKER gives `repo` (its promoted one by default), stored as e.g. `hybrid` and `hybrid+rerank`.
     """
