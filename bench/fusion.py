@@ -27,15 +27,19 @@ RRF_KS = (5, 10, 30, 60)
 PRIORS = (1.0, 0.75, 0.5, 0.3, 0.15)
 
 
-def candidates_of(repo: str, questions: list[tuple[str, frozenset]]) -> list[list[tuple[tuple, dict, float]]]:
-    """Per question: (span, {ranker: rank}, role factor at prior 0) of every candidate any ranking found.
+def candidates_of(
+    repo: str, questions: list[tuple[str, frozenset]], describe=None
+) -> list[list[tuple[tuple, dict, object]]]:
+    """Per question: (span, {ranker: rank}, what `describe(hit, favoured)` says of it) of every candidate
+    any ranking found; by default the role factor at prior 0.
 
-    The factor is 1 for a chunk of a favoured role (implementation, or a role the question asks for), 0
+    That factor is 1 for a chunk of a favoured role (implementation, or a role the question asks for), 0
     otherwise; a prior p then multiplies the others' fused score by p."""
     from grounding import db, store
     from grounding.evaluation.tuning import candidate_hits
     from grounding.roles import asked_roles
 
+    describe = describe or (lambda hit, favoured: 1.0 if favoured else 0.0)
     with db.get_engine().connect() as conn:
         repo_id = store.repo_id(conn, repo)
         version = store.active_index_version(conn, repo_id)
@@ -47,7 +51,7 @@ def candidates_of(repo: str, questions: list[tuple[str, frozenset]]) -> list[lis
                 (
                     (h.citation.path, h.citation.start_line, h.citation.end_line),
                     {"vector": h.vector_rank, "lexical": h.lexical_rank, "trigram": h.trigram_rank},
-                    1.0 if h.citation.role in favoured else 0.0,
+                    describe(h, h.citation.role in favoured),
                 )
                 for h in hits
             ]
@@ -55,12 +59,37 @@ def candidates_of(repo: str, questions: list[tuple[str, frozenset]]) -> list[lis
     return out
 
 
-def reciprocal_ranks(cands, questions, weights, rrf_k, prior=1.0) -> list[float]:
+def dev_candidates(home: str, names: str, candidates=candidates_of) -> dict:
+    """{set: (candidates(repo, questions), questions)} of bench/quality.py's dev sets ingested under `home`."""
+    from grounding import db
+    from grounding.config import reset_settings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ["GROUNDING_HOME"] = home
+    reset_settings()
+    sets = {}
+    try:
+        for name in names.split(","):
+            repo, questions = dev_set(name, Path(home) / "sets")
+            t = time.perf_counter()
+            sets[name] = (candidates(repo, questions), questions)
+            log(f"{name}: candidates of {len(questions)} questions in {time.perf_counter() - t:.0f}s")
+    finally:
+        db.reset()
+        db.stop_embedded()
+    return sets
+
+
+def reciprocal_ranks(cands, questions, weights, rrf_k, prior=1.0, factor=None) -> list[float]:
+    """Per question, 1/rank of the first gold hit within K of the candidates fused offline; each candidate's
+    fused score times `factor(description)` (by default: 1 for a favoured role, else `prior`)."""
     from grounding.search.fusion import fuse
 
+    factor = factor or (lambda favoured: 1.0 if favoured else prior)
     rr = []
     for found, (_, gold) in zip(cands, questions):
-        factors = {span: 1.0 if f else prior for span, _, f in found}
+        factors = {span: factor(d) for span, _, d in found}
         ranked = fuse([(span, ranks) for span, ranks, _ in found], weights, rrf_k=rrf_k, factors=factors)
         if all(isinstance(g, str) for g in gold):
             ranked = by_file(ranked)
@@ -74,24 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", required=True, help="the GROUNDING_HOME bench/quality.py ingested the sets into")
     parser.add_argument("--sets", default="cosqa,click,gin,express")
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ["GROUNDING_HOME"] = args.home
-    from grounding import db
-    from grounding.config import reset_settings
+    sets = dev_candidates(args.home, args.sets)
     from grounding.search.fusion import FusionWeights, default_grid
-
-    reset_settings()
-    sets = {}
-    try:
-        for name in args.sets.split(","):
-            repo, questions = dev_set(name, Path(args.home) / "sets")
-            t = time.perf_counter()
-            sets[name] = (candidates_of(repo, questions), questions)
-            log(f"{name}: candidates of {len(questions)} questions in {time.perf_counter() - t:.0f}s")
-    finally:
-        db.reset()
-        db.stop_embedded()
 
     def score(w, rrf_k, prior) -> dict:
         per_set = {}

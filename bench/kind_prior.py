@@ -22,24 +22,24 @@ Reuse the home bench/quality.py ingested the sets into:
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
-import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import K, by_file, dev_set, log, matches, paired_interval  # noqa: E402
+from fusion import candidates_of, dev_candidates, reciprocal_ranks  # noqa: E402
+from quality import paired_interval  # noqa: E402
 
 FACTORS = (1.0, 0.75, 0.5, 0.3, 0.15)
 
 
-def class_owners(repo_id: int) -> set[tuple[str, str]]:
-    """(path, symbol) of every definition of `repo_id` that owns a method chunk: a class, an interface, a struct."""
+def class_owners(repo: str) -> set[tuple[str, str]]:
+    """(path, symbol) of every definition of `repo` that owns a method chunk: a class, an interface, a struct."""
     import sqlalchemy as sa
 
-    from grounding import db
+    from grounding import db, store
 
     with db.get_engine().connect() as conn:
         rows = conn.execute(
@@ -47,7 +47,7 @@ def class_owners(repo_id: int) -> set[tuple[str, str]]:
                 "SELECT f.path, c.symbol FROM chunks c JOIN files f ON f.id = c.file_id "
                 "WHERE c.repo_id = :r AND c.kind = 'method' AND c.symbol LIKE '%.%'"
             ),
-            {"r": repo_id},
+            {"r": store.repo_id(conn, repo)},
         ).all()
     owners = set()
     for path, symbol in rows:
@@ -56,16 +56,9 @@ def class_owners(repo_id: int) -> set[tuple[str, str]]:
     return owners
 
 
-def candidates_of(repo: str, questions):
-    """Per question: (span, {ranker: rank}, role favoured, kind class) of every candidate."""
-    from grounding import db, store
-    from grounding.evaluation.tuning import candidate_hits
-    from grounding.roles import asked_roles
-
-    with db.get_engine().connect() as conn:
-        repo_id = store.repo_id(conn, repo)
-        version = store.active_index_version(conn, repo_id)
-    owners = class_owners(repo_id)
+def kind_candidates(repo: str, questions):
+    """fusion.candidates_of, each candidate described as (role favoured, kind class)."""
+    owners = class_owners(repo)
 
     def kind_class(c) -> str:
         if c.kind in ("block", "lines"):
@@ -74,36 +67,7 @@ def candidates_of(repo: str, questions):
             return "body"
         return "definition"
 
-    out = []
-    for (query, _), hits in zip(questions, candidate_hits(repo_id, version, [q for q, _ in questions])):
-        favoured = {"source", *asked_roles(query)}
-        out.append(
-            [
-                (
-                    (h.citation.path, h.citation.start_line, h.citation.end_line),
-                    {"vector": h.vector_rank, "lexical": h.lexical_rank, "trigram": h.trigram_rank},
-                    h.citation.role in favoured,
-                    kind_class(h.citation),
-                )
-                for h in hits
-            ]
-        )
-    return out
-
-
-def reciprocal_ranks(cands, questions, weights, rrf_k, role_prior, block, body) -> list[float]:
-    from grounding.search.fusion import fuse
-
-    kind_factor = {"block": block, "body": body, "definition": 1.0}
-    rr = []
-    for found, (_, gold) in zip(cands, questions):
-        factors = {span: (1.0 if fav else role_prior) * kind_factor[kc] for span, _, fav, kc in found}
-        ranked = fuse([(span, ranks) for span, ranks, _, _ in found], weights, rrf_k=rrf_k, factors=factors)
-        if all(isinstance(g, str) for g in gold):
-            ranked = by_file(ranked)
-        rank = next((i for i, hit in enumerate(ranked[:K], 1) if matches(hit, gold)), 0)
-        rr.append(1 / rank if rank else 0.0)
-    return rr
+    return candidates_of(repo, questions, describe=lambda hit, favoured: (favoured, kind_class(hit.citation)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,34 +75,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", required=True, help="the GROUNDING_HOME bench/quality.py ingested the sets into")
     parser.add_argument("--sets", default="cosqa,click,gin,express,click-lines,gin-lines,express-lines")
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ["GROUNDING_HOME"] = args.home
-    from grounding import db
-    from grounding.config import get_settings, reset_settings
+    sets = dev_candidates(args.home, args.sets, candidates=kind_candidates)
+    from grounding.config import get_settings
     from grounding.search.fusion import DEFAULT_WEIGHTS, FusionWeights
 
-    reset_settings()
     settings = get_settings()
     weights, rrf_k, role_prior = FusionWeights.parse(DEFAULT_WEIGHTS), settings.rrf_k, settings.role_prior
-    sets = {}
-    try:
-        for name in args.sets.split(","):
-            repo, questions = dev_set(name, Path(args.home) / "sets")
-            t = time.perf_counter()
-            sets[name] = (candidates_of(repo, questions), questions)
-            counts = {}
-            for found in sets[name][0]:
-                for *_, kc in found:
-                    counts[kc] = counts.get(kc, 0) + 1
-            log(f"{name}: candidates of {len(questions)} questions in {time.perf_counter() - t:.0f}s, kinds {counts}")
-    finally:
-        db.reset()
-        db.stop_embedded()
+    for name, (cands, _) in sets.items():
+        counts = collections.Counter(kc for found in cands for *_, (_, kc) in found)
+        print(f"{name}: candidates by kind {dict(counts)}")
+
+    def factor(block, body):
+        by_kind = {"block": block, "body": body, "definition": 1.0}
+        return lambda d: (1.0 if d[0] else role_prior) * by_kind[d[1]]
 
     results = {
         (block, body): {
-            name: reciprocal_ranks(cands, qs, weights, rrf_k, role_prior, block, body)
+            name: reciprocal_ranks(cands, qs, weights, rrf_k, factor=factor(block, body))
             for name, (cands, qs) in sets.items()
         }
         for block, body in itertools.product(FACTORS, FACTORS)

@@ -78,23 +78,30 @@ def commits_set(name: str, work: Path) -> tuple[str, Path, list[tuple[str, froze
     return index.name, eval_dir(name) / "commits-tree", [(q, frozenset(paths)) for q, paths in gold.items()]
 
 
-def changed_lines(clone: Path, parent: str, sha: str, path: str) -> list[tuple[int, int]]:
-    """The lines of `path` at `parent` that commit `sha` changed, as (first, last) spans: `git diff -U0`'s old side.
-
-    A pure insertion after line a is the span (a, a+1), the two lines it goes between."""
+def diff_hunks(clone: Path, old: str, new: str, path: str) -> list[tuple[int, int, int, int]]:
+    """(old start, old count, new start, new count) of each hunk of `git diff -U0 old new -- path`."""
     import re
 
     out = subprocess.run(
-        ["git", "diff", "-U0", "--no-color", "--no-renames", parent, sha, "--", path],
+        ["git", "diff", "-U0", "--no-color", "--no-renames", old, new, "--", path],
         cwd=clone,
         capture_output=True,
         check=True,
     ).stdout.decode("utf-8", "replace")
-    spans = []
-    for m in re.finditer(r"^@@ -(\d+)(?:,(\d+))? \+", out, re.MULTILINE):
-        start, count = int(m.group(1)), int(m.group(2) if m.group(2) is not None else 1)
-        spans.append((start, start + count - 1) if count else (max(start, 1), start + 1))
-    return spans
+    return [
+        (int(m[1]), int(m[2] if m[2] is not None else 1), int(m[3]), int(m[4] if m[4] is not None else 1))
+        for m in re.finditer(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", out, re.MULTILINE)
+    ]
+
+
+def changed_lines(clone: Path, parent: str, sha: str, path: str) -> list[tuple[int, int]]:
+    """The lines of `path` at `parent` that commit `sha` changed, as (first, last) spans: `git diff -U0`'s old side.
+
+    A pure insertion after line a is the span (a, a+1), the two lines it goes between."""
+    return [
+        (start, start + count - 1) if count else (max(start, 1), start + 1)
+        for start, count, _, _ in diff_hunks(clone, parent, sha, path)
+    ]
 
 
 def line_map(clone: Path, base: str, commit: str, path: str):
@@ -102,18 +109,7 @@ def line_map(clone: Path, base: str, commit: str, path: str):
 
     Read from `git diff -U0 base commit`: a line inside a hunk's new side is new; every other line moves
     by the lines the hunks before it added or removed."""
-    import re
-
-    out = subprocess.run(
-        ["git", "diff", "-U0", "--no-color", "--no-renames", base, commit, "--", path],
-        cwd=clone,
-        capture_output=True,
-        check=True,
-    ).stdout.decode("utf-8", "replace")
-    hunks = [
-        (int(m[1]), int(m[2] if m[2] is not None else 1), int(m[3]), int(m[4] if m[4] is not None else 1))
-        for m in re.finditer(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", out, re.MULTILINE)
-    ]
+    hunks = diff_hunks(clone, base, commit, path)
 
     def to_base(line: int) -> int | None:
         shift = 0
