@@ -75,6 +75,23 @@ class Settings:
     def checkouts_dir(self) -> Path:
         return self.home / "checkouts"
 
+    @property
+    def runs_dir(self) -> Path:
+        """Training runs' checkpoints: GROUNDING_HOME/runs/RUN_ID."""
+        return self.home / "runs"
+
+    def eval_dir(self, repo: str) -> Path:
+        """A repository's eval datasets and eval trees."""
+        from grounding.validation import directory_name
+
+        return self.home / "eval" / directory_name(repo)
+
+    def retro_dir(self, repo: str) -> Path:
+        """A repository's RETRO tokenizers."""
+        from grounding.validation import directory_name
+
+        return self.home / "retro" / directory_name(repo)
+
 
 _ENV = {
     "home": ("GROUNDING_HOME", Path, None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import sys
@@ -11,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 import grounding
-from grounding import store
+from grounding import db, store
 from grounding.answer import completion
 from grounding.cli import main
 from grounding.errors import (
@@ -143,6 +144,13 @@ def case_cli_unexpected(ctx):
         main(["-v", "ask", ctx.repo, Q])
 
 
+def case_cli_delete_unconfirmed(ctx):
+    ctx.monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # not a terminal: a piped "y" confirms nothing
+    one_line_exit(ctx.capsys, ["delete", ctx.repo], "cannot be undone: pass --yes to confirm")
+    with db.get_engine().connect() as conn:
+        assert store.repo_id(conn, ctx.repo)
+
+
 def case_fusion_weights(ctx):
     from grounding.config import reset_settings
 
@@ -266,6 +274,7 @@ CASES = {
     "cli-complete-line": lambda c: one_line_exit(
         c.capsys, ["complete", c.repo, "a.py:notanumber"], "not PATH or PATH:LINE"
     ),
+    "cli-delete-unconfirmed": case_cli_delete_unconfirmed,
     "cli-eval-k-zero": lambda c: one_line_exit(c.capsys, ["eval", c.repo, "-k", "0"], "k must be between 1 and 200"),
     "cli-ui-public": lambda c: one_line_exit(
         c.capsys, ["ui", "--address", "0.0.0.0", "--user", "alice", "--headless"], "on this machine only"

@@ -1,4 +1,4 @@
-"""Subcommands that ingest, ask and serve: ingest, ask, repos, reindex, refresh, serve, ui."""
+"""Subcommands that ingest, ask and serve: ingest, ask, repos, reindex, delete, refresh, serve, ui."""
 
 from __future__ import annotations
 
@@ -104,6 +104,32 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     print(
         f"{r.repo}: index version {r.previous_version or '-'} -> {r.version} ({r.encoder}), "
         f"{r.chunks} chunks, {r.embedded} encoded; collected {list(r.collected) or 'nothing'}"
+    )
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from grounding.index.remove import remove_repo
+
+    preview = remove_repo(args.repo, dry_run=True, wait=not args.no_wait)
+    what = (
+        f"{preview.repo}: {preview.files} files, {preview.chunks} chunks, {len(preview.removed) - 1} eval indexes, "
+        f"{preview.training_runs} training runs, {len(preview.deleted)} directories under GROUNDING_HOME"
+    )
+    if args.dry_run:
+        print(f"would delete {what}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InvalidArgument(f"deleting {what} cannot be undone: pass --yes to confirm")
+        if input(f"delete {what}? This cannot be undone. [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return EXIT_ERROR
+    done = remove_repo(args.repo, wait=not args.no_wait)
+    print(
+        f"deleted {done.repo}: {done.files} files, {done.chunks} chunks, {len(done.removed) - 1} eval indexes, "
+        f"{done.training_runs} training runs, {len(done.deleted)} directories"
+        + (f"; kept {', '.join(map(str, done.kept))} (in use elsewhere or not removable)" if done.kept else "")
     )
     return 0
 
@@ -267,6 +293,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-seconds", type=float, default=600.0, help="keep the old version's vectors this long")
     p.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the repository")
     p.set_defaults(func=_cmd_reindex)
+
+    p = sub.add_parser(
+        "delete", help="delete a repository: its chunks, vectors, grants, eval indexes, runs and files grounding keeps"
+    )
+    p.add_argument("repo")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted and delete nothing")
+    p.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the repository")
+    p.set_defaults(func=_cmd_delete)
 
     p = sub.add_parser("refresh", help="re-ingest repositories whose commit moved")
     p.add_argument("repos", nargs="*", help="default: every registered repository")

@@ -73,7 +73,7 @@ def eval_index_name(repo: str, harvester: str) -> str:
 
 def eval_dir(repo: str) -> Path:
     """Where a repository's eval datasets and eval trees live: GROUNDING_HOME/eval/, a directory of its own."""
-    return get_settings().home / "eval" / validation.directory_name(repo)
+    return get_settings().eval_dir(repo)
 
 
 def _harvest_docstrings(checkout: sources.Checkout) -> tuple[list[Question], dict[str, bytes]]:

@@ -442,6 +442,27 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
             index_versions=[m.version_out(v) for v in status.index_versions(name)],
         )
 
+    # After the grants routes: DELETE /v1/repos/acme/grants/user:bob is a revoke, which they match first.
+    @app.delete("/v1/repos/{name:path}", response_model=m.RemovalOut, tags=["admin"])
+    @in_thread
+    def delete_repo(name: str, credential: Credential):
+        """Delete a repository (admin) with its eval indexes, chunks, vectors, grants, runs and server files.
+        It does not wait: while an ingest, reindex or training run holds it, the answer is 409."""
+        who = login(credential, admin=True)
+        from grounding.index.remove import remove_repo
+
+        done = remove_repo(validation.repo_name(name, derived_ok=True), wait=False)
+        log.info("%s deleted repository %s (%d chunks)", who.user, done.repo, done.chunks)
+        return m.RemovalOut(
+            repo=done.repo,
+            removed=list(done.removed),
+            files=done.files,
+            chunks=done.chunks,
+            training_runs=done.training_runs,
+            directories_deleted=len(done.deleted),
+            directories_kept=len(done.kept),
+        )
+
     return app
 
 

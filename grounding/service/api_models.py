@@ -203,6 +203,16 @@ class IngestJobOut(BaseModel):
     error: str | None
 
 
+class RemovalOut(BaseModel):
+    repo: str
+    removed: list[str]  # the repository, then the eval indexes derived from it
+    files: int
+    chunks: int
+    training_runs: int
+    directories_deleted: int  # under GROUNDING_HOME (server paths are not shown)
+    directories_kept: int  # used by another repository, or not removable: `grounding delete` names them
+
+
 class GrantOut(BaseModel):
     principal: str
     repo: str

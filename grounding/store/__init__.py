@@ -3,6 +3,7 @@
 from grounding.store.access import *  # noqa: F403
 from grounding.store.catalog import *  # noqa: F403
 from grounding.store.evals import *  # noqa: F403
+from grounding.store.removal import *  # noqa: F403
 from grounding.store.retro import *  # noqa: F403
 from grounding.store.search import *  # noqa: F403
 from grounding.store.status import *  # noqa: F403

@@ -202,7 +202,7 @@ def train_retriever(
         finally:
             fixed.close()
         model.eval()
-        directory = get_settings().home / "runs" / str(run_id)
+        directory = get_settings().runs_dir / str(run_id)
         save_checkpoint(
             directory,
             model,

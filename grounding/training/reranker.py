@@ -309,7 +309,7 @@ def train_reranker(
         tokenizer = load_tokenizer(base)
         metrics.update(finetune_reranker(model, tokenizer, examples, config, run_id=run_id, device=device))
         directory = save_reranker(
-            settings.home / "runs" / str(run_id) / "reranker",
+            settings.runs_dir / str(run_id) / "reranker",
             model.cpu(),
             tokenizer,
             config,

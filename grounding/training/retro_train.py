@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from grounding import validation
 from grounding.config import get_settings
 from grounding.index import retro_db
 from grounding.index.lm_tokenizer import LMTokenizer, load_tokenizer, train_tokenizer
@@ -103,7 +102,7 @@ def repository_tokenizer(repo: str, *, vocab_size: int, path: str | None = None)
     texts = [text for _, text in retro_db.repository_texts(repo, split="train")]  # held-out files stay unseen
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    tokenizer.save(get_settings().home / "retro" / validation.directory_name(repo) / f"tokenizer-{stamp}")
+    tokenizer.save(get_settings().retro_dir(repo) / f"tokenizer-{stamp}")
     return tokenizer
 
 
@@ -366,7 +365,7 @@ def train_retro(
             max_seq_len=max(model.max_seq_len, train_config.chunks_per_sequence * db_config.chunk_tokens),
         )
         update_run(run_id, metrics={"model": model.to_dict(), "database": data.database.id})
-        directory = get_settings().home / "runs" / str(run_id)
+        directory = get_settings().runs_dir / str(run_id)
         metrics: dict = {"train_chunks": len(data.train), "heldout_chunks": len(data.heldout)}
         # Before training: what the neighbours hold that the model could copy bounds what retrieval can gain.
         quality = neighbour_quality(data.heldout, train_config.chunks_per_sequence)
@@ -484,7 +483,7 @@ def train_retrofit(
         metrics["retrofit_train"] = train_model(
             model, data.train, train_config, device=device, metrics=MetricsLog(run_id, "retrofit")
         )
-        directory = get_settings().home / "runs" / str(run_id)
+        directory = get_settings().runs_dir / str(run_id)
         directory.mkdir(parents=True, exist_ok=True)
         checkpoint = directory / "retrofit.pt"
         torch.save(

@@ -1,0 +1,129 @@
+"""Remove a repository: its rows and its eval indexes' from the database, then its files under GROUNDING_HOME.
+
+The rows go first, in one transaction under the repository's lock: from its commit on, no question
+finds the code. Then the directories grounding made for it (its checkout, eval trees, RETRO
+tokenizers, the training runs' checkpoints) are deleted. Nothing outside GROUNDING_HOME is touched
+(the source directory a repository was ingested from is the user's), and a directory another
+repository still uses (a checkpoint given to its `reindex --encoder`, a tokenizer, an ingest
+source) is kept and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from grounding import db, store, validation
+from grounding.config import get_settings
+from grounding.errors import IngestBusy
+from grounding.index import sources
+
+log = logging.getLogger(__name__)
+
+HASHED = re.compile(r"-[0-9a-f]{16}$")  # validation.directory_name's suffix
+
+
+@dataclass(frozen=True)
+class RemovalReport:
+    repo: str
+    removed: tuple[str, ...]  # the repository, then the eval indexes derived from it
+    files: int  # paths stored for the repository, in any snapshot
+    chunks: int
+    training_runs: int
+    deleted: tuple[Path, ...]  # directories removed from GROUNDING_HOME
+    kept: tuple[Path, ...]  # directories of it that another repository still uses, or that could not be removed
+    dry_run: bool = False
+
+
+def _legacy_names(repo: str) -> tuple[str, str]:
+    """How eval and RETRO directories were named before they carried a hash (see validation.directory_name)."""
+    eval_name = re.sub(r"[^\w.-]", "_", repo).lstrip(".") or "_"
+    retro_name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in repo)
+    return eval_name, retro_name
+
+
+def _directories(plan: store.RemovalPlan) -> list[Path]:
+    settings = get_settings()
+    repo = plan.names[0]
+    eval_legacy, retro_legacy = _legacy_names(repo)
+    found = [settings.checkouts_dir / sources.checkout_key(rid) for rid in plan.repo_ids]
+    found += [settings.eval_dir(repo), settings.retro_dir(repo)]
+    # A legacy name that looks hashed could be another repository's directory of today (`x-<its hash>`).
+    found += [
+        settings.home / kind / name
+        for kind, name in (("eval", eval_legacy), ("retro", retro_legacy))
+        if not HASHED.search(name)
+    ]
+    found += [settings.runs_dir / str(run) for run in plan.run_ids]
+    return [d for d in dict.fromkeys(found) if d.is_dir()]
+
+
+def _used(directory: Path, uses: list[str]) -> bool:
+    """Whether a path another repository records (an encoder name such as `realm:/path#query`, a tokenizer or
+    source directory) lies in `directory`."""
+    forms = {str(directory), str(directory.resolve())}
+    pattern = re.compile("|".join(re.escape(f) for f in sorted(forms)) + r"(?=$|[/#])")
+    return any(pattern.search(use) for use in uses)
+
+
+def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> RemovalReport:
+    """Delete repository `repo` with its eval indexes, chunks, vectors, grants, eval and training runs, RETRO
+    databases, and the files grounding keeps for them. `dry_run` reports what would go and changes nothing.
+    `wait=False` raises IngestBusy instead of waiting for an ingest or reindex of it to end."""
+    repo = validation.repo_name(repo, derived_ok=True)
+    settings = get_settings()
+    engine = db.get_engine()
+    with ExitStack() as locks:
+        locks.enter_context(store.repo_lock(engine, repo, wait=wait))
+        with engine.connect() as conn:
+            plan = store.removal_plan(conn, store.repo_id(conn, repo))
+        for name in plan.names[1:]:  # an eval build of a derived index holds that index's lock
+            locks.enter_context(store.repo_lock(engine, name, wait=wait))
+        with engine.begin() as conn:
+            plan = store.removal_plan(conn, store.repo_id(conn, repo))  # as it is now that every lock is held
+            live = store.live_training_runs(conn, plan.repo_ids, stale_after_s=settings.run_stale_after_s)
+            if live:
+                raise IngestBusy(
+                    f"training run{'s' if len(live) > 1 else ''} {', '.join(map(str, live))} of {repo!r} "
+                    "is still running; wait for it to end (`grounding runs`) or stop it, then remove the repository"
+                )
+            uses = store.paths_used_elsewhere(conn, plan.repo_ids)
+            directories = _directories(plan)
+            if not dry_run:
+                store.delete_repos(conn, plan.repo_ids)
+        deleted, kept = [], []
+        for directory in directories:
+            if directory.is_symlink() or _used(directory, uses):  # a link's target is not grounding's to delete
+                kept.append(directory)
+                continue
+            if dry_run:
+                deleted.append(directory)
+                continue
+            try:
+                shutil.rmtree(directory)
+                deleted.append(directory)
+            except OSError as err:
+                log.warning("could not remove %s: %s", directory, err)
+                kept.append(directory)
+    # A checkpoint written under another GROUNDING_HOME is not removed: say where it is.
+    elsewhere = [
+        Path(c)
+        for c in plan.checkpoints
+        if Path(c).exists() and not any(Path(c).is_relative_to(d) for d in deleted + kept)
+    ]
+    if not dry_run:
+        log.info("removed %s (%d chunks); deleted %s; kept %s", list(plan.names), plan.chunks, deleted, kept)
+    return RemovalReport(
+        repo=repo,
+        removed=plan.names,
+        files=plan.files,
+        chunks=plan.chunks,
+        training_runs=len(plan.run_ids),
+        deleted=tuple(deleted),
+        kept=tuple(kept + elsewhere),
+        dry_run=dry_run,
+    )

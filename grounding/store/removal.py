@@ -1,0 +1,92 @@
+"""What removing a repository takes: its rows and those of the eval indexes derived from it, found, then deleted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+__all__ = ["RemovalPlan", "removal_plan", "live_training_runs", "paths_used_elsewhere", "delete_repos"]
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """A repository and what goes with it; ids, names and run ids in `repos` order (the repository first)."""
+
+    repo_ids: tuple[int, ...]
+    names: tuple[str, ...]
+    run_ids: tuple[int, ...]  # training runs of any of them (their directories are GROUNDING_HOME/runs/ID)
+    checkpoints: tuple[str, ...]  # the checkpoint paths those runs recorded
+    tokenizers: tuple[str, ...]  # RETRO databases' tokenizer directories
+    files: int  # paths stored for the repository itself, in any snapshot
+    chunks: int  # its chunks, in any snapshot
+
+
+def removal_plan(conn: Connection, repo: int) -> RemovalPlan:
+    """`repo` and its eval indexes (repositories derived from it), with their runs and counts."""
+    rows = conn.execute(
+        sa.text("SELECT id, name FROM repositories WHERE id = :r OR derived_from = :r ORDER BY id <> :r, name"),
+        {"r": repo},
+    ).all()
+    ids = [rid for rid, _ in rows]
+    runs = conn.execute(
+        sa.text("SELECT id, checkpoint FROM training_runs WHERE repo_id = ANY(:ids) ORDER BY id"), {"ids": ids}
+    ).all()
+    tokenizers = conn.execute(
+        sa.text("SELECT DISTINCT tokenizer FROM retro_databases WHERE repo_id = ANY(:ids) ORDER BY 1"), {"ids": ids}
+    ).scalars()
+    files, chunks = conn.execute(
+        sa.text(
+            "SELECT (SELECT count(DISTINCT path) FROM files WHERE repo_id = :r), "
+            "(SELECT count(*) FROM chunks WHERE repo_id = :r)"
+        ),
+        {"r": repo},
+    ).one()
+    return RemovalPlan(
+        repo_ids=tuple(ids),
+        names=tuple(name for _, name in rows),
+        run_ids=tuple(rid for rid, _ in runs),
+        checkpoints=tuple(path for _, path in runs if path),
+        tokenizers=tuple(tokenizers),
+        files=files,
+        chunks=chunks,
+    )
+
+
+def live_training_runs(conn: Connection, repo_ids: tuple[int, ...], *, stale_after_s: float) -> list[int]:
+    """Runs of these repositories still marked running whose heartbeat is fresh: a process is training on them."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT id FROM training_runs WHERE repo_id = ANY(:ids) AND status = 'running' "
+                "AND (heartbeat_at IS NULL OR heartbeat_at >= now() - make_interval(secs => :s)) ORDER BY id"
+            ),
+            {"ids": list(repo_ids), "s": float(stale_after_s)},
+        ).scalars()
+    )
+
+
+def paths_used_elsewhere(conn: Connection, repo_ids: tuple[int, ...]) -> list[str]:
+    """Encoder names, tokenizer directories and sources that repositories other than these still use: a trained
+    checkpoint given to another repository's `reindex --encoder`, a tokenizer given to another's RETRO, a
+    directory another was ingested from."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT encoder FROM index_versions WHERE repo_id <> ALL(:ids) "
+                "UNION SELECT query_encoder FROM index_versions "
+                "WHERE repo_id <> ALL(:ids) AND query_encoder IS NOT NULL "
+                "UNION SELECT tokenizer FROM retro_databases WHERE repo_id <> ALL(:ids) "
+                "UNION SELECT source FROM repositories WHERE id <> ALL(:ids)"
+            ),
+            {"ids": list(repo_ids)},
+        ).scalars()
+    )
+
+
+def delete_repos(conn: Connection, repo_ids: tuple[int, ...]) -> None:
+    """Delete the repositories' rows; snapshots, files, chunks, vectors, postings, grants, eval and training
+    runs and RETRO databases go with them (every table's key to a repository cascades)."""
+    conn.execute(sa.text("DELETE FROM bm25_postings WHERE repo_id = ANY(:ids)"), {"ids": list(repo_ids)})
+    conn.execute(sa.text("DELETE FROM repositories WHERE id = ANY(:ids)"), {"ids": list(repo_ids)})

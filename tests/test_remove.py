@@ -1,0 +1,239 @@
+"""Deleting a repository (grounding.index.remove, `grounding delete`, DELETE /v1/repos/NAME) against the real
+Postgres: every row of it and of its eval indexes goes, its files under GROUNDING_HOME go, and nothing of
+another repository, nothing another repository uses, and nothing outside GROUNDING_HOME is touched."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from grounding import access, db, store, tokens
+from grounding.cli import main
+from grounding.config import get_settings
+from grounding.errors import IngestBusy, RepoNotFound
+from grounding.index import sources
+from grounding.index.ingest import ingest
+from grounding.index.remove import remove_repo
+from tests.conftest import running, visible_vectors
+from tests.conftest import write_tree as tree
+
+OWNED = (  # (table, how its rows name the repository)
+    ("files", "repo_id"),
+    ("chunks", "repo_id"),
+    ("snapshots", "repo_id"),
+    ("index_versions", "repo_id"),
+    ("bm25_postings", "repo_id"),
+    ("bm25_terms", "repo_id"),
+    ("grants", "repo_id"),
+    ("training_runs", "repo_id"),
+    ("eval_runs", "repo_id"),
+)
+
+
+def rows_of(engine, repo_id: int) -> dict[str, int]:
+    with engine.connect() as conn:
+        found = {
+            t: conn.execute(sa.text(f"SELECT count(*) FROM {t} WHERE {c} = :r"), {"r": repo_id}).scalar()
+            for t, c in OWNED
+        }
+        found["embeddings"] = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM embeddings e JOIN index_versions v ON v.id = e.index_version_id "
+                "WHERE v.repo_id = :r"
+            ),
+            {"r": repo_id},
+        ).scalar()
+    return found
+
+
+def repo_id(engine, name: str) -> int:
+    with engine.connect() as conn:
+        return store.repo_id(conn, name)
+
+
+def add_run(engine, repo: int, *, fresh: bool) -> int:
+    """A training run row of `repo` marked running, with a fresh or an hour-old heartbeat."""
+    with engine.begin() as conn:
+        run = store.insert_training_run(conn, repo, kind="realm", config={}, device="cpu", host="elsewhere", pid=1)
+        if not fresh:
+            conn.execute(
+                sa.text("UPDATE training_runs SET heartbeat_at = now() - interval '1 hour' WHERE id = :i"), {"i": run}
+            )
+    return run
+
+
+@pytest.fixture
+def two(engine, repo_name, hashing, tmp_path):
+    """Repository `gone` (with an eval index derived from it, a grant, a training run, its checkout, eval and RETRO
+    directories, and a legacy-named eval directory) and repository `kept`, both ingested."""
+    names = {"gone": f"{repo_name}-gone", "kept": f"{repo_name}-kept", "user": f"u-{uuid.uuid4().hex[:6]}"}
+    sources_ = {
+        "gone": tree(tmp_path / "src-gone", {"pay/bonus.py": "def compute_bonus(salary):\n    return salary * 0.42\n"}),
+        "kept": tree(tmp_path / "src-kept", {"app/greet.py": "def greet(name):\n    return f'hello {name}'\n"}),
+    }
+    for key in ("gone", "kept"):
+        ingest(str(sources_[key]), name=names[key], embedder=hashing)
+    eval_tree = tree(
+        get_settings().eval_dir(names["gone"]) / "docstrings-tree",
+        {"pay/bonus.py": "def compute_bonus(s):\n    pass\n"},
+    )
+    names["eval"] = f"{names['gone']}~eval-docstrings"
+    ingest(str(eval_tree), name=names["eval"], embedder=hashing, derived_from=names["gone"])
+    parent = repo_id(engine, names["gone"])
+    access.grant(names["user"], names["gone"])
+    access.grant(names["user"], names["kept"])
+    run = add_run(engine, parent, fresh=False)
+    home = get_settings().home
+    made = {
+        "checkout": tree(get_settings().checkouts_dir / sources.checkout_key(parent), {"pay/bonus.py": "copy"}),
+        "retro": tree(get_settings().retro_dir(names["gone"]), {"tokenizer-1/vocab.json": "{}"}),
+        "run": tree(get_settings().runs_dir / str(run), {"model.safetensors": "weights"}),
+        "legacy_eval": tree(home / "eval" / names["gone"], {"docstrings-tree/pay/bonus.py": "old copy"}),
+    }
+    yield {**names, **{f"src_{k}": v for k, v in sources_.items()}, "dirs": made, "parent": parent, "run": run}
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM grants WHERE principal = :p"), {"p": f"user:{names['user']}"})
+
+
+def test_delete_removes_every_row_and_directory_of_the_repository_and_nothing_else(engine, two):
+    kept_before = visible_vectors(engine, two["kept"])
+    gone_id, eval_id = two["parent"], repo_id(engine, two["eval"])
+    assert all(rows_of(engine, gone_id)[t] for t in ("files", "chunks", "embeddings", "bm25_postings", "grants"))
+
+    report = remove_repo(two["gone"])
+
+    assert report.removed == (two["gone"], two["eval"]) and report.chunks == 1 and report.training_runs == 1
+    for rid in (gone_id, eval_id):
+        assert set(rows_of(engine, rid).values()) == {0}, rows_of(engine, rid)
+    for name in (two["gone"], two["eval"]):
+        with pytest.raises(RepoNotFound), engine.connect() as conn:
+            store.repo_id(conn, name)
+    assert access.allowed_repos(two["user"]) == [two["kept"]]
+    assert not any(d.exists() for d in two["dirs"].values()), {k: d.exists() for k, d in two["dirs"].items()}
+    assert not get_settings().eval_dir(two["gone"]).exists()
+    assert sorted(report.deleted) == sorted([*two["dirs"].values(), get_settings().eval_dir(two["gone"])])
+    # The other repository and the directories the repositories were read from are untouched.
+    assert visible_vectors(engine, two["kept"]) == kept_before
+    assert (two["src_gone"] / "pay" / "bonus.py").is_file() and (two["src_kept"] / "app" / "greet.py").is_file()
+
+
+def test_a_dry_run_changes_nothing(engine, two):
+    before = rows_of(engine, two["parent"])
+    report = remove_repo(two["gone"], dry_run=True)
+    assert report.dry_run and report.removed == (two["gone"], two["eval"]) and len(report.deleted) == 5
+    assert rows_of(engine, two["parent"]) == before
+    assert all(d.exists() for d in two["dirs"].values())
+
+
+def test_a_directory_another_repository_uses_is_kept(engine, two):
+    """A checkpoint of the deleted repository's run that another repository's index version was built with, and
+    a directory another repository is read from."""
+    encoder = f"realm:{two['dirs']['run'].resolve()}#document"
+    with engine.begin() as conn:
+        kept = store.repo_id(conn, two["kept"])
+        conn.execute(sa.text("UPDATE index_versions SET encoder = :e WHERE repo_id = :r"), {"e": encoder, "r": kept})
+        # acme_api's eval tree of old lay in the directory that acme/api's legacy name also gives.
+        legacy_tree = str(two["dirs"]["legacy_eval"] / "docstrings-tree")
+        conn.execute(sa.text("UPDATE repositories SET source = :s WHERE id = :r"), {"s": legacy_tree, "r": kept})
+    report = remove_repo(two["gone"])
+    assert report.kept == (two["dirs"]["legacy_eval"], two["dirs"]["run"])
+    assert two["dirs"]["run"].is_dir() and two["dirs"]["legacy_eval"].is_dir()
+    assert not two["dirs"]["checkout"].exists()
+
+
+def test_a_link_out_of_grounding_home_is_not_followed(engine, two, tmp_path):
+    outside = tree(tmp_path / "outside", {"precious.txt": "not grounding's"})
+    two["dirs"]["legacy_eval"].rename(tmp_path / "moved")
+    two["dirs"]["legacy_eval"].symlink_to(outside, target_is_directory=True)
+    assert two["dirs"]["legacy_eval"] in remove_repo(two["gone"], dry_run=True).kept
+    report = remove_repo(two["gone"])
+    assert (outside / "precious.txt").is_file() and two["dirs"]["legacy_eval"] in report.kept
+
+
+def test_a_name_whose_legacy_directory_is_another_repositorys_directory_of_today_spares_it(engine, two):
+    """`NAME-<16 hex>` read with the old naming is the directory validation.directory_name gives NAME now."""
+    from grounding.validation import directory_name
+
+    lookalike = directory_name(two["kept"])
+    with engine.begin() as conn:
+        store.upsert_repo(conn, lookalike, source="/nowhere", ref=None)
+    datasets = tree(get_settings().eval_dir(two["kept"]), {"docstrings.jsonl": "{}"})
+    assert datasets.name == lookalike
+    assert remove_repo(lookalike).removed == (lookalike,)
+    assert (datasets / "docstrings.jsonl").is_file()
+
+
+def test_a_live_training_run_or_a_held_lock_refuses_and_deletes_nothing(engine, two):
+    before = rows_of(engine, two["parent"])
+    live = add_run(engine, two["parent"], fresh=True)
+    with pytest.raises(IngestBusy, match=f"training run {live} "):
+        remove_repo(two["gone"])
+    with engine.begin() as conn:
+        store.update_training_run(conn, live, status="complete", finished=True)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with store.repo_lock(db.get_engine(), two["gone"]):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(IngestBusy, match="is being ingested"):
+            remove_repo(two["gone"], wait=False)
+    finally:
+        release.set()
+        holder.join()
+    after = rows_of(engine, two["parent"])
+    assert after == {**before, "training_runs": before["training_runs"] + 1}
+    assert all(d.exists() for d in two["dirs"].values())
+
+
+def test_the_cli_asks_for_yes_then_deletes(engine, two, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", open(os.devnull))  # not a terminal: nobody to ask
+    assert main(["delete", two["gone"]]) == 1
+    err = capsys.readouterr().err
+    assert "pass --yes" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main(["delete", two["gone"], "--dry-run"]) == 0
+    assert "would delete" in capsys.readouterr().out and repo_id(engine, two["gone"])
+    assert main(["delete", two["gone"], "--yes"]) == 0
+    assert capsys.readouterr().out.startswith(f"deleted {two['gone']}: 1 files, 1 chunks, 1 eval indexes")
+    assert main(["delete", two["gone"], "--yes"]) == 1
+    assert f"repository {two['gone']!r} is not ingested" in capsys.readouterr().err
+    assert main(["delete", "../etc", "--yes"]) == 1
+    assert "not a valid repository name" in capsys.readouterr().err
+
+
+def test_the_api_deletes_for_an_admin_only(engine, two):
+    from grounding.service.api import create_app
+
+    tag = uuid.uuid4().hex[:6]
+    user, admin = tokens.create(two["user"]), tokens.create(f"root-{tag}", admin=True)
+    try:
+        with running(create_app(rate_limit=0)) as url:
+            as_user = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {user.secret}"}, timeout=30)
+            as_admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin.secret}"}, timeout=30)
+            refused = as_user.delete(f"/v1/repos/{two['gone']}")
+            assert refused.status_code == 403, refused.text
+            assert httpx.delete(f"{url}/v1/repos/{two['gone']}").status_code == 401
+            assert repo_id(engine, two["gone"])
+            # A revoke is still a revoke: DELETE .../grants/PRINCIPAL is not a deletion of "NAME/grants/...".
+            revoked = as_admin.delete(f"/v1/repos/{two['kept']}/grants/user:{two['user']}")
+            assert revoked.status_code == 200 and repo_id(engine, two["kept"])
+            done = as_admin.delete(f"/v1/repos/{two['gone']}")
+            assert done.status_code == 200, done.text
+            body = done.json()
+            assert body["removed"] == [two["gone"], two["eval"]] and body["directories_deleted"] == 5
+            assert str(get_settings().home) not in done.text  # no server path
+            assert as_admin.delete(f"/v1/repos/{two['gone']}").status_code == 404
+            assert as_user.get(f"/v1/repos/{two['kept']}").status_code == 404  # the revoke above took
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM api_tokens WHERE id IN (:a, :b)"), {"a": user.id, "b": admin.id})
