@@ -54,6 +54,16 @@ def trusted_session() -> bool:
     return not login_required() and not os.environ.get(USER_ENV)
 
 
+def reads_errors() -> bool:
+    """Whether this session is shown ingest, reindex and training errors (which may name server paths and
+    hosts): local trusted mode, or a signed-in admin, as the API shows a failed snapshot's error to admins.
+    Sources stay trusted mode's (the API shows them to nobody)."""
+    if trusted_session():
+        return True
+    who = current_principal()
+    return who is not None and who.admin
+
+
 def shown_encoder(name: str | None) -> str:
     """An encoder as this session may read it: a trusted one its whole name, others its last part (a trained
     encoder is named by its checkpoint's path on the server), as the API shows it."""

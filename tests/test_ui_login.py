@@ -39,7 +39,7 @@ def teams(engine, repo_name, hashing, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(APP))
     monkeypatch.setenv("GROUNDING_UI_AUTH", "token")
     monkeypatch.setenv("GROUNDING_UI_USER", "someone-else")  # ignored once a login is on
-    yield {**names, "alice": alice, "token": tokens.create(alice)}
+    yield {**names, "alice": alice, "token": tokens.create(alice), "tmp": tmp_path}
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM api_tokens WHERE user_name = :u"), {"u": alice})
         conn.execute(sa.text("DELETE FROM grants WHERE principal = :p"), {"p": f"user:{alice}"})
@@ -280,3 +280,26 @@ def test_the_browser_asks_for_a_login_then_shows_only_the_users_repositories(tea
         browser.save_screenshot(str(tmp_path / "signed-in.png"))
         assert teams["alice"] in sidebar.text and teams["public"] in body()
         assert teams["payroll"] not in body(), "a ?repo= link to an ungranted repository selects nothing"
+
+
+def test_a_failed_ingests_error_is_shown_to_a_signed_in_admin_and_not_to_a_user(teams, monkeypatch):
+    """As the API shows a failed snapshot's error to admins only (it may name server paths)."""
+    import sys
+
+    from grounding.errors import GroundingError
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("could not read /srv/secret-mount/ledger.db")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["grounding.index.ingest"], "_write_snapshot", fail)
+        with pytest.raises(GroundingError):
+            ingest(str(teams["tmp"] / "p"), name=teams["public"])
+    admin = tokens.create(teams["alice"], admin=True)
+    for token, sees in ((teams["token"], False), (admin, True)):
+        at = signed_in("pages/2_Index.py", token.secret)
+        assert not at.exception, at.exception
+        shown = text_of(at)
+        assert ("secret-mount" in shown) is sees, shown
+        assert ("an administrator can read why" in shown) is not sees
+        assert str(teams["tmp"]) not in shown, "the source stays trusted mode's"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ingest_jobs
 import streamlit as st
-from ui_common import current_user, errors_as_messages, scope_or_stop, when
+from ui_common import current_user, errors_as_messages, reads_errors, scope_or_stop, when
 
 from grounding.index.ingest import default_name
 from grounding.index.sources import is_git_url
@@ -69,7 +69,7 @@ def show_job(key: str) -> None:
             text = f"{job.stage}" + (f" (flow {job.flow_state})" if job.flow_state else "") + "…"
         st.progress(job.fraction or 0.0, text=text)
     elif job.status == "failed":
-        why = f": {job.error}" if trusted else "; an administrator can read why"
+        why = f": {job.error}" if reads_errors() else "; an administrator can read why"  # as the API's
         st.error(f"Ingest of {job.name} failed{why}. The previous snapshot stays active.")
     elif job.snapshot is not None:
         st.progress(1.0, text="done")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import streamlit as st
-from ui_common import current_user, errors_as_messages, scope_or_stop, shown_encoder, when
+from ui_common import current_user, errors_as_messages, reads_errors, scope_or_stop, shown_encoder, when
 
 from grounding.service.status import file_roles, index_versions, skipped_files, snapshots
 
 st.set_page_config(page_title="Index · grounding copilot", page_icon=":material/database:", layout="wide")
-# First: with a login on, the sign-in form stops the page here. Sources (server paths, URLs) and ingest
-# errors (which may name them) are shown in local trusted mode only, as the API keeps them to admins.
+# First: with a login on, the sign-in form stops the page here. Sources (server paths, URLs) are shown in
+# local trusted mode only, as the API shows them to nobody; ingest and reindex errors (which may name them)
+# there and to a signed-in admin, as the API shows them to admins.
 trusted = current_user() is None
+errors_shown = reads_errors()
 st.title("Index")
 scope = scope_or_stop()
 if not scope.repos:
@@ -47,7 +49,7 @@ cols[2].metric("snapshot", repo.snapshot_id or "-", help=f"commit {repo.commit}"
 cols[3].metric("index version", repo.index_version or "-", help=shown_encoder(repo.encoder) or None)
 cols[4].metric("last ingest", repo.freshness if repo.freshness in ("just now", "never") else f"{repo.freshness} ago")
 if repo.last_status == "failed" and repo.last_error:
-    why = f": {repo.last_error.splitlines()[0]}" if trusted else "; an administrator can read why"
+    why = f": {repo.last_error.splitlines()[0]}" if errors_shown else "; an administrator can read why"
     st.warning(f"The latest ingest failed (the previous snapshot still answers){why}")
 elif repo.last_status == "running":
     st.info("An ingest of this repository is running.")
@@ -71,7 +73,7 @@ with history, errors_as_messages("Reading the snapshots"):
                 "chunks added": stats.get("chunks_added"),
                 "removed": stats.get("chunks_removed"),
                 "embedded": stats.get("embeddings_computed"),
-                "error": ((s.error.splitlines() or [""])[0] if trusted else "failed") if s.error else "",
+                "error": ((s.error.splitlines() or [""])[0] if errors_shown else "failed") if s.error else "",
             }
         )
     st.dataframe(rows, hide_index=True)
@@ -89,7 +91,7 @@ with versions, errors_as_messages("Reading the index versions"):
                 "created": when(v.created_at),
                 "activated": when(v.activated_at),
                 "retired": when(v.retired_at),
-                "note": (v.note or "") if trusted else "",  # a failed reindex's error text
+                "note": (v.note or "") if errors_shown else "",  # a failed reindex's error text
             }
             for v in reversed(index_versions(repo.name))
         ],

@@ -6,7 +6,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 import streamlit as st
-from ui_common import current_user, errors_as_messages, scope_or_stop, shown_encoder, when
+from ui_common import current_user, errors_as_messages, reads_errors, scope_or_stop, shown_encoder, when
 
 from grounding.service.status import (
     REALM_KINDS,
@@ -63,9 +63,10 @@ def grouped_bars(
     st.altair_chart(chart, width="stretch")
 
 
-# First: with a login on, the sign-in form stops the page here. A run's error (its host, its paths) and an
-# evaluation's dataset path are server details, shown in local trusted mode only.
+# First: with a login on, the sign-in form stops the page here. A run's error (its host, its paths) is shown
+# in local trusted mode and to a signed-in admin; an evaluation's dataset path in local trusted mode only.
 trusted = current_user() is None
+errors_shown = reads_errors()
 st.title("Training")
 scope = scope_or_stop()
 if not scope.repos:
@@ -99,7 +100,7 @@ if runs:
                 "kind": r.kind,
                 "status": r.status,
                 "decision": r.decision or "",
-                "reason": r.reason or ((r.error if trusted else "failed") if r.error else ""),
+                "reason": r.reason or ((r.error if errors_shown else "failed") if r.error else ""),
                 "gain [95%]": gate_interval(r.metrics),
                 "best step": (r.metrics or {}).get("finetune_best_step"),
                 "device": r.device,
