@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 # indexed by an older grounding is then processed again on the next ingest although its bytes did not
 # change, and chunks whose text is unchanged keep their embeddings. 2: secrets redacted before chunking.
 # 3: JavaScript/TypeScript functions assigned to a property (`res.send = function () {}`) are definitions.
-INDEXING_VERSION = 3
+# 4: ... also through a subscript (`proto['delete'] =`) or a chain (`exports = module.exports = function`),
+# and a class assigned to a property (`exports.Route = class {}`) owns its methods.
+INDEXING_VERSION = 4
 
 
 def content_hash(data: bytes) -> str:

@@ -252,6 +252,25 @@ def test_functions_assigned_to_properties_are_definitions_named_by_their_target(
     assert_exact_ordered_and_complete(data, chunks)
 
 
+@pytest.mark.parametrize("language", ["javascript", "typescript", "tsx"])
+def test_subscript_chained_and_class_assignments_are_definitions_and_a_class_owns_its_methods(language):
+    data = (
+        b"exports = module.exports = function createApplication() {\n  return app;\n};\n\n"
+        b"proto['delete'] = function (path) {\n  return this.route(path);\n};\n\n"
+        b"exports.Route = class {\n  dispatch(req) {\n    return req;\n  }\n};\n"
+    )
+    chunks = chunk(data, language, path="app.js", max_tokens=256)
+    assert [(c.kind, c.symbol, c.start_line, c.end_line) for c in chunks] == [
+        ("function", "module.exports", 1, 3),
+        ("function", "proto['delete']", 5, 7),
+        ("class", "exports.Route", 9, 13),
+    ]
+    methods = chunk(data, language, path="app.js", max_tokens=10)
+    (dispatch,) = [c for c in methods if c.kind == "method"]
+    assert dispatch.symbol == "exports.Route.dispatch" and "exports.Route = class {" in dispatch.context
+    assert_exact_ordered_and_complete(data, chunks)
+
+
 def test_markdown_sections_nest():
     path, data = fixture("markdown")
     chunks = chunk_file(path, data, "markdown", max_tokens=48, counter=REGEX)

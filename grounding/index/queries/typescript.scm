@@ -64,5 +64,20 @@
 (program
   (expression_statement
     (assignment_expression
-      left: (member_expression) @name
+      left: [(member_expression) (subscript_expression)] @name
       right: [(arrow_function) (function_expression) (generator_function)])) @definition.function)
+
+; Chained: `exports = module.exports = function createApplication() {}`, named by the inner target.
+(program
+  (expression_statement
+    (assignment_expression
+      right: (assignment_expression
+        left: [(member_expression) (subscript_expression)] @name
+        right: [(arrow_function) (function_expression) (generator_function)]))) @definition.function)
+
+; A class assigned at the top (`exports.Route = class { ... }`): its methods keep their owner.
+(program
+  (expression_statement
+    (assignment_expression
+      left: [(member_expression) (subscript_expression)] @name
+      right: (class))) @definition.class)
