@@ -122,7 +122,11 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise InvalidArgument(f"deleting {what} cannot be undone: pass --yes to confirm")
-        if input(f"delete {what}? This cannot be undone. [y/N] ").strip().lower() not in ("y", "yes"):
+        try:
+            answer = input(f"delete {what}? This cannot be undone. [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return EXIT_ERROR
     done = remove_repo(args.repo, wait=not args.no_wait)
