@@ -141,9 +141,63 @@ def test_a_directory_another_repository_uses_is_kept(engine, two):
         legacy_tree = str(two["dirs"]["legacy_eval"] / "docstrings-tree")
         conn.execute(sa.text("UPDATE repositories SET source = :s WHERE id = :r"), {"s": legacy_tree, "r": kept})
     report = remove_repo(two["gone"])
-    assert report.kept == (two["dirs"]["legacy_eval"], two["dirs"]["run"])
+    assert set(report.kept) == {two["dirs"]["legacy_eval"], two["dirs"]["run"]}
     assert two["dirs"]["run"].is_dir() and two["dirs"]["legacy_eval"].is_dir()
     assert not two["dirs"]["checkout"].exists()
+
+
+def test_a_directory_a_source_lies_in_or_that_holds_the_own_source_is_kept(engine, two, hashing):
+    """A repository read from GROUNDING_HOME/retro (the deleted one's RETRO directory lies in it), and the deleted
+    repository's own source inside one of its directories: neither is grounding's to delete."""
+    home = get_settings().home
+    with engine.begin() as conn:
+        kept = store.repo_id(conn, two["kept"])
+        conn.execute(
+            sa.text("UPDATE repositories SET source = :s WHERE id = :r"), {"s": str(home / "retro"), "r": kept}
+        )
+        own = str(two["dirs"]["checkout"] / "pay")
+        conn.execute(sa.text("UPDATE repositories SET source = :s WHERE id = :r"), {"s": own, "r": two["parent"]})
+    report = remove_repo(two["gone"])
+    assert set(report.kept) == {two["dirs"]["retro"], two["dirs"]["checkout"]}
+    assert two["dirs"]["retro"].is_dir() and (two["dirs"]["checkout"] / "pay" / "bonus.py").is_file()
+
+
+def test_an_old_directory_name_another_repository_shares_is_left(engine, two):
+    """Before names were hashed, `OWNER/api` and `OWNER_api` had one eval directory: deleting one spares it."""
+    owner = two["gone"].rsplit("-", 1)[0]
+    slash, underscore = f"{owner}/api", f"{owner}_api"
+    with engine.begin() as conn:
+        store.upsert_repo(conn, slash, source="/nowhere", ref=None)
+        store.upsert_repo(conn, underscore, source="/nowhere-else", ref=None)
+    shared = tree(get_settings().home / "eval" / underscore, {"docstrings.jsonl": "{}"})
+    assert remove_repo(slash).deleted == ()
+    assert (shared / "docstrings.jsonl").is_file()
+    assert remove_repo(underscore).deleted == (shared,) and not shared.exists()
+
+
+def test_the_vector_indexes_of_its_versions_are_dropped(engine, two):
+    with engine.connect() as conn:
+        versions = (
+            conn.execute(
+                sa.text("SELECT id FROM index_versions WHERE repo_id = ANY(:ids)"),
+                {"ids": [two["parent"], repo_id(engine, two["eval"])]},
+            )
+            .scalars()
+            .all()
+        )
+    names = [f"embeddings_hnsw_v{v}" for v in versions]
+
+    def present() -> list[str]:
+        with engine.connect() as conn:
+            return (
+                conn.execute(sa.text("SELECT indexname FROM pg_indexes WHERE indexname = ANY(:n)"), {"n": names})
+                .scalars()
+                .all()
+            )
+
+    assert len(present()) == len(versions) == 2
+    remove_repo(two["gone"])
+    assert present() == []
 
 
 def test_a_link_out_of_grounding_home_is_not_followed(engine, two, tmp_path):
@@ -220,6 +274,22 @@ def test_the_api_deletes_for_an_admin_only(engine, two):
         with running(create_app(rate_limit=0)) as url:
             as_user = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {user.secret}"}, timeout=30)
             as_admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin.secret}"}, timeout=30)
+            held, release = threading.Event(), threading.Event()
+
+            def hold():
+                with store.repo_lock(db.get_engine(), two["gone"]):
+                    held.set()
+                    release.wait(30)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            try:
+                assert held.wait(30)
+                busy = as_admin.delete(f"/v1/repos/{two['gone']}")
+                assert busy.status_code == 409 and "IngestBusy" in busy.json()["type"], busy.text
+            finally:
+                release.set()
+                holder.join()
             refused = as_user.delete(f"/v1/repos/{two['gone']}")
             assert refused.status_code == 403, refused.text
             assert httpx.delete(f"{url}/v1/repos/{two['gone']}").status_code == 401

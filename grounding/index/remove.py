@@ -1,11 +1,12 @@
 """Remove a repository: its rows and its eval indexes' from the database, then its files under GROUNDING_HOME.
 
 The rows go first, in one transaction under the repository's lock: from its commit on, no question
-finds the code. Then the directories grounding made for it (its checkout, eval trees, RETRO
-tokenizers, the training runs' checkpoints) are deleted. Nothing outside GROUNDING_HOME is touched
-(the source directory a repository was ingested from is the user's), and a directory another
-repository still uses (a checkpoint given to its `reindex --encoder`, a tokenizer, an ingest
-source) is kept and reported.
+finds the code. Then the directories grounding made for it under GROUNDING_HOME (its checkout, eval
+trees, RETRO tokenizers, the training runs' checkpoints) are deleted. A directory that holds, or lies
+in, a path some repository records (the source a repository was ingested from, this one's too; a
+checkpoint given to another's `reindex --encoder`; a tokenizer) is kept and reported, and so is a
+symbolic link. GROUNDING_HOME's own subdirectories (`eval/`, `runs/`, ...) may be links to other
+disks: what grounding keeps there is deleted there.
 """
 
 from __future__ import annotations
@@ -46,28 +47,32 @@ def _legacy_names(repo: str) -> tuple[str, str]:
     return eval_name, retro_name
 
 
-def _directories(plan: store.RemovalPlan) -> list[Path]:
+def _directories(plan: store.RemovalPlan, others: list[str]) -> list[Path]:
+    """The directories grounding keeps for the repositories of `plan`; `others`: every other repository's name."""
     settings = get_settings()
-    repo = plan.names[0]
-    eval_legacy, retro_legacy = _legacy_names(repo)
     found = [settings.checkouts_dir / sources.checkout_key(rid) for rid in plan.repo_ids]
-    found += [settings.eval_dir(repo), settings.retro_dir(repo)]
-    # A legacy name that looks hashed could be another repository's directory of today (`x-<its hash>`).
-    found += [
-        settings.home / kind / name
-        for kind, name in (("eval", eval_legacy), ("retro", retro_legacy))
-        if not HASHED.search(name)
-    ]
     found += [settings.runs_dir / str(run) for run in plan.run_ids]
+    if not plan.derived:  # eval trees and tokenizers are kept under the repository an eval index derives from
+        repo = plan.names[0]
+        found += [settings.eval_dir(repo), settings.retro_dir(repo)]
+        # An old name was not one-to-one (`acme/api` and `acme_api`; `Foo` and `foo` on a case-insensitive
+        # disk): one another repository also had is left. One that looks hashed could be another's of today.
+        taken = {name.lower() for other in others for name in _legacy_names(other)}
+        found += [
+            settings.home / kind / name
+            for kind, name in zip(("eval", "retro"), _legacy_names(repo), strict=True)
+            if not HASHED.search(name) and name.lower() not in taken
+        ]
     return [d for d in dict.fromkeys(found) if d.is_dir()]
 
 
 def _used(directory: Path, uses: list[str]) -> bool:
-    """Whether a path another repository records (an encoder name such as `realm:/path#query`, a tokenizer or
-    source directory) lies in `directory`."""
+    """Whether a path a repository records (an encoder name such as `realm:/path#query`, a tokenizer or
+    source directory) lies in `directory`, or `directory` lies in it."""
     forms = {str(directory), str(directory.resolve())}
     pattern = re.compile("|".join(re.escape(f) for f in sorted(forms)) + r"(?=$|[/#])")
-    return any(pattern.search(use) for use in uses)
+    around = any(form.startswith(use.rstrip("/") + "/") for use in uses if use.startswith("/") for form in forms)
+    return around or any(pattern.search(use) for use in uses)
 
 
 def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> RemovalReport:
@@ -84,7 +89,9 @@ def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> Remov
         for name in plan.names[1:]:  # an eval build of a derived index holds that index's lock
             locks.enter_context(store.repo_lock(engine, name, wait=wait))
         with engine.begin() as conn:
-            plan = store.removal_plan(conn, store.repo_id(conn, repo))  # as it is now that every lock is held
+            # As it is now; an eval index registered since the first read is deleted without its lock held
+            # (its ingest then fails: the repository it derives from is gone).
+            plan = store.removal_plan(conn, store.repo_id(conn, repo))
             live = store.live_training_runs(conn, plan.repo_ids, stale_after_s=settings.run_stale_after_s)
             if live:
                 raise IngestBusy(
@@ -92,7 +99,7 @@ def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> Remov
                     "is still running; wait for it to end (`grounding runs`) or stop it, then remove the repository"
                 )
             uses = store.paths_used_elsewhere(conn, plan.repo_ids)
-            directories = _directories(plan)
+            directories = _directories(plan, store.other_repo_names(conn, plan.repo_ids))
             if not dry_run:
                 store.delete_repos(conn, plan.repo_ids)
         deleted, kept = [], []

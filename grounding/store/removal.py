@@ -7,7 +7,14 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["RemovalPlan", "removal_plan", "live_training_runs", "paths_used_elsewhere", "delete_repos"]
+__all__ = [
+    "RemovalPlan",
+    "removal_plan",
+    "live_training_runs",
+    "paths_used_elsewhere",
+    "other_repo_names",
+    "delete_repos",
+]
 
 
 @dataclass(frozen=True)
@@ -19,6 +26,7 @@ class RemovalPlan:
     run_ids: tuple[int, ...]  # training runs of any of them (their directories are GROUNDING_HOME/runs/ID)
     checkpoints: tuple[str, ...]  # the checkpoint paths those runs recorded
     tokenizers: tuple[str, ...]  # RETRO databases' tokenizer directories
+    derived: bool  # the repository is itself an eval index
     files: int  # paths stored for the repository itself, in any snapshot
     chunks: int  # its chunks, in any snapshot
 
@@ -26,10 +34,13 @@ class RemovalPlan:
 def removal_plan(conn: Connection, repo: int) -> RemovalPlan:
     """`repo` and its eval indexes (repositories derived from it), with their runs and counts."""
     rows = conn.execute(
-        sa.text("SELECT id, name FROM repositories WHERE id = :r OR derived_from = :r ORDER BY id <> :r, name"),
+        sa.text(
+            "SELECT id, name, derived_from IS NOT NULL FROM repositories WHERE id = :r OR derived_from = :r "
+            "ORDER BY id <> :r, name"
+        ),
         {"r": repo},
     ).all()
-    ids = [rid for rid, _ in rows]
+    ids = [rid for rid, _, _ in rows]
     runs = conn.execute(
         sa.text("SELECT id, checkpoint FROM training_runs WHERE repo_id = ANY(:ids) ORDER BY id"), {"ids": ids}
     ).all()
@@ -45,7 +56,8 @@ def removal_plan(conn: Connection, repo: int) -> RemovalPlan:
     ).one()
     return RemovalPlan(
         repo_ids=tuple(ids),
-        names=tuple(name for _, name in rows),
+        names=tuple(name for _, name, _ in rows),
+        derived=rows[0][2],
         run_ids=tuple(rid for rid, _ in runs),
         checkpoints=tuple(path for _, path in runs if path),
         tokenizers=tuple(tokenizers),
@@ -68,9 +80,10 @@ def live_training_runs(conn: Connection, repo_ids: tuple[int, ...], *, stale_aft
 
 
 def paths_used_elsewhere(conn: Connection, repo_ids: tuple[int, ...]) -> list[str]:
-    """Encoder names, tokenizer directories and sources that repositories other than these still use: a trained
+    """Encoder names, tokenizer directories and sources that repositories other than these still use (a trained
     checkpoint given to another repository's `reindex --encoder`, a tokenizer given to another's RETRO, a
-    directory another was ingested from."""
+    directory another was ingested from), and the sources these were ingested from, eval indexes' aside
+    (their trees are grounding's own)."""
     return list(
         conn.execute(
             sa.text(
@@ -78,15 +91,27 @@ def paths_used_elsewhere(conn: Connection, repo_ids: tuple[int, ...]) -> list[st
                 "UNION SELECT query_encoder FROM index_versions "
                 "WHERE repo_id <> ALL(:ids) AND query_encoder IS NOT NULL "
                 "UNION SELECT tokenizer FROM retro_databases WHERE repo_id <> ALL(:ids) "
-                "UNION SELECT source FROM repositories WHERE id <> ALL(:ids)"
+                "UNION SELECT source FROM repositories WHERE id <> ALL(:ids) OR derived_from IS NULL"
             ),
             {"ids": list(repo_ids)},
         ).scalars()
     )
 
 
+def other_repo_names(conn: Connection, repo_ids: tuple[int, ...]) -> list[str]:
+    return list(
+        conn.execute(sa.text("SELECT name FROM repositories WHERE id <> ALL(:ids)"), {"ids": list(repo_ids)}).scalars()
+    )
+
+
 def delete_repos(conn: Connection, repo_ids: tuple[int, ...]) -> None:
     """Delete the repositories' rows; snapshots, files, chunks, vectors, postings, grants, eval and training
     runs and RETRO databases go with them (every table's key to a repository cascades)."""
-    conn.execute(sa.text("DELETE FROM bm25_postings WHERE repo_id = ANY(:ids)"), {"ids": list(repo_ids)})
-    conn.execute(sa.text("DELETE FROM repositories WHERE id = ANY(:ids)"), {"ids": list(repo_ids)})
+    ids = {"ids": list(repo_ids)}
+    # Each index version and RETRO database has a partial HNSW index of its own, which no cascade drops.
+    for vid in conn.execute(sa.text("SELECT id FROM index_versions WHERE repo_id = ANY(:ids)"), ids).scalars():
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS embeddings_hnsw_v{int(vid)}"))
+    for did in conn.execute(sa.text("SELECT id FROM retro_databases WHERE repo_id = ANY(:ids)"), ids).scalars():
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS retro_chunks_hnsw_d{int(did)}"))
+    conn.execute(sa.text("DELETE FROM bm25_postings WHERE repo_id = ANY(:ids)"), ids)
+    conn.execute(sa.text("DELETE FROM repositories WHERE id = ANY(:ids)"), ids)
