@@ -307,3 +307,25 @@ def test_the_api_deletes_for_an_admin_only(engine, two):
     finally:
         with engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM api_tokens WHERE id IN (:a, :b)"), {"a": user.id, "b": admin.id})
+
+
+def test_an_eval_build_that_harvested_before_the_delete_writes_no_copy_after_it(
+    engine, repo_name, hashing, tmp_path, monkeypatch
+):
+    from grounding.evaluation import eval_index
+    from tests.conftest import git_repo
+
+    name = f"{repo_name}-documented"
+    files = {"crown.py": 'def crown_pricing(order):\n    """Compute the confidential discount."""\n    return 0.0317\n'}
+    ingest(str(git_repo(tree(tmp_path / "documented", files))), name=name, embedder=hashing)
+    real_harvest = eval_index._harvest
+
+    def harvest_then_delete(repo, harvester):
+        found = real_harvest(repo, harvester)
+        remove_repo(repo)  # another process's `grounding delete`, between the harvest and the tree
+        return found
+
+    monkeypatch.setattr(eval_index, "_harvest", harvest_then_delete)
+    with pytest.raises(RepoNotFound):
+        eval_index.build_eval_index(name)
+    assert not get_settings().eval_dir(name).exists()

@@ -164,7 +164,11 @@ def build_eval_index(repo: str, *, harvester: str = "docstrings") -> EvalIndex:
         )
     name = eval_index_name(repo, harvester)
     tree = eval_dir(repo) / f"{harvester}-tree"
-    _write_tree(tree, files)
+    engine = db.get_engine()
+    with store.repo_lock(engine, repo):  # a delete of `repo` (which takes it) comes before or after, not during
+        with engine.connect() as conn:
+            store.repo_id(conn, repo)  # deleted since the harvest: write no copy of its code
+        _write_tree(tree, files)
     with db.get_engine().connect() as conn:
         try:
             derived = store.active_index_version(conn, store.repo_id(conn, name))
