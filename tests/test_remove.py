@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 
 import httpx
@@ -329,3 +330,42 @@ def test_an_eval_build_that_harvested_before_the_delete_writes_no_copy_after_it(
     with pytest.raises(RepoNotFound):
         eval_index.build_eval_index(name)
     assert not get_settings().eval_dir(name).exists()
+
+
+def test_leftovers_of_a_delete_cut_off_after_its_commit_are_swept_and_nothing_of_a_live_repository(
+    engine, two, monkeypatch, capsys
+):
+    import grounding.index.remove as remove
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies between the database commit and the file deletion
+
+    with monkeypatch.context() as patch:
+        patch.setattr(remove, "_delete", killed)
+        with pytest.raises(KeyboardInterrupt):
+            remove_repo(two["gone"])
+    with pytest.raises(RepoNotFound), engine.connect() as conn:
+        store.repo_id(conn, two["gone"])
+    left = [*two["dirs"].values(), get_settings().eval_dir(two["gone"])]
+    assert all(d.is_dir() for d in left)
+    home = get_settings().home
+    live = [
+        tree(get_settings().eval_dir(two["kept"]), {"docstrings.jsonl": "{}"}),
+        tree(get_settings().checkouts_dir / sources.checkout_key(repo_id(engine, two["kept"])), {"a.py": ""}),
+    ]
+    fresh = tree(home / "runs" / "999999", {"partial.bin": "a run that is just starting"})
+    an_hour_ago = time.time() - 3600
+    for d in left + live:
+        os.utime(d, (an_hour_ago, an_hour_ago))
+
+    assert sorted(remove.sweep_leftovers(dry_run=True)[0]) == sorted(left)  # a dry run deletes nothing
+    assert all(d.is_dir() for d in left)
+    assert main(["delete", "--leftovers"]) == 0
+    assert f"would delete {len(left)} directories" in capsys.readouterr().out and all(d.is_dir() for d in left)
+    assert main(["delete", "--leftovers", "--yes"]) == 0
+    assert capsys.readouterr().out.startswith(f"deleted {len(left)} directories that belong to no repository")
+    assert not any(d.exists() for d in left) and all(d.is_dir() for d in live)
+    assert fresh.is_dir(), "too young to be a leftover: its run may not have committed its row yet"
+    assert visible_vectors(engine, two["kept"]) and (two["src_gone"] / "pay" / "bonus.py").is_file()
+    assert main(["delete", "--leftovers", two["kept"]]) == 1
+    assert "or give --leftovers" in capsys.readouterr().err

@@ -109,8 +109,22 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from grounding.index.remove import remove_repo
+    from grounding.index.remove import remove_repo, sweep_leftovers
 
+    if (args.repo is None) == (not args.leftovers):
+        raise InvalidArgument("name a repository to delete, or give --leftovers (and no repository)")
+    if args.leftovers:  # the directories are listed before they are asked for: no prompt, --yes deletes
+        really = args.yes and not args.dry_run
+        deleted, kept = sweep_leftovers(dry_run=not really)
+        listed = f": {', '.join(map(str, deleted))}" if deleted else ""
+        print(
+            f"{'deleted' if really else 'would delete'} {len(deleted)} directories that belong to no repository"
+            + listed
+            + ("" if really or not deleted or args.dry_run else "; --yes deletes them")
+        )
+        if kept:
+            print(f"kept (in use, or links): {', '.join(map(str, kept))}")
+        return 0
     preview = remove_repo(args.repo, dry_run=True, wait=not args.no_wait)
     what = (
         f"{preview.repo}: {preview.files} files, {preview.chunks} chunks, {len(preview.removed) - 1} eval indexes, "
@@ -301,7 +315,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "delete", help="delete a repository: its chunks, vectors, grants, eval indexes, runs and files grounding keeps"
     )
-    p.add_argument("repo")
+    p.add_argument("repo", nargs="?")
+    p.add_argument(
+        "--leftovers",
+        action="store_true",
+        help="instead, delete what belongs to no repository under GROUNDING_HOME (clones, runs, eval and RETRO "
+        "directories of deleted repositories, and of the naming before hashes)",
+    )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted and delete nothing")
     p.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the repository")

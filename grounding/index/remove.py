@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,24 @@ def _used(directory: Path, uses: list[str]) -> bool:
     return around or any(pattern.search(use) for use in uses)
 
 
+def _delete(directories: list[Path], uses: list[str], *, dry_run: bool) -> tuple[list[Path], list[Path]]:
+    """(deleted, kept) of `directories`: a link, or one a recorded path lies in or around, is kept."""
+    deleted, kept = [], []
+    for directory in directories:
+        if directory.is_symlink() or _used(directory, uses):  # a link's target is not grounding's to delete
+            kept.append(directory)
+        elif dry_run:
+            deleted.append(directory)
+        else:
+            try:
+                shutil.rmtree(directory)
+                deleted.append(directory)
+            except OSError as err:
+                log.warning("could not remove %s: %s", directory, err)
+                kept.append(directory)
+    return deleted, kept
+
+
 def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> RemovalReport:
     """Delete repository `repo` with its eval indexes, chunks, vectors, grants, eval and training runs, RETRO
     databases, and the files grounding keeps for them. `dry_run` reports what would go and changes nothing.
@@ -102,20 +121,7 @@ def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> Remov
             directories = _directories(plan, store.other_repo_names(conn, plan.repo_ids))
             if not dry_run:
                 store.delete_repos(conn, plan.repo_ids)
-        deleted, kept = [], []
-        for directory in directories:
-            if directory.is_symlink() or _used(directory, uses):  # a link's target is not grounding's to delete
-                kept.append(directory)
-                continue
-            if dry_run:
-                deleted.append(directory)
-                continue
-            try:
-                shutil.rmtree(directory)
-                deleted.append(directory)
-            except OSError as err:
-                log.warning("could not remove %s: %s", directory, err)
-                kept.append(directory)
+        deleted, kept = _delete(directories, uses, dry_run=dry_run)
     # A checkpoint written under another GROUNDING_HOME is not removed: say where it is.
     elsewhere = [
         Path(c)
@@ -134,3 +140,31 @@ def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> Remov
         kept=tuple(kept + elsewhere),
         dry_run=dry_run,
     )
+
+
+def sweep_leftovers(*, dry_run: bool = False, min_age_s: float = 600.0) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """(deleted, kept) directories under GROUNDING_HOME that belong to no repository now: a clone
+    (`checkouts/repo-ID`) or training run (`runs/ID`) whose row is gone, an `eval/` or `retro/` directory
+    named for no repository (what a delete killed between its commit and its file deletion left behind,
+    and directories of the naming before hashes). Only those untouched for `min_age_s` seconds: an ingest
+    or run just starting may not have committed its row yet."""
+    settings = get_settings()
+    with db.get_engine().connect() as conn:
+        repos = store.repo_ids_and_names(conn)
+        runs = set(store.training_run_ids(conn))
+        uses = store.paths_used_elsewhere(conn, ())
+    checkouts = {sources.checkout_key(rid) for rid in repos}
+    named = {validation.directory_name(name) for name in repos.values()}
+    found = [d for d in _children(settings.checkouts_dir) if d.name not in checkouts]
+    found += [d for d in _children(settings.runs_dir) if not (d.name.isdigit() and int(d.name) in runs)]
+    found += [d for kind in ("eval", "retro") for d in _children(settings.home / kind) if d.name not in named]
+    now = time.time()
+    old = [d for d in found if now - d.lstat().st_mtime >= min_age_s]
+    deleted, kept = _delete(old, uses, dry_run=dry_run)
+    if deleted and not dry_run:
+        log.info("swept %s; kept %s", deleted, kept)
+    return tuple(deleted), tuple(kept)
+
+
+def _children(directory: Path) -> list[Path]:
+    return sorted(d for d in directory.iterdir() if d.is_dir() or d.is_symlink()) if directory.is_dir() else []

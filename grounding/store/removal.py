@@ -13,6 +13,8 @@ __all__ = [
     "live_training_runs",
     "paths_used_elsewhere",
     "other_repo_names",
+    "repo_ids_and_names",
+    "training_run_ids",
     "delete_repos",
 ]
 
@@ -102,6 +104,14 @@ def other_repo_names(conn: Connection, repo_ids: tuple[int, ...]) -> list[str]:
     return list(
         conn.execute(sa.text("SELECT name FROM repositories WHERE id <> ALL(:ids)"), {"ids": list(repo_ids)}).scalars()
     )
+
+
+def repo_ids_and_names(conn: Connection) -> dict[int, str]:
+    return dict(conn.execute(sa.text("SELECT id, name FROM repositories")).all())
+
+
+def training_run_ids(conn: Connection) -> list[int]:
+    return list(conn.execute(sa.text("SELECT id FROM training_runs")).scalars())
 
 
 def delete_repos(conn: Connection, repo_ids: tuple[int, ...]) -> None:
