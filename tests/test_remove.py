@@ -369,3 +369,20 @@ def test_leftovers_of_a_delete_cut_off_after_its_commit_are_swept_and_nothing_of
     assert visible_vectors(engine, two["kept"]) and (two["src_gone"] / "pay" / "bonus.py").is_file()
     assert main(["delete", "--leftovers", two["kept"]]) == 1
     assert "or give --leftovers" in capsys.readouterr().err
+
+
+def test_a_refresh_planned_before_the_delete_does_not_register_the_repository_again(engine, two, monkeypatch):
+    from grounding.index import refresh as refreshing
+
+    real_plan = refreshing.plan_refresh
+
+    def plan_then_delete(repo):
+        planned = real_plan(repo)
+        remove_repo(repo)  # deleted between the refresh's plan and its ingest
+        return planned
+
+    monkeypatch.setattr(refreshing, "plan_refresh", plan_then_delete)
+    with pytest.raises(RepoNotFound):
+        refreshing.refresh(two["gone"])
+    with pytest.raises(RepoNotFound), engine.connect() as conn:
+        store.repo_id(conn, two["gone"])

@@ -30,6 +30,7 @@ from grounding.errors import (
     GroundingError,
     IngestError,
     InvalidArgument,
+    RepoNotFound,
     SourceConflict,
 )
 from grounding.index import sources
@@ -107,6 +108,7 @@ def ingest(
     derived_from: str | None = None,
     shards: int = 1,
     run_shards: ShardRunner | None = None,
+    existing: bool = False,
 ) -> IngestReport:
     """Ingest `source` (a path or git URL) as repository `name`, incrementally; returns what was done.
 
@@ -116,7 +118,8 @@ def ingest(
     `derived_from` is grounding's own: it marks an eval index as derived from that repository.
     With `shards` > 1 the changed files are split into that many shards (grounding.index.shards), written
     by `run_shards` (flows/ingest.py runs them on Prefect's workers; default: one after another here);
-    the snapshot becomes current once, after all of them.
+    the snapshot becomes current once, after all of them. With `existing` (a refresh) the repository must
+    still be registered when the lock is taken: one deleted meanwhile is not registered again.
     """
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidArgument(f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
@@ -145,6 +148,8 @@ def ingest(
     with store.repo_lock(engine, name, wait=wait):
         with engine.begin() as conn:
             record = store.repo_record(conn, name)
+            if record is None and existing:
+                raise RepoNotFound(name)
             parent = store.repo_id(conn, derived_from) if derived_from is not None else None
         checkout = None
         if user is None and not is_url:

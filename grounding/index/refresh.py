@@ -73,7 +73,7 @@ def refresh(repo: str) -> RefreshOutcome:
     plan = plan_refresh(repo)
     if not plan.moved:
         return plan.unchanged()
-    report = ingest(plan.source, name=plan.repo, ref=plan.ref)
+    report = ingest(plan.source, name=plan.repo, ref=plan.ref, existing=True)  # not one deleted since the plan
     outcome = plan.ingested(report.commit, report.files_changed)
     return dataclasses.replace(outcome, report=report)
 
