@@ -1,10 +1,10 @@
 """The HTTP API (`grounding api`): search, ask (streamed as server-sent events), complete, repositories,
-chunks, ingest and grants, for internal apps and IDE assistants.
+chunks, ingest, deletion and grants, for internal apps and IDE assistants.
 
 Every request carries `Authorization: Bearer TOKEN` (grounding.tokens: an API token, or an OIDC JWT where
 configured) and acts for that token's user: reads go through the same `authorize` as the Python API, and
-a repository the user may not read answers 404 exactly as a missing one does. Ingest and grants need an
-admin token. Errors are application/problem+json (RFC 9457) whose `type` names the grounding.errors class.
+a repository the user may not read answers 404 exactly as a missing one does. Ingest, deletion and grants
+need an admin token. Errors are application/problem+json (RFC 9457) whose `type` names the grounding.errors class.
 Request models live in api_models.py.
 """
 
