@@ -386,3 +386,42 @@ def test_a_refresh_planned_before_the_delete_does_not_register_the_repository_ag
         refreshing.refresh(two["gone"])
     with pytest.raises(RepoNotFound), engine.connect() as conn:
         store.repo_id(conn, two["gone"])
+
+
+def test_the_sweep_spares_configured_models_and_live_repositories_old_directories_and_odd_names_do_not_crash_it(
+    engine, two, monkeypatch
+):
+    from grounding.config import reset_settings
+    from grounding.index.remove import sweep_leftovers
+
+    home = get_settings().home
+    reranker = tree(home / "runs" / "my-reranker", {"model.safetensors": "weights"})
+    live_legacy = tree(home / "eval" / two["kept"], {"mine.jsonl": "{}"})  # a live repository's, named the old way
+    odd = tree(home / "runs" / "²", {"x": ""})
+    monkeypatch.setenv("GROUNDING_RERANKER", str(reranker))
+    reset_settings()
+    for d in (reranker, live_legacy, odd):
+        os.utime(d, (time.time() - 3600,) * 2)
+    deleted, kept = sweep_leftovers()
+    assert odd in deleted and reranker in kept
+    assert (reranker / "model.safetensors").is_file() and (live_legacy / "mine.jsonl").is_file()
+
+
+def test_a_home_another_database_also_uses_is_not_swept_and_a_delete_keeps_its_id_named_directories(engine, two):
+    from grounding.errors import SourceConflict
+    from grounding.index import home as homes
+    from grounding.index.remove import sweep_leftovers
+
+    stamp = get_settings().home / homes.STAMP
+    with engine.connect() as conn:
+        assert stamp.read_text().split() == [store.database_identity(conn)], "the ingests recorded it"
+    orphan = tree(get_settings().checkouts_dir / "repo-987654", {"theirs.py": "another deployment's clone"})
+    os.utime(orphan, (time.time() - 3600,) * 2)
+    with stamp.open("a") as out:
+        out.write("7012345678901234567/other\n")  # a deployment with its own database ingested into this home
+    with pytest.raises(SourceConflict, match="is not this database's alone"):
+        sweep_leftovers()
+    report = remove_repo(two["gone"])
+    assert {two["dirs"]["checkout"], two["dirs"]["run"]} <= set(report.kept), "repo-ID and runs/ID may be theirs"
+    assert two["dirs"]["checkout"].is_dir() and orphan.is_dir()
+    assert not get_settings().eval_dir(two["gone"]).exists(), "a hashed name is this repository's wherever it is"

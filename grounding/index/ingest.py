@@ -33,7 +33,7 @@ from grounding.errors import (
     RepoNotFound,
     SourceConflict,
 )
-from grounding.index import sources
+from grounding.index import home, sources
 from grounding.index.embed import Embedder, load_embedder
 from grounding.index.shards import MAX_SHARDS, ShardRunner, ShardStats, plan_shards, run_in_process, write_batches
 from grounding.records import IngestReport, SourceFile
@@ -147,6 +147,7 @@ def ingest(
         authorize(user, [name])  # before the lock: a busy repository says nothing to someone who may not read it
     with store.repo_lock(engine, name, wait=wait):
         with engine.begin() as conn:
+            home.note_database(conn)  # this home's id-named files (clones) are this database's
             record = store.repo_record(conn, name)
             if record is None and existing:
                 raise RepoNotFound(name)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from grounding import db, store, validation
 from grounding.config import get_settings
-from grounding.errors import IngestBusy
-from grounding.index import sources
+from grounding.errors import IngestBusy, SourceConflict
+from grounding.index import home, sources
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,12 @@ def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> Remov
                 )
             uses = store.paths_used_elsewhere(conn, plan.repo_ids)
             directories = _directories(plan, store.other_repo_names(conn, plan.repo_ids))
+            # Clones and runs are named by ids: in a home another database also uses they may be its own.
+            by_id = [] if home.home_is_ours(conn) else [d for d in directories if _is_id_named(d)]
             if not dry_run:
                 store.delete_repos(conn, plan.repo_ids)
-        deleted, kept = _delete(directories, uses, dry_run=dry_run)
+        deleted, kept = _delete([d for d in directories if d not in by_id], uses, dry_run=dry_run)
+        kept += by_id
     # A checkpoint written under another GROUNDING_HOME is not removed: say where it is.
     elsewhere = [
         Path(c)
@@ -150,13 +153,21 @@ def sweep_leftovers(*, dry_run: bool = False, min_age_s: float = 600.0) -> tuple
     or run just starting may not have committed its row yet."""
     settings = get_settings()
     with db.get_engine().connect() as conn:
+        if not home.home_is_ours(conn):
+            raise SourceConflict(
+                f"{settings.home} is not this database's alone ({home.STAMP} there lists "
+                f"{len(home.home_databases())} databases; an ingest records each): its files are named by ids that "
+                "another database may own, so nothing is swept. Give each deployment a GROUNDING_HOME of its own"
+            )
         repos = store.repo_ids_and_names(conn)
         runs = set(store.training_run_ids(conn))
-        uses = store.paths_used_elsewhere(conn, ())
+        uses = store.paths_used_elsewhere(conn, ()) + _configured_paths()
     checkouts = {sources.checkout_key(rid) for rid in repos}
+    # A live repository's directories, of today's naming and of the old one (its own delete takes those).
     named = {validation.directory_name(name) for name in repos.values()}
+    named |= {legacy for name in repos.values() for legacy in _legacy_names(name)}
     found = [d for d in _children(settings.checkouts_dir) if d.name not in checkouts]
-    found += [d for d in _children(settings.runs_dir) if not (d.name.isdigit() and int(d.name) in runs)]
+    found += [d for d in _children(settings.runs_dir) if not (_is_id(d.name) and int(d.name) in runs)]
     found += [d for kind in ("eval", "retro") for d in _children(settings.home / kind) if d.name not in named]
     now = time.time()
     old = [d for d in found if now - d.lstat().st_mtime >= min_age_s]
@@ -164,6 +175,22 @@ def sweep_leftovers(*, dry_run: bool = False, min_age_s: float = 600.0) -> tuple
     if deleted and not dry_run:
         log.info("swept %s; kept %s", deleted, kept)
     return tuple(deleted), tuple(kept)
+
+
+def _is_id_named(directory: Path) -> bool:
+    settings = get_settings()
+    return directory.parent in (settings.checkouts_dir, settings.runs_dir)
+
+
+def _is_id(name: str) -> bool:
+    return name.isascii() and name.isdigit()  # `²`.isdigit() is true, and int() refuses it
+
+
+def _configured_paths() -> list[str]:
+    """Models the settings name by path (a reranker, an encoder, a generator): in use though no row records them."""
+    settings = get_settings()
+    named = (settings.reranker, settings.encoder, settings.generator_model)
+    return [value for value in named if value and ("/" in value)]
 
 
 def _children(directory: Path) -> list[Path]:

@@ -14,6 +14,7 @@ __all__ = [
     "paths_used_elsewhere",
     "other_repo_names",
     "repo_ids_and_names",
+    "database_identity",
     "training_run_ids",
     "delete_repos",
 ]
@@ -104,6 +105,23 @@ def other_repo_names(conn: Connection, repo_ids: tuple[int, ...]) -> list[str]:
     return list(
         conn.execute(sa.text("SELECT name FROM repositories WHERE id <> ALL(:ids)"), {"ids": list(repo_ids)}).scalars()
     )
+
+
+def database_identity(conn: Connection) -> str:
+    """The cluster's system identifier and the database's name: which database this is, wherever it is reached.
+    A role that may not read the control data gets the server's address and the name instead."""
+    try:
+        with conn.begin_nested():
+            return conn.execute(
+                sa.text("SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()")
+            ).scalar_one()
+    except sa.exc.DBAPIError:
+        return conn.execute(
+            sa.text(
+                "SELECT coalesce(host(inet_server_addr()), 'socket') || ':' || coalesce(inet_server_port(), 0) "
+                "|| '/' || current_database()"
+            )
+        ).scalar_one()
 
 
 def repo_ids_and_names(conn: Connection) -> dict[int, str]:
