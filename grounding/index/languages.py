@@ -102,9 +102,19 @@ def detect_language(path: str) -> str:
     return _EXTENSIONS.get(p.suffix.lower(), "text")
 
 
+# A query is one or more .scm files: TSX is TypeScript's grammar plus JSX, and module-level assignments
+# (CommonJS, prototypes) read the same in JavaScript and TypeScript.
+_QUERY_FILES = {
+    "javascript": ("javascript", "module_assignments"),
+    "typescript": ("typescript", "module_assignments"),
+    "tsx": ("typescript", "module_assignments"),
+}
+
+
 def definitions_query(language: str) -> str | None:
     """The `.scm` query that captures a language's definitions, or None for line-window languages."""
     if language not in SYNTAX_LANGUAGES:
         return None
-    query = resources.files("grounding.index.queries").joinpath(f"{language}.scm")
-    return query.read_text(encoding="utf-8") if query.is_file() else None
+    queries = resources.files("grounding.index.queries")
+    parts = [queries.joinpath(f"{name}.scm") for name in _QUERY_FILES.get(language, (language,))]
+    return "\n".join(p.read_text(encoding="utf-8") for p in parts) if parts[0].is_file() else None
