@@ -4,6 +4,7 @@ another repository, nothing another repository uses, and nothing outside GROUNDI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -66,6 +67,26 @@ def add_run(engine, repo: int, *, fresh: bool) -> int:
                 sa.text("UPDATE training_runs SET heartbeat_at = now() - interval '1 hour' WHERE id = :i"), {"i": run}
             )
     return run
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(name: str):
+    """Repository `name`'s lock held by another connection (an ingest), for the duration of the block."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with store.repo_lock(db.get_engine(), name):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 
 @pytest.fixture
@@ -230,22 +251,8 @@ def test_a_live_training_run_or_a_held_lock_refuses_and_deletes_nothing(engine, 
         remove_repo(two["gone"])
     with engine.begin() as conn:
         store.update_training_run(conn, live, status="complete", finished=True)
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with store.repo_lock(db.get_engine(), two["gone"]):
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(30)
-        with pytest.raises(IngestBusy, match="is being ingested"):
-            remove_repo(two["gone"], wait=False)
-    finally:
-        release.set()
-        holder.join()
+    with lock_held_elsewhere(two["gone"]), pytest.raises(IngestBusy, match="is being ingested"):
+        remove_repo(two["gone"], wait=False)
     after = rows_of(engine, two["parent"])
     assert after == {**before, "training_runs": before["training_runs"] + 1}
     assert all(d.exists() for d in two["dirs"].values())
@@ -275,22 +282,9 @@ def test_the_api_deletes_for_an_admin_only(engine, two):
         with running(create_app(rate_limit=0)) as url:
             as_user = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {user.secret}"}, timeout=30)
             as_admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin.secret}"}, timeout=30)
-            held, release = threading.Event(), threading.Event()
-
-            def hold():
-                with store.repo_lock(db.get_engine(), two["gone"]):
-                    held.set()
-                    release.wait(30)
-
-            holder = threading.Thread(target=hold)
-            holder.start()
-            try:
-                assert held.wait(30)
+            with lock_held_elsewhere(two["gone"]):
                 busy = as_admin.delete(f"/v1/repos/{two['gone']}")
-                assert busy.status_code == 409 and "IngestBusy" in busy.json()["type"], busy.text
-            finally:
-                release.set()
-                holder.join()
+            assert busy.status_code == 409 and "IngestBusy" in busy.json()["type"], busy.text
             refused = as_user.delete(f"/v1/repos/{two['gone']}")
             assert refused.status_code == 403, refused.text
             assert httpx.delete(f"{url}/v1/repos/{two['gone']}").status_code == 401
