@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from grounding.cli.common import EXIT_ERROR
 from grounding.errors import GroundingError, InvalidArgument
 from grounding.validation import is_loopback
+
+if TYPE_CHECKING:
+    from grounding.index.remove import RemovalReport
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -125,6 +129,8 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         if kept:
             print(f"kept (in use, or links): {', '.join(map(str, kept))}")
         return 0
+    if args.yes and not args.dry_run:  # confirmed already: no preview to show
+        return _deleted(remove_repo(args.repo, wait=not args.no_wait))
     preview = remove_repo(args.repo, dry_run=True, wait=not args.no_wait)
     what = (
         f"{preview.repo}: {preview.files} files, {preview.chunks} chunks, {len(preview.removed) - 1} eval indexes, "
@@ -143,7 +149,10 @@ def _cmd_delete(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return EXIT_ERROR
-    done = remove_repo(args.repo, wait=not args.no_wait)
+    return _deleted(remove_repo(args.repo, wait=not args.no_wait))
+
+
+def _deleted(done: RemovalReport) -> int:
     print(
         f"deleted {done.repo}: {done.files} files, {done.chunks} chunks, {len(done.removed) - 1} eval indexes, "
         f"{done.training_runs} training runs, {len(done.deleted)} directories"

@@ -118,7 +118,8 @@ def remove_repo(repo: str, *, dry_run: bool = False, wait: bool = True) -> Remov
                     "is still running; wait for it to end (`grounding runs`) or stop it, then remove the repository"
                 )
             uses = store.paths_used_elsewhere(conn, plan.repo_ids)
-            directories = _directories(plan, store.other_repo_names(conn, plan.repo_ids))
+            others = [name for rid, name in store.repo_ids_and_names(conn).items() if rid not in plan.repo_ids]
+            directories = _directories(plan, others)
             # Clones and runs are named by ids: in a home another database also uses they may be its own.
             by_id = [] if home.home_is_ours(conn) else [d for d in directories if _is_id_named(d)]
             if not dry_run:

@@ -12,7 +12,6 @@ __all__ = [
     "removal_plan",
     "live_training_runs",
     "paths_used_elsewhere",
-    "other_repo_names",
     "repo_ids_and_names",
     "database_identity",
     "training_run_ids",
@@ -98,12 +97,6 @@ def paths_used_elsewhere(conn: Connection, repo_ids: tuple[int, ...]) -> list[st
             ),
             {"ids": list(repo_ids)},
         ).scalars()
-    )
-
-
-def other_repo_names(conn: Connection, repo_ids: tuple[int, ...]) -> list[str]:
-    return list(
-        conn.execute(sa.text("SELECT name FROM repositories WHERE id <> ALL(:ids)"), {"ids": list(repo_ids)}).scalars()
     )
 
 
