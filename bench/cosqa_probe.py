@@ -8,10 +8,12 @@ variant paired with the frozen encoder over whole functions by a bootstrap 95% i
 - questions with the word "python" removed (every function here is Python);
 - BM25 (bm25s over identifier parts) added to the cosine with a weight (scores scaled by the best);
 - with --finetune, MiniLM fine-tuned on the corpus's own text (docstring -> function without it, name
-  words -> function with its name hidden; in-batch softmax, both towers shared, one epoch): ~8 minutes.
+  words -> function with its name hidden; in-batch softmax, both towers shared, one epoch): ~8 minutes;
+- with --encoder2 DIR, another local encoder (scripts/install_mpnet.sh's all-mpnet-base-v2) over whole
+  functions, alone and averaged with MiniLM's cosine: ~4 minutes of embedding for mpnet.
 
     .venv/bin/pip install bm25s        # not a dependency of grounding
-    python bench/cosqa_probe.py [--finetune]
+    python bench/cosqa_probe.py [--finetune] [--encoder2 models/all-mpnet-base-v2]
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def finetuned(model_dir: str, codes: list[str], queries: list[str], *, batch: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--finetune", action="store_true", help="also fine-tune MiniLM on the corpus (~8 min)")
+    parser.add_argument("--encoder2", help="a second local encoder directory, alone and averaged with MiniLM")
     args = parser.parse_args(argv)
 
     import bm25s
@@ -175,6 +178,13 @@ def main(argv: list[str] | None = None) -> None:
         rows[f"pseudo-relevance feedback k={k} a={a}"] = fed @ docs["whole"].T
     for w in (0.1, 0.2, 0.3):
         rows[f"cosine + {w} x BM25"] = whole + w * lexical
+    if args.encoder2:
+        other = HFEncoder(args.encoder2)
+        t = time.monotonic()
+        second = other.embed(queries) @ other.embed(codes, batch_size=32).T
+        log(f"{args.encoder2}: {len(codes)} functions embedded in {time.monotonic() - t:.0f} s")
+        rows["second encoder alone (--encoder2)"] = second
+        rows["mean of MiniLM's and the second encoder's cosine"] = (whole + second) / 2
     if args.finetune:
         tuned_docs, tuned_q = finetuned(get_settings().encoder, codes, queries)
         rows["MiniLM fine-tuned on the corpus (1 epoch)"] = tuned_q @ tuned_docs.T

@@ -307,10 +307,10 @@ def minilm_windows_ranker(root: Path) -> Ranker:
 
     import numpy as np
 
-    from grounding.config import get_settings
+    from grounding.config import _default_encoder
     from grounding.index.embed import load_embedder
 
-    embedder = load_embedder(get_settings().encoder)
+    embedder = load_embedder(_default_encoder())  # the peer is MiniLM, whatever encoder grounding is given
     found = windows(root)
     # Cached under GROUNDING_HOME by the windows' text: a rerun over the same trees embeds nothing.
     key = hashlib.sha256("\0".join(text for _, text in found).encode()).hexdigest()[:20]
@@ -517,6 +517,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", help="GROUNDING_HOME to reuse across runs (default: a temporary one)")
     parser.add_argument("--json", help="write the figures here too")
     parser.add_argument("--rows", help="only these rows (comma-separated; hybrid is always measured)")
+    parser.add_argument(
+        "--encoder", help="a local encoder directory for grounding's index (GROUNDING_ENCODER); the peers keep MiniLM"
+    )
     parser.add_argument("--against", help="an earlier run's --json: each row now minus then, paired by question")
     args = parser.parse_args(argv)
     rows = args.rows.split(",") if args.rows else None
@@ -524,6 +527,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="grounding-quality-"))
     os.environ["GROUNDING_HOME"] = str(home)
+    if args.encoder:
+        os.environ["GROUNDING_ENCODER"] = str(Path(args.encoder).resolve())
     from grounding import db
     from grounding.config import reset_settings
     from grounding.index.ingest import ingest
