@@ -232,7 +232,15 @@ def test_a_shard_a_killed_ingest_left_never_moves_the_checkout_under_the_next_in
 
     monkeypatch.setattr(sources, "reopen", slow_reopen)
     monkeypatch.setattr(sources, "list_files", list_files)
-    orphan = threading.Thread(target=lambda: run(kept[0]), daemon=True)
+    refused: list[BaseException] = []
+
+    def run_orphan():
+        try:
+            run(kept[0])
+        except IngestError as err:  # the next ingest failed its snapshot while it chunked: it writes nothing
+            refused.append(err)
+
+    orphan = threading.Thread(target=run_orphan, daemon=True)
     orphan.start()
     assert opening.wait(30)
     done: list = []
@@ -244,6 +252,7 @@ def test_a_shard_a_killed_ingest_left_never_moves_the_checkout_under_the_next_in
     follower.join(60)
     orphan.join(60)
     assert listed == [True] and done and done[0].snapshot_id != kept[0].snapshot
+    assert not orphan.is_alive() and len(refused) == 1, "the dead run's shard wrote into a snapshot that had ended"
     monkeypatch.setattr(sources, "reopen", lambda *a, **k: pytest.fail("a refused shard opened the checkout"))
     with pytest.raises(IngestError, match="not running"):
         run(kept[1])
