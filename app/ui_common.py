@@ -39,12 +39,15 @@ TOKEN_KEY, PRINCIPAL_KEY = "grounding_token", "grounding_principal"  # in st.ses
 
 def login_required() -> bool:
     """Whether sessions sign in: unless GROUNDING_UI_AUTH is an explicit `none` (which `grounding ui` sets on
-    loopback only) on a server listening on a loopback address. Without `--server.address` Streamlit
-    listens on every interface, so that is beyond this machine too."""
+    loopback only) on a server listening on a loopback address that admits only loopback Host names.
+    Without `--server.address` Streamlit listens on every interface, so that is beyond this machine too;
+    without `--server.allowedHosts` any page whose name resolves to 127.0.0.1 could drive it."""
     if os.environ.get(AUTH_ENV, "token").strip().lower() != "none":
         return True
     address = st.get_option("server.address")
-    return not (address and is_loopback(address))
+    hosts = st.get_option("server.allowedHosts") or []
+    only_here = bool(hosts) and all(is_loopback(h.strip("[]")) for h in hosts)
+    return not (address and is_loopback(address) and only_here)
 
 
 def trusted_session() -> bool:

@@ -108,6 +108,15 @@ def directory_name(repo: str) -> str:
     return f"{readable}-{hashlib.sha256(repo.encode()).hexdigest()[:16]}"
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names a browser on this machine sends
+
+
+def loopback_hosts(address: str) -> list[str]:
+    """The Host header names a server listening on loopback `address` answers: this machine's own, so that a
+    page whose name was re-pointed at 127.0.0.1 (DNS rebinding) is refused."""
+    return sorted({*LOOPBACK_HOSTS, address.strip("[]").lower()})
+
+
 def is_loopback(address: str) -> bool:
     """Whether a listening address is this machine only: `localhost` or a loopback IP (a host name is not)."""
     import ipaddress

@@ -158,14 +158,18 @@ def prefect_server():
 
 @pytest.fixture
 def loopback_ui():
-    """Streamlit's server.address as `grounding ui` sets it on loopback (AppTest sets none, which would
-    mean every interface, and so a login); restored after."""
+    """Streamlit's server.address and allowedHosts as `grounding ui` sets them on loopback (AppTest sets no
+    address, which would mean every interface, and so a login); restored after."""
     from streamlit import config as st_config
 
-    before = st_config.get_option("server.address")
+    from grounding.validation import loopback_hosts
+
+    before = {k: st_config.get_option(k) for k in ("server.address", "server.allowedHosts")}
     st_config.set_option("server.address", "127.0.0.1")
+    st_config.set_option("server.allowedHosts", loopback_hosts("127.0.0.1"))
     yield
-    st_config.set_option("server.address", before)
+    for key, value in before.items():
+        st_config.set_option(key, value)
 
 
 @pytest.fixture

@@ -119,8 +119,37 @@ def test_ask_in_the_browser_and_see_a_cited_location(copilot, browser, repo_name
     assert (marked[0], marked[-1]) == (int(start), int(end)), "the highlighted lines are the citation's, as numbered"
     assert marked == list(range(int(start), int(end) + 1)) and numbers[0] < int(start), "inside a little context"
     highlighted = listing.find_element(By.CSS_SELECTOR, "[data-cited]").value_of_css_property("background-color")
-    plain = listing.find_element(By.CSS_SELECTOR, "[data-line]:not([data-cited])").value_of_css_property("background-color")
+    plain = listing.find_element(By.CSS_SELECTOR, "[data-line]:not([data-cited])")
+    plain = plain.value_of_css_property("background-color")
     assert highlighted != plain, "the cited lines look different"
     assert listing.text.strip(), "the cited code is on the page"
     assert f"[1] {path}:{start}-{end}@{commit}" in browser.find_element(By.TAG_NAME, "body").text
     assert proc.poll() is None, "the server keeps running"
+
+
+def websocket_status(url: str, host: str) -> str:
+    """The status line Streamlit answers a WebSocket upgrade of its session stream with, sent with `host` as Host
+    and Origin (a page served from `host`, as a DNS rebinding page is: same origin in the browser's eyes)."""
+    import base64
+    import socket
+
+    port = urllib.parse.urlsplit(url).port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(
+            (
+                f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://{host}:{port}\r\n"
+                "Sec-WebSocket-Protocol: streamlit\r\n\r\n"
+            ).encode()
+        )
+        return s.recv(400).decode(errors="replace").split("\r\n")[0]
+
+
+def test_the_copilot_without_login_refuses_a_page_whose_name_was_rebound_to_this_machine(engine, tmp_path):
+    """Trusted mode has no login, so the Host a session comes from must be this machine's own name (from a review:
+    any Host was admitted, and a web page re-pointing its name at 127.0.0.1 could read every repository)."""
+    with running_copilot(tmp_path) as (url, _proc, _log):
+        assert " 101 " in websocket_status(url, "127.0.0.1")
+        assert " 101 " in websocket_status(url, "localhost")
+        assert " 101 " not in websocket_status(url, "rebind.attacker.example")

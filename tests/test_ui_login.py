@@ -147,26 +147,43 @@ def test_grounding_ui_off_loopback_starts_behind_the_login(teams, monkeypatch, c
 
     monkeypatch.setenv("GROUNDING_UI_AUTH", env["GROUNDING_UI_AUTH"])  # the app, as that command starts it
     monkeypatch.delenv("GROUNDING_UI_USER")
-    st_config.set_option("server.address", started["command"][started["command"].index("--server.address") + 1])
+    command = started["command"]
+    st_config.set_option("server.address", command[command.index("--server.address") + 1])
+    hosts = [command[i + 1] for i, arg in enumerate(command) if arg == "--server.allowedHosts"]
+    assert (hosts == ["127.0.0.1", "::1", "localhost"]) == (auth == "none"), "no login: this machine's names only"
+    st_config.set_option("server.allowedHosts", hosts)
     at = AppTest.from_file(str(APP / "copilot.py"), default_timeout=120)
     at.run()
     assert ([t.value for t in at.title] == LOGIN) == (auth == "token")
     assert (teams["payroll"] in text_of(at)) == (auth == "none"), "trusted mode reads every repository"
 
 
-@pytest.mark.parametrize("address", ["0.0.0.0", "::", None])
-def test_trusted_mode_is_refused_by_a_server_listening_off_loopback(teams, monkeypatch, address):
+@pytest.mark.parametrize(
+    ("address", "hosts"),
+    [
+        ("0.0.0.0", ["localhost"]),
+        ("::", ["localhost"]),
+        (None, ["localhost"]),
+        ("127.0.0.1", []),  # loopback, but any Host admitted: a page rebound to 127.0.0.1 could drive it
+        ("127.0.0.1", ["*"]),
+        ("127.0.0.1", ["localhost", "intranet.example.com"]),
+    ],
+)
+def test_trusted_mode_is_refused_by_a_server_listening_off_loopback(teams, monkeypatch, address, hosts):
     """GROUNDING_UI_AUTH=none by hand, with `streamlit run --server.address 0.0.0.0`, or with no address
-    (Streamlit then listens on every interface): a login all the same."""
+    (Streamlit then listens on every interface), or admitting a Host that is not this machine: a login all the
+    same."""
     monkeypatch.setenv("GROUNDING_UI_AUTH", "none")
     monkeypatch.delenv("GROUNDING_UI_USER")
-    before = st_config.get_option("server.address")
+    before = {k: st_config.get_option(k) for k in ("server.address", "server.allowedHosts")}
     st_config.set_option("server.address", address)
+    st_config.set_option("server.allowedHosts", hosts)
     try:
         at = AppTest.from_file(str(APP / "pages/1_Ingest.py"), default_timeout=120)
         at.run()
     finally:
-        st_config.set_option("server.address", before)
+        for key, value in before.items():
+            st_config.set_option(key, value)
     assert [t.value for t in at.title] == LOGIN and teams["payroll"] not in text_of(at)
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from grounding.cli.common import EXIT_ERROR
 from grounding.errors import GroundingError, InvalidArgument
-from grounding.validation import is_loopback
+from grounding.validation import is_loopback, loopback_hosts
 
 if TYPE_CHECKING:
     from grounding.index.remove import RemovalReport
@@ -233,6 +233,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     command += ["--server.address", args.address, "--server.port", str(args.port)]
     command += ["--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
     command += ["--client.toolbarMode", "minimal"]  # no "Deploy" button
+    if auth == "none":  # no login: only a page this machine names may open a session (no DNS rebinding)
+        command += [arg for host in loopback_hosts(args.address) for arg in ("--server.allowedHosts", host)]
 
     def stop(signum, frame) -> None:
         raise KeyboardInterrupt
