@@ -277,6 +277,9 @@ def _oidc(token: str) -> Principal:
     if user is None:
         log.info("JWT refused: claim %s is not a user name: %r", settings.oidc_user_claim, name)
         raise Unauthenticated(REJECTED)
+    if settings.oidc_user_claim == "email" and claims.get("email_verified") is False:  # as the copilot's sign-in
+        log.info("JWT refused: its email %r is not verified", name)
+        raise Unauthenticated(REJECTED)
     try:
         exp = dt.datetime.fromtimestamp(claims["exp"], dt.timezone.utc)
     except (ValueError, OverflowError, OSError, TypeError):  # an `exp` past year 9999 is valid to PyJWT

@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from grounding import access, tokens
-from grounding.errors import InvalidArgument
 from grounding.cli import main
+from grounding.errors import InvalidArgument
 from grounding.index.ingest import ingest
 from tests.conftest import git_repo, running
 from tests.conftest import write_tree as tree
@@ -177,7 +177,9 @@ def test_expired_revoked_malformed_and_missing_tokens_get_401(api, world, engine
         assert basic.status_code == 401
 
 
-def test_a_checked_token_is_trusted_for_token_cache_s_and_a_revoke_here_ends_it_at_once(api, world, engine, monkeypatch):
+def test_a_checked_token_is_trusted_for_token_cache_s_and_a_revoke_here_ends_it_at_once(
+    api, world, engine, monkeypatch
+):
     """The API does not ask the database on every request: a token it found live is trusted for
     GROUNDING_TOKEN_CACHE_S. A revoke in this process ends it at once; one made elsewhere (here: the row
     changed behind its back, as `grounding token revoke` in another process does) within that time."""
@@ -406,11 +408,18 @@ def test_oidc_bearer_jwts_from_a_configured_issuer(world, monkeypatch):
                 signed(sub=f"group:{world['alice']}"),
                 signed(exp=10**12),  # valid to PyJWT, past what a date holds
                 unsigned,
-                jwt.encode(claims, "secret-guess", algorithm="HS256", headers={"kid": "k1"}),
+                jwt.encode(claims, "a-guessed-shared-secret-of-32-bytes", algorithm="HS256", headers={"kid": "k1"}),
             ):
                 assert client(url, bad).get("/v1/repos").status_code == 401, jwt.decode(
                     bad, options={"verify_signature": False}
                 )
+            monkeypatch.setenv("GROUNDING_OIDC_USER_CLAIM", "email")  # an email names a user once it is verified
+            reset_settings()
+            email = f"{world['alice']}@example.com"
+            for verified, status in ((False, 401), (True, 200), (None, 200)):
+                token = signed(sub="x", email=email, **({} if verified is None else {"email_verified": verified}))
+                me = client(url, token).get("/v1/me")
+                assert me.status_code == status and (status == 401 or me.json()["user"] == email), (verified, me)
 
 
 def test_owner_name_repositories_and_no_slash_redirects(api, world, hashing):

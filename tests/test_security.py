@@ -74,6 +74,23 @@ def test_a_granted_user_cannot_repoint_a_repository_at_another_directory(two_tea
         assert store.repo_source(conn, t["public"])[0] == str(t["payroll_dir"].resolve())
 
 
+def test_a_granted_user_cannot_move_the_ref_a_repository_follows(engine, repo_name, hashing, tmp_path):
+    """A reader's re-ingest reads the registered ref: not an old tag of their choosing, and not the default branch
+    when they name none (what every reader with a grant is served is an administrator's choice)."""
+    origin = git_repo(tree(tmp_path / "origin", {"pay.py": "def pay():\n    return 'release'\n"}))
+    git(origin, "branch", "release")
+    (origin / "pay.py").write_text("def pay():\n    return 'main'\n")
+    git(origin, "commit", "-qam", "main moves on")
+    ingest(f"file://{origin}", name=repo_name, ref="release", embedder=hashing)
+    access.grant("alice", repo_name)
+    with pytest.raises(GroundingError, match="follows 'release'"):
+        ingest(f"file://{origin}", name=repo_name, ref="main", embedder=hashing, user="alice")
+    ingest(f"file://{origin}", name=repo_name, embedder=hashing, user="alice")  # no ref: the registered one
+    with engine.connect() as conn:
+        assert store.repo_source(conn, repo_name)[1] == "release"
+    assert "'release'" in all_text(grounding.ask(repo_name, "pay", user="alice"))
+
+
 # 2 ---------------------------------------------------------------------------------------------
 
 
@@ -154,6 +171,53 @@ def test_a_tree_in_history_that_names_dotdot_or_dotgit_writes_nothing_outside_th
         if p.name in ("PWNED.py", "PWNED") or (p.name.lower() == ".git" and home / "eval" in p.parents)
     ]
     assert not planted, planted
+
+
+def test_a_local_checkouts_own_git_config_runs_nothing_when_it_is_ingested(two_teams, hashing, tmp_path):
+    """A local source is a directory others may write to: its .git/config's core.fsmonitor (run by any git command
+    that reads the index) and hooks must not run as the worker, whoever asks for the ingest (from a review)."""
+    t = two_teams
+    pwned = tmp_path / "PWNED"
+    src = t["public_dir"]
+    git(src, "config", "core.fsmonitor", f"touch {pwned}; false #")
+    hooks = src / ".git" / "hooks"
+    for hook in ("post-checkout", "post-index-change", "reference-transaction"):
+        (hooks / hook).write_text(f"#!/bin/sh\ntouch {pwned}\n")
+        (hooks / hook).chmod(0o755)
+    (src / "app" / "extra.py").write_text("def extra():\n    return 1\n")
+    git(src, "add", "-A")
+    pwned.unlink(missing_ok=True)  # the test's own git calls may run them: only grounding's count
+    report = ingest(str(src), name=t["public"], embedder=hashing, user=t["alice"])  # a granted user's re-ingest
+    assert report.files_changed == 1 and not pwned.exists(), "the checkout's config ran a command"
+    ingest(str(src), name=f"{t['public']}-2", embedder=hashing)  # and an administrator's first ingest of it
+    assert not pwned.exists(), "the checkout's config ran a command"
+
+
+def test_a_reader_whose_checkout_cannot_be_made_is_not_told_the_source_or_gits_reply(
+    engine, repo_name, hashing, tmp_path
+):
+    """A serving host with no clone fetches one for a read; when that fails, a user learns that the files are not
+    here, not the source URL (never shown over the API) nor git's error; a trusted caller still gets both."""
+    import shutil
+
+    from grounding.answer.completion import prefix_at
+    from grounding.config import get_settings
+    from grounding.errors import SourceUnreachable
+    from grounding.service.mcp import error_text
+
+    origin = git_repo(tree(tmp_path / "internal-origin-host", {"a.py": "def a():\n    return 1\n"}))
+    ingest(f"file://{origin}", name=repo_name, embedder=hashing)
+    access.grant("alice", repo_name)
+    with engine.connect() as conn:
+        repo_id = store.repo_id(conn, repo_name)
+    shutil.rmtree(get_settings().checkouts_dir / f"repo-{repo_id}")  # an API host whose home holds no clone
+    origin.rename(tmp_path / "moved")
+    with pytest.raises(SourceNotFound) as seen:
+        prefix_at(repo_name, "a.py", None, user="alice")
+    assert "not on this server" in str(seen.value)
+    assert "internal-origin-host" not in error_text(seen.value) and "git" not in str(seen.value).lower()
+    with pytest.raises(SourceUnreachable, match="internal-origin-host"):
+        prefix_at(repo_name, "a.py", None)
 
 
 # 3 ---------------------------------------------------------------------------------------------

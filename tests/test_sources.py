@@ -65,6 +65,24 @@ def test_git_url_is_cloned_at_a_ref(tmp_path):
     assert latest.commit == git(origin, "rev-parse", "HEAD") and (latest.root / "new_module.py").exists()
 
 
+def test_a_branch_ref_is_the_remotes_branch_and_follows_it_on_each_fetch(tmp_path):
+    """`--ref develop`: a branch that is not the default (the clone makes no local branch of it), and `--ref main`
+    after main moved (the clone's local main would stay where it was cloned)."""
+    origin = git_repo(write_tree(tmp_path / "origin", {"a.py": "def a():\n    return 0\n"}))
+    git(origin, "checkout", "-q", "-b", "develop")
+    (origin / "a.py").write_text("def a():\n    return 'develop'\n")
+    git(origin, "commit", "-qam", "on develop")
+    git(origin, "checkout", "-q", "main")
+    url = f"file://{origin}"
+    develop = open_source(url, checkouts=tmp_path / "co", name="r", ref="develop")
+    assert develop.commit == git(origin, "rev-parse", "develop") and "develop" in (develop.root / "a.py").read_text()
+    assert open_source(url, checkouts=tmp_path / "co", name="r", ref="main").commit == git(origin, "rev-parse", "main")
+    (origin / "a.py").write_text("def a():\n    return 'main moved'\n")
+    git(origin, "commit", "-qam", "main moves")
+    moved = open_source(url, checkouts=tmp_path / "co", name="r", ref="main")
+    assert moved.commit == git(origin, "rev-parse", "main") and "main moved" in (moved.root / "a.py").read_text()
+
+
 def test_every_skipped_file_has_its_reason(tmp_path):
     root = tmp_path / "r"
     root.mkdir()

@@ -8,6 +8,7 @@ Every neighbour used is returned as a citation (path, lines, commit).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from grounding import db, store, validation
 from grounding.errors import InvalidArgument, NotIndexed
 from grounding.records import Citation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None
     """
     from grounding.access import authorize
     from grounding.config import get_settings
-    from grounding.errors import SourceNotFound
+    from grounding.errors import SourceNotFound, SourceUnreachable
     from grounding.index import sources
     from grounding.index.secrets import redact_bytes
     from grounding.records import SourceFile
@@ -66,10 +69,19 @@ def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None
         settings.checkouts_dir / sources.checkout_key(repo_id) if sources.is_git_url(source) else Path(source)
     ).resolve()
     if sources.is_git_url(source) and not (root / ".git").is_dir():  # this host's home has no clone yet
-        with store.repo_lock(db.get_engine(), repo, wait=False):  # never beside an ingest's own clone
-            sources.reopen(
-                source, checkouts=settings.checkouts_dir, name=sources.checkout_key(repo_id), commit=commit, ref=ref
-            )
+        try:
+            with store.repo_lock(db.get_engine(), repo, wait=False):  # never beside an ingest's own clone
+                sources.reopen(
+                    source, checkouts=settings.checkouts_dir, name=sources.checkout_key(repo_id), commit=commit, ref=ref
+                )
+        except (SourceNotFound, SourceUnreachable) as err:
+            if user is None:  # a trusted caller (the CLI, a flow) may read where the source is and what git said
+                raise
+            # A reader is not told the repository's source URL, this server's paths, or git's reply: the log is.
+            log.warning("the checkout of %r could not be made for a read: %s", repo, err)
+            raise SourceNotFound(
+                f"the files of repository {repo!r} are not on this server; an administrator can re-ingest it"
+            ) from None
     found = sources.read_file(root, path, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length)
     data = found.data if isinstance(found, SourceFile) else None  # no link followed, nothing larger than ingest reads
     if data is None or found.index_hash != stored_hash:

@@ -43,7 +43,7 @@ from grounding.errors import DatasetError
 from grounding.evaluation.datasets import Question, split_of
 from grounding.evaluation.harvest import MIN_QUESTION_WORDS
 from grounding.index.languages import detect_language
-from grounding.index.sources import classify, plain_segments
+from grounding.index.sources import GIT_SAFE_CONFIG, classify, plain_segments
 from grounding.records import SourceFile
 
 MAX_COMMITS = 300  # how far back to walk: older commits are asked of an ever older tree
@@ -170,7 +170,7 @@ def commit_questions(commits: Sequence[GoldCommit], files: Mapping[str, bytes]) 
 def _git(root: Path, *args: str, stdin: bytes | None = None) -> bytes:
     try:
         result = subprocess.run(
-            ["git", *args],
+            ["git", *GIT_SAFE_CONFIG, *args],
             cwd=root,
             input=stdin,
             capture_output=True,

@@ -63,7 +63,14 @@ def _same_source(stored: str, given: str) -> bool:
 
 
 def _check_target(
-    record: store.RepoRecord | None, name: str, source: str, *, user: str | None, replace_source: bool, derived: bool
+    record: store.RepoRecord | None,
+    name: str,
+    source: str,
+    *,
+    user: str | None,
+    replace_source: bool,
+    derived: bool,
+    ref: str | None = None,
 ) -> None:
     """Refuse an ingest that would create, re-point or overwrite a repository the caller may not."""
     shown = sources.display_url(source)
@@ -80,6 +87,12 @@ def _check_target(
                 f"repository {name!r} is ingested from {record.source!r}; you may re-ingest it from there, "
                 f"not from {shown!r}. An administrator can re-point it with `grounding ingest {shown} --name "
                 f"{name} --replace-source`"
+            )
+        if ref is not None and ref != record.ref:  # what everyone with a grant reads is not one reader's choice
+            raise SourceConflict(
+                f"repository {name!r} follows {record.ref or 'its default branch'!r}; you may re-ingest it there, "
+                f"not at {ref!r}. An administrator can change that with `grounding ingest {shown} --name {name} "
+                f"--ref {ref}`"
             )
         return
     if record is None:
@@ -156,7 +169,11 @@ def ingest(
         if user is None and not is_url:
             # A trusted caller hears first that the path is wrong; a user must not probe the server's disk.
             checkout = sources.open_source(source, checkouts=settings.checkouts_dir, name="_", ref=ref)
-        _check_target(record, name, source, user=user, replace_source=replace_source, derived=parent is not None)
+        _check_target(
+            record, name, source, user=user, replace_source=replace_source, derived=parent is not None, ref=ref
+        )
+        if user is not None and is_url:
+            ref = record.ref  # a reader's re-ingest reads the ref the repository is registered at, no other
         if record is not None:  # before the checkout opens: a shard a dead run left must not move it under us
             with engine.begin() as conn:
                 store.fail_interrupted(conn, record.id)

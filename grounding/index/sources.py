@@ -48,6 +48,17 @@ _CREDENTIAL_HELPER = (
     'test -n "$GROUNDING_GIT_USERNAME" && echo "username=$GROUNDING_GIT_USERNAME"; '
     'test -n "$GROUNDING_GIT_PASSWORD" && echo "password=$GROUNDING_GIT_PASSWORD"; }; f'
 )
+# Set on every git call, over whatever the repository's own .git/config says: a local source is a directory
+# someone else may write to, and git reading its index runs `core.fsmonitor` (a shell command), checkout runs
+# hooks, and `log` may run `gpg.program`. None of them is needed to list or read a tree.
+GIT_SAFE_CONFIG = (
+    "-c", "core.fsmonitor=false",
+    "-c", "core.untrackedCache=false",
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "log.showSignature=false",
+    "-c", "core.pager=cat",
+    "-c", "protocol.ext.allow=never",
+)  # fmt: skip
 _AUTHORITY = re.compile(r"^(?P<scheme>https?)://(?:[^/?#@]*@)?(?P<host>[^/?#@]+)", re.I)
 GENERATED_NAMES = (
     "*.min.js",
@@ -167,7 +178,7 @@ def _git_env(url: str | None) -> dict[str, str]:
 def _git(args: list[str], cwd: Path | None = None, *, url: str | None = None, raw: bool = False):
     """Run git; `url` (which may hold credentials) lends them through the environment only."""
     result = subprocess.run(
-        ["git", "-c", f"credential.helper={_CREDENTIAL_HELPER}", *args],
+        ["git", *GIT_SAFE_CONFIG, "-c", f"credential.helper={_CREDENTIAL_HELPER}", *args],
         cwd=cwd,
         capture_output=True,
         text=not raw,
@@ -267,7 +278,7 @@ def _clone(url: str, dest: Path, ref: str | None) -> Checkout:
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             _git(["clone", "--quiet", "--no-checkout", "--", shown, str(dest)], url=url)
-        target = ref or _default_branch(dest)
+        target = _target(dest, ref)
         commit = _git(["rev-parse", "--verify", "--end-of-options", f"{target}^{{commit}}"], dest).strip()
         _git(["checkout", "--quiet", "--force", "--detach", commit], dest)
     except subprocess.CalledProcessError as err:
@@ -307,6 +318,16 @@ def current_commit(source: str, ref: str | None = None) -> str | None:
     if not root.is_dir():
         raise SourceNotFound(f"path {source!r} does not exist any more; re-ingest from where the repository lives")
     return _git_head(root) if _git_toplevel(root) else None
+
+
+def _target(dest: Path, ref: str | None) -> str:
+    """What `ref` names in a clone: the remote's branch of that name first (a fetch moves it; a local branch of
+    the same name, made by the clone, would stay where it was, and a branch other than the default has none),
+    else the ref as given (a tag, a commit); no ref: the remote's default branch."""
+    if ref is None:
+        return _default_branch(dest)
+    remote = f"refs/remotes/origin/{ref}"
+    return remote if _try_git(["rev-parse", "--verify", "--quiet", f"{remote}^{{commit}}"], dest) else ref
 
 
 def _default_branch(dest: Path) -> str:
