@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 # 3: JavaScript/TypeScript functions assigned to a property (`res.send = function () {}`) are definitions.
 # 4: ... also through a subscript (`proto['delete'] =`) or a chain (`exports = module.exports = function`),
 # and a class assigned to a property (`exports.Route = class {}`) owns its methods.
-INDEXING_VERSION = 4
+# 5: more secret shapes redacted (secrets.RULES_VERSION 2): a `*_pass` name, HTTP Basic credentials, Azure
+# AccountKey/SharedAccessKey, a secret-named setting's getenv/get fallback.
+INDEXING_VERSION = 5
 
 
 def content_hash(data: bytes) -> str:

@@ -143,10 +143,35 @@ def test_a_truncated_key_and_an_openssh_key_are_redacted():
         "token = get_token(session)",
         'url = "http://user:pass@proxy:3128"',
         "secret_key = settings.SECRET_KEY_FALLBACK",
+        'bypass = "aB3dE5fG7hJ9kL2m"',  # `pass` counts as a name's last word only: db_pass, SMTP_PASS
+        'mode = os.getenv("MODE", "aB3dE5fG7hJ9kL2m")',  # a fallback counts only for a secret-sounding name
+        'WWW_AUTHENTICATE = "Basic realm=api"',
+        'auth = "Basic dXNlcjpwYXNzd29yZA=="',  # user:password, a word
     ],
 )
 def test_placeholders_and_code_are_not_secrets(line):
     assert find_secrets(line + "\n") == []
+
+
+def test_shapes_a_review_found_unredacted_are_redacted():
+    import base64
+
+    value = "".join(_rng.sample(string.ascii_letters + string.digits, 20))
+    key = base64.b64encode(_random(string.ascii_letters, 48).encode()).decode()
+    basic = base64.b64encode(f"deploy:{value}".encode()).decode()
+    text = (
+        f'DB_PASS = "{value}"\n'
+        f"smtp_pass: str = '{value}'\n"
+        f'headers = {{"Authorization": "Basic {basic}"}}\n'
+        f'conn = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.windows.net"\n'
+        f"bus = 'Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=Root;SharedAccessKey={key[:44]}'\n"
+        f'password = os.getenv("DB_PASSWORD", "{value}")\n'
+        f"token = settings.get('api_token', '{value}')\n"
+    )
+    redacted, found = redact(text)
+    assert [f.kind for f in found] == ["secret", "secret", "basic-auth", "azure-key", "azure-key", "secret", "secret"]
+    assert value not in redacted and key[:44] not in redacted and basic not in redacted
+    assert redacted.count("\n") == text.count("\n")
 
 
 def test_env_and_config_lines_are_redacted():

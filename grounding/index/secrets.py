@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-RULES_VERSION = 1  # bump when the patterns change: what was derived from files under older rules is rebuilt
+RULES_VERSION = 2  # bump when the patterns change: what was derived from files under older rules is rebuilt
 
 __all__ = ["RULES_VERSION", "SecretFinding", "redact", "redact_bytes", "find_secrets", "is_secret_file"]
 
@@ -78,10 +78,10 @@ _TOKENS: tuple[tuple[str, re.Pattern[str], str], ...] = (
 
 # Values that look random count only when assigned to a name that says they are secret. The scan
 # finds the name's last word, then reads the assignment after it.
-_NAME_WORD = re.compile(r"password|passwd|passphrase|pwd|secret|token|key|credential")
+_NAME_WORD = re.compile(r"password|passwd|passphrase|pwd|pass|secret|token|key|credential")
 _NAME_WORD_ANY_CASE = re.compile(_NAME_WORD.pattern, re.IGNORECASE)
 _SECRET_NAME = re.compile(
-    r"(?i)(?:password|passwd|passphrase|pwd|secret|token|credentials?|apikey|"
+    r"(?i)(?:password|passwd|passphrase|pwd|(?:^|[_-])pass|secret|token|credentials?|apikey|"
     r"(?:api|access|secret|private|auth|encryption|signing|master)[_-]?key)$"
 )
 _AWS_SECRET_NAME = re.compile(r"(?i)(?:aws_?secret_?(?:access_?)?key|secret_?access_?key)")
@@ -97,6 +97,14 @@ _LINE_HEAD = re.compile(r"[ \t]*(?:export[ \t]+)?")
 _NAME_CHARS = frozenset(_WORD + ".-")
 _URL_PASSWORD = re.compile(r"://[^\s:/@\"'`]+:(?P<value>[^\s:/@\"'`]{8,256})@")
 _BEARER = re.compile(r"bearer[ \t]+(?P<value>[A-Za-z0-9._~+/-]{20,}=*)", re.IGNORECASE)
+_BASIC = re.compile(r"(?<![A-Za-z])basic[ \t]+(?P<value>[A-Za-z0-9+/]{12,}={0,2})(?![A-Za-z0-9+/=])", re.IGNORECASE)
+# Azure storage and service-bus connection strings: `...;AccountKey=<base64>;...`.
+_AZURE_KEY = re.compile(r"(?:AccountKey|SharedAccessKey)[ \t]*=[ \t]*(?P<value>[A-Za-z0-9+/]{20,}={0,2})")
+# A secret-named setting's fallback: os.getenv("DB_PASSWORD", "<value>"), environ.get(...), config.get(...).
+_ENV_DEFAULT = re.compile(
+    r"""(?:getenv|\.get)\([ \t]*[rbuRBU]{0,2}["'](?P<name>[A-Za-z_][\w.-]{0,100})["'][ \t]*,[ \t]*"""
+    r"""[rbuRBU]{0,2}(?P<q>["'])(?P<value>[^"'\\\n]{8,256})(?P=q)"""
+)
 
 _PLACEHOLDER_WORDS = (
     "example",
@@ -153,6 +161,19 @@ def _looks_random(value: str) -> bool:
     return _entropy(value) >= min(3.5, 0.8 * math.log2(len(value)))
 
 
+def _is_basic_credential(value: str) -> bool:
+    """Whether `value` is base64 of `user:password` with a password that is not a word or a placeholder."""
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    user, colon, password = decoded.partition(":")
+    return bool(colon) and decoded.isprintable() and len(password) >= 6 and _looks_random(password)
+
+
 # --- finding and redacting ---------------------------------------------------------------------
 
 
@@ -194,10 +215,16 @@ def find_secrets(text: str) -> list[SecretFinding]:
             if (m.start() == 0 or text[m.start() - 1] not in before) and "EXAMPLE" not in m.group():
                 spans.append((m.start(), 1, m.end(), kind))
     spans += [(start, priority, end, kind) for kind, start, end, priority in _assignments(text)]
-    for kind, pattern in (("password", _URL_PASSWORD), ("bearer-token", _BEARER)):
+    for kind, pattern in (("password", _URL_PASSWORD), ("bearer-token", _BEARER), ("azure-key", _AZURE_KEY)):
         for m in pattern.finditer(text):
             if _looks_random(m.group("value")):
                 spans.append((m.start("value"), 2, m.end("value"), kind))
+    for m in _BASIC.finditer(text):  # HTTP basic credentials: base64 of user:password
+        if _is_basic_credential(m.group("value")):
+            spans.append((m.start("value"), 2, m.end("value"), "basic-auth"))
+    for m in _ENV_DEFAULT.finditer(text):
+        if _SECRET_NAME.search(m.group("name")) and _looks_random(m.group("value")):
+            spans.append((m.start("value"), 2, m.end("value"), "secret"))
 
     found: list[SecretFinding] = []
     covered = -1
