@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grounding.errors import SourceNotFound
+from grounding.errors import SourceNotFound, SourceUnreachable
 from grounding.index import sources
 from grounding.index.sources import classify, list_files, open_source
 from tests.conftest import copy_tree, git, git_repo, write_tree
@@ -81,6 +81,44 @@ def test_a_branch_ref_is_the_remotes_branch_and_follows_it_on_each_fetch(tmp_pat
     git(origin, "commit", "-qam", "main moves")
     moved = open_source(url, checkouts=tmp_path / "co", name="r", ref="main")
     assert moved.commit == git(origin, "rev-parse", "main") and "main moved" in (moved.root / "a.py").read_text()
+
+
+def test_a_ref_resolves_as_git_would_and_never_to_a_branch_the_remote_dropped(tmp_path):
+    """A tag before a branch of the same name, a full commit id before anything named like it (who may push a
+    branch must not move a pinned release), and a branch the remote renamed is an error, not the clone's stale
+    local copy; `current_commit` (what refresh compares) agrees with what is checked out."""
+    origin = git_repo(write_tree(tmp_path / "origin", {"a.py": "def a():\n    return 'one'\n"}))
+    one = git(origin, "rev-parse", "HEAD")
+    git(origin, "tag", "-a", "v1", "-m", "release one")  # annotated: ls-remote lists its commit as v1^{}
+    (origin / "a.py").write_text("def a():\n    return 'two'\n")
+    git(origin, "commit", "-qam", "two")
+    git(origin, "branch", "v1")  # a branch named like the tag, at another commit
+    git(origin, "branch", one)  # and one named like the pinned commit
+    git(origin, "branch", "feature/main")
+    git(origin, "commit", "-qam", "three", "--allow-empty")  # main moves on; feature/main stays
+    url, co = f"file://{origin}", tmp_path / "co"
+    for ref, commit in (("v1", one), (one, one), ("main", git(origin, "rev-parse", "main"))):
+        assert open_source(url, checkouts=co, name="r", ref=ref).commit == commit, ref
+        assert sources.current_commit(url, ref) == commit, ref
+    branch = git(origin, "rev-parse", "refs/heads/v1")
+    assert open_source(url, checkouts=co, name="r", ref="refs/heads/v1").commit == branch
+    git(origin, "branch", "-m", "main", "trunk")
+    with pytest.raises(SourceUnreachable, match="no tag or branch 'main'"):
+        open_source(url, checkouts=co, name="r", ref="main")
+    with pytest.raises(SourceNotFound, match="no tag or branch 'main'"):
+        sources.current_commit(url, "main")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a checkout to another user needs root")
+def test_a_checkout_git_refuses_to_read_is_an_error_not_a_plain_directory(tmp_path):
+    """git will not read a repository another user owns (safe.directory); walking it instead would index its
+    untracked files, which the README promises a git checkout never does."""
+    root = git_repo(write_tree(tmp_path / "theirs", {"tracked.py": "def t():\n    return 1\n"}))
+    (root / "untracked_notes.py").write_text("NOTES = 'not for the index'\n")
+    for path in [root, *root.rglob("*")]:
+        os.lchown(path, 65534, 65534)  # nobody
+    with pytest.raises(SourceNotFound, match="owned by another user"):
+        open_source(str(root), checkouts=tmp_path / "co", name="r")
 
 
 def test_every_skipped_file_has_its_reason(tmp_path):

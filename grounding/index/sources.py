@@ -37,6 +37,7 @@ _SCHEMES = ("https", "http", "ssh", "git", "file")
 # The authority's user information runs to its last `@` (a password may hold one); the user name to the first `:`.
 _USERINFO = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/?#@:]*)(?::(?P<password>[^/?#]*))?@", re.I)
 _ANY_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/?#\s'\"]*@", re.I)
+_SHA = re.compile(r"[0-9a-f]{40}")  # a full commit id
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 # Answers git's credential questions from the environment the call is given (values never in argv), and only
 # for a protocol://host the call lends them to (GROUNDING_GIT_LEND, set by _git_env): a redirect to another
@@ -261,7 +262,19 @@ def _try_git(args: list[str], cwd: Path) -> str | None:
 
 
 def _git_toplevel(root: Path) -> Path | None:
-    top = _try_git(["rev-parse", "--show-toplevel"], root)
+    """The work tree `root` is in, or None outside git. A repository git refuses to read (owned by another user)
+    is an error: walked as a plain directory it would index its untracked and ignored files too."""
+    try:
+        top = _git(["rev-parse", "--show-toplevel"], root).strip()
+    except subprocess.CalledProcessError as err:
+        if "dubious ownership" in (err.stderr or ""):
+            raise SourceNotFound(
+                f"{root} is a git repository owned by another user, which git refuses to read; ingest it as its "
+                "owner, or, if you trust whoever can write to it, add it to git's safe.directory"
+            ) from None
+        return None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
     return Path(top) if top else None
 
 
@@ -300,20 +313,23 @@ def current_commit(source: str, ref: str | None = None) -> str | None:
     None for a directory outside git, which has no commit to compare.
     """
     if is_git_url(source):
-        if ref and re.fullmatch(r"[0-9a-f]{40}", ref):
+        if ref and _SHA.fullmatch(ref):
             return ref
         shown = display_url(check_git_url(source))
-        try:
-            out = _git(["ls-remote", "--", shown, ref or "HEAD"], url=source)
+        try:  # every ref: a pattern would match by tail (`main` also finds `feature/main`) and list no `^{}`
+            out = _git(["ls-remote", "--", shown], url=source)
         except subprocess.CalledProcessError as err:
             raise SourceUnreachable(f"cannot reach {shown!r}: {(err.stderr or '').strip()[-300:]}") from err
         except subprocess.TimeoutExpired as err:
             raise SourceUnreachable(f"git timed out reaching {shown!r}") from err
-        lines = [line.split("\t") for line in out.splitlines() if "\t" in line]
-        peeled = [sha for sha, name in lines if name.endswith("^{}")]  # an annotated tag's commit
-        if peeled or lines:
-            return (peeled or [lines[0][0]])[0]
-        raise SourceNotFound(f"{shown!r} has no ref {ref or 'HEAD'!r}")
+        refs = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
+        branch = (ref or "").removeprefix("refs/heads/")
+        # What _target resolves the same ref to after a fetch: an (annotated) tag's commit, then the branch.
+        order = ["HEAD"] if ref is None else [f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{branch}"]
+        for name in order:
+            if name in refs:
+                return refs[name]
+        raise SourceNotFound(f"{shown!r} has no tag or branch {ref or 'HEAD'!r}")
     root = Path(source).expanduser()
     if not root.is_dir():
         raise SourceNotFound(f"path {source!r} does not exist any more; re-ingest from where the repository lives")
@@ -321,13 +337,23 @@ def current_commit(source: str, ref: str | None = None) -> str | None:
 
 
 def _target(dest: Path, ref: str | None) -> str:
-    """What `ref` names in a clone: the remote's branch of that name first (a fetch moves it; a local branch of
-    the same name, made by the clone, would stay where it was, and a branch other than the default has none),
-    else the ref as given (a tag, a commit); no ref: the remote's default branch."""
+    """What `ref` names in a clone, in git's order: a full commit id itself, then a tag, then the remote's branch
+    (a fetch moves it; the local branch a clone makes would stay where it was cloned, and a branch other than the
+    default has none); `refs/heads/X` is the remote's X. No ref: the remote's default branch. A name that is
+    none of these, or that only a local branch holds (a branch the remote no longer has), is refused."""
     if ref is None:
         return _default_branch(dest)
-    remote = f"refs/remotes/origin/{ref}"
-    return remote if _try_git(["rev-parse", "--verify", "--quiet", f"{remote}^{{commit}}"], dest) else ref
+    if _SHA.fullmatch(ref):
+        return ref
+    branch = ref.removeprefix("refs/heads/")
+    for candidate in (f"refs/tags/{ref}", f"refs/remotes/origin/{branch}", ref):
+        if candidate == ref and ref.startswith("refs/heads/"):
+            continue
+        full = _try_git(["rev-parse", "--verify", "--quiet", "--symbolic-full-name", candidate], dest)
+        resolves = _try_git(["rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"], dest)
+        if resolves and not (full or "").startswith("refs/heads/"):
+            return candidate
+    raise subprocess.CalledProcessError(1, ["git", "rev-parse", ref], "", f"fatal: no tag or branch {ref!r}")
 
 
 def _default_branch(dest: Path) -> str:
