@@ -131,7 +131,8 @@ def _oidc_principal() -> Principal | None:
     """The Principal of a session signed in through Streamlit's OIDC (st.login), or None.
 
     The user is the ID token's GROUNDING_OIDC_USER_CLAIM (default `sub`), as for the API's JWTs, so a person
-    has one name, and one set of grants, in both; an `email` claim counts only when `email_verified` is not false.
+    has one name, and one set of grants, in both; an `email` claim counts only when `email_verified` is not
+    false (tokens.email_unverified).
     """
     from grounding import tokens
     from grounding.access import user_name
@@ -142,7 +143,7 @@ def _oidc_principal() -> Principal | None:
         return None
     claim = get_settings().oidc_user_claim
     name = st.user.get(claim)
-    if claim == "email" and st.user.get("email_verified") is False:
+    if claim == "email" and tokens.email_unverified(st.user):
         log.info("OIDC sign-in refused: %r is not a verified email", name)
         return None
     try:  # a bare name only: `user:x` or `group:y` in a claim is refused, not read as a principal

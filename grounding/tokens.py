@@ -244,6 +244,12 @@ def _jwks_url(issuer: str) -> str:
     return url
 
 
+def email_unverified(claims) -> bool:
+    """Whether an identity's `email_verified` says no: `false` as JSON, or as the string some providers send.
+    A claim left out is not a no (Entra ID sends none): with such a provider, name users by `sub`."""
+    return str(claims.get("email_verified")).strip().lower() in ("false", "0")
+
+
 def _oidc(token: str) -> Principal:
     import jwt
 
@@ -277,7 +283,7 @@ def _oidc(token: str) -> Principal:
     if user is None:
         log.info("JWT refused: claim %s is not a user name: %r", settings.oidc_user_claim, name)
         raise Unauthenticated(REJECTED)
-    if settings.oidc_user_claim == "email" and claims.get("email_verified") is False:  # as the copilot's sign-in
+    if settings.oidc_user_claim == "email" and email_unverified(claims):  # as the copilot's sign-in
         log.info("JWT refused: its email %r is not verified", name)
         raise Unauthenticated(REJECTED)
     try:

@@ -416,7 +416,7 @@ def test_oidc_bearer_jwts_from_a_configured_issuer(world, monkeypatch):
             monkeypatch.setenv("GROUNDING_OIDC_USER_CLAIM", "email")  # an email names a user once it is verified
             reset_settings()
             email = f"{world['alice']}@example.com"
-            for verified, status in ((False, 401), (True, 200), (None, 200)):
+            for verified, status in ((False, 401), ("false", 401), (True, 200), (None, 200)):
                 token = signed(sub="x", email=email, **({} if verified is None else {"email_verified": verified}))
                 me = client(url, token).get("/v1/me")
                 assert me.status_code == status and (status == 401 or me.json()["user"] == email), (verified, me)

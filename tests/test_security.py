@@ -22,7 +22,7 @@ import sqlalchemy as sa
 import grounding
 from grounding import access, store
 from grounding.cli import main
-from grounding.errors import AccessDenied, GroundingError, SourceNotFound
+from grounding.errors import AccessDenied, GroundingError, InvalidArgument, SourceNotFound
 from grounding.index.ingest import ingest
 from tests.conftest import git, git_repo, save_tiny_bert
 from tests.conftest import write_tree as tree
@@ -65,7 +65,11 @@ def test_a_granted_user_cannot_repoint_a_repository_at_another_directory(two_tea
     assert "payroll" not in all_text(answer).lower()
     with grounding.db.get_engine().connect() as conn:
         assert store.repo_source(conn, t["public"])[0] == str(t["public_dir"].resolve()), "the source is unchanged"
-    # Re-ingesting from its own source is allowed, and a trusted caller re-points only when told to.
+    # Re-ingesting from its own source is allowed (as checked out: no ref), and a trusted caller re-points only
+    # when told to.
+    with pytest.raises(InvalidArgument, match="read from a directory") as refused:
+        ingest(str(t["public_dir"]), name=t["public"], ref="main", embedder=hashing, user=t["alice"])
+    assert str(t["public_dir"]) not in str(refused.value), "a reader is not told where the server reads it"
     ingest(str(t["public_dir"]), name=t["public"], embedder=hashing, user=t["alice"])
     with pytest.raises(GroundingError, match="--replace-source"):
         ingest(str(t["payroll_dir"]), name=t["public"], embedder=hashing)
@@ -214,7 +218,7 @@ def test_a_reader_whose_checkout_cannot_be_made_is_not_told_the_source_or_gits_r
     origin.rename(tmp_path / "moved")
     with pytest.raises(SourceNotFound) as seen:
         prefix_at(repo_name, "a.py", None, user="alice")
-    assert "not on this server" in str(seen.value)
+    assert "could not be fetched onto this server" in str(seen.value)
     assert "internal-origin-host" not in error_text(seen.value) and "git" not in str(seen.value).lower()
     with pytest.raises(SourceUnreachable, match="internal-origin-host"):
         prefix_at(repo_name, "a.py", None)

@@ -80,7 +80,8 @@ def prefix_at(repo: str, path: str, line: int | None, *, user: str | None = None
             # A reader is not told the repository's source URL, this server's paths, or git's reply: the log is.
             log.warning("the checkout of %r could not be made for a read: %s", repo, err)
             raise SourceNotFound(
-                f"the files of repository {repo!r} are not on this server; an administrator can re-ingest it"
+                f"the files of repository {repo!r} could not be fetched onto this server; try again later, or "
+                "re-ingest it"
             ) from None
     found = sources.read_file(root, path, max_bytes=settings.max_file_bytes, max_line_length=settings.max_line_length)
     data = found.data if isinstance(found, SourceFile) else None  # no link followed, nothing larger than ingest reads

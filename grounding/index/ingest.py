@@ -88,6 +88,11 @@ def _check_target(
                 f"not from {shown!r}. An administrator can re-point it with `grounding ingest {shown} --name "
                 f"{name} --replace-source`"
             )
+        if ref is not None and not sources.is_git_url(record.source):
+            raise InvalidArgument(
+                f"repository {name!r} is read from a directory, as it is checked out there: a ref applies to "
+                "repositories ingested from a git URL; re-ingest it without one"
+            )
         if ref is not None and ref != record.ref:  # what everyone with a grant reads is not one reader's choice
             raise SourceConflict(
                 f"repository {name!r} follows {record.ref or 'its default branch'!r}; you may re-ingest it there, "

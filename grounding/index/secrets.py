@@ -90,8 +90,10 @@ _ASSIGNMENT = re.compile(
     r"s?[\"']?\]?"  # a plural, a quoted key ("password": ...), env["TOKEN"]
     r"(?:[ \t]*:[ \t]*[A-Za-z_][\w.\[\]]*)?"  # a type annotation: password: str = ...
     r"[ \t]*(?::=|=>|=|:)[ \t]*"
-    r"(?:[rbuRBU]{0,2}(?P<q>[\"'`])(?P<quoted>[^\"'`\\\n]{8,256})(?P=q)"  # a string literal
-    r"|(?P<bare>[^\s\"'`#;,(){}\[\]<>$%]{8,256})(?=[ \t]*(?:#[^\n]*)?(?:\r?\n|$)))"  # KEY=value on its own line
+    # Possessive ({8,256}+): a shorter run is followed by a character of the run, never by the quote or line end
+    # that must come next, so backtracking into it finds nothing, and cost 256 tries at every `key:` of a file.
+    r"(?:[rbuRBU]{0,2}(?P<q>[\"'`])(?P<quoted>[^\"'`\\\n]{8,256}+)(?P=q)"  # a string literal
+    r"|(?P<bare>[^\s\"'`#;,(){}\[\]<>$%]{8,256}+)(?=[ \t]*(?:#[^\n]*)?(?:\r?\n|$)))"  # KEY=value on its own line
 )
 _LINE_HEAD = re.compile(r"[ \t]*(?:export[ \t]+)?")
 _NAME_CHARS = frozenset(_WORD + ".-")
