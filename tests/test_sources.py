@@ -97,7 +97,7 @@ def test_a_ref_resolves_as_git_would_and_never_to_a_branch_the_remote_dropped(tm
     git(origin, "branch", "feature/main")
     git(origin, "commit", "-qam", "three", "--allow-empty")  # main moves on; feature/main stays
     url, co = f"file://{origin}", tmp_path / "co"
-    for ref, commit in (("v1", one), (one, one), ("main", git(origin, "rev-parse", "main"))):
+    for ref, commit in (("v1", one), ("refs/tags/v1", one), (one, one), ("main", git(origin, "rev-parse", "main"))):
         assert open_source(url, checkouts=co, name="r", ref=ref).commit == commit, ref
         assert sources.current_commit(url, ref) == commit, ref
     branch = git(origin, "rev-parse", "refs/heads/v1")

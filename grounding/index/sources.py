@@ -325,7 +325,11 @@ def current_commit(source: str, ref: str | None = None) -> str | None:
         refs = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
         branch = (ref or "").removeprefix("refs/heads/")
         # What _target resolves the same ref to after a fetch: an (annotated) tag's commit, then the branch.
-        order = ["HEAD"] if ref is None else [f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{branch}"]
+        order = (
+            ["HEAD"]
+            if ref is None
+            else [f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{branch}", f"{ref}^{{}}", ref]
+        )
         for name in order:
             if name in refs:
                 return refs[name]
