@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grounding.errors import SourceNotFound, SourceUnreachable
+from grounding.errors import InvalidArgument, SourceNotFound, SourceUnreachable
 from grounding.index import sources
 from grounding.index.sources import classify, list_files, open_source
 from tests.conftest import copy_tree, git, git_repo, write_tree
@@ -102,11 +102,28 @@ def test_a_ref_resolves_as_git_would_and_never_to_a_branch_the_remote_dropped(tm
         assert sources.current_commit(url, ref) == commit, ref
     branch = git(origin, "rev-parse", "refs/heads/v1")
     assert open_source(url, checkouts=co, name="r", ref="refs/heads/v1").commit == branch
+    feature = git(origin, "rev-parse", "feature/main")
+    for ref in ("origin/feature/main", "refs/remotes/origin/feature/main", "tags/v1"):  # other spellings agree
+        assert open_source(url, checkouts=co, name="r", ref=ref).commit == sources.current_commit(url, ref), ref
+    assert open_source(url, checkouts=co, name="r", ref="origin/feature/main").commit == feature
+    for ref in ("FETCH_HEAD", one[:10], "refs/notes/x"):  # refresh could not follow these: refused
+        with pytest.raises((SourceUnreachable, InvalidArgument)):
+            open_source(url, checkouts=co, name="r", ref=ref)
+    assert open_source(url, checkouts=co, name="r", ref=one.upper()).commit == one
+    # The remote moves its tag, then deletes it: the clone follows (fetch used to fail, then keep the old tag).
+    git(origin, "tag", "-f", "-a", "v1", "-m", "moved", feature)
+    assert open_source(url, checkouts=co, name="r", ref="v1").commit == feature == sources.current_commit(url, "v1")
+    git(origin, "tag", "-d", "v1")
+    v1 = git(origin, "rev-parse", "refs/heads/v1")
+    assert open_source(url, checkouts=co, name="r", ref="v1").commit == v1 == sources.current_commit(url, "v1")
+    # The remote renames main and makes trunk its default: `main` is gone, no ref follows trunk.
     git(origin, "branch", "-m", "main", "trunk")
     with pytest.raises(SourceUnreachable, match="no tag or branch 'main'"):
         open_source(url, checkouts=co, name="r", ref="main")
     with pytest.raises(SourceNotFound, match="no tag or branch 'main'"):
         sources.current_commit(url, "main")
+    trunk = git(origin, "rev-parse", "trunk")
+    assert open_source(url, checkouts=co, name="r").commit == trunk == sources.current_commit(url, None)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a checkout to another user needs root")
@@ -118,6 +135,18 @@ def test_a_checkout_git_refuses_to_read_is_an_error_not_a_plain_directory(tmp_pa
     for path in [root, *root.rglob("*")]:
         os.lchown(path, 65534, 65534)  # nobody
     with pytest.raises(SourceNotFound, match="owned by another user"):
+        open_source(str(root), checkouts=tmp_path / "co", name="r")
+
+
+def test_a_repository_git_cannot_read_is_an_error_in_any_language(tmp_path, monkeypatch):
+    """Only "not a git repository" means a plain directory to walk; any other refusal (here an extension this
+    git does not know) is an error, whatever language the server's git speaks."""
+    root = git_repo(write_tree(tmp_path / "r", {"t.py": "def t():\n    return 1\n"}))
+    (root / "untracked.py").write_text("NOTES = 1\n")
+    git(root, "config", "core.repositoryformatversion", "1")
+    git(root, "config", "extensions.grounding-test-unknown", "true")
+    monkeypatch.setenv("LANGUAGE", "de")
+    with pytest.raises(SourceNotFound, match="git cannot read"):
         open_source(str(root), checkouts=tmp_path / "co", name="r")
 
 

@@ -150,6 +150,8 @@ def credential_hosts() -> set[str]:
 
 def _git_env(url: str | None) -> dict[str, str]:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": ":".join(_SCHEMES), "GROUNDING_GIT_LEND": ""}
+    env["LC_ALL"] = "C"  # git's messages in English: _git_toplevel reads them
+    env.pop("LANGUAGE", None)
     if os.environ.get("GROUNDING_GIT_TOKEN") and not os.environ.get("GROUNDING_GIT_PASSWORD"):
         env["GROUNDING_GIT_PASSWORD"] = os.environ["GROUNDING_GIT_TOKEN"]
         env.setdefault("GROUNDING_GIT_USERNAME", "x-access-token")
@@ -267,12 +269,16 @@ def _git_toplevel(root: Path) -> Path | None:
     try:
         top = _git(["rev-parse", "--show-toplevel"], root).strip()
     except subprocess.CalledProcessError as err:
-        if "dubious ownership" in (err.stderr or ""):
+        stderr = err.stderr or ""  # in English: _git_env sets LC_ALL=C
+        if "not a git repository" in stderr:
+            return None
+        if "dubious ownership" in stderr:
             raise SourceNotFound(
-                f"{root} is a git repository owned by another user, which git refuses to read; ingest it as its "
+                f"{root} is in a git repository owned by another user, which git refuses to read; ingest it as its "
                 "owner, or, if you trust whoever can write to it, add it to git's safe.directory"
             ) from None
-        return None
+        last = stderr.strip().splitlines()[-1:] or [f"git exited {err.returncode}"]
+        raise SourceNotFound(f"git cannot read the repository {root} is in: {last[0]}") from None
     except (OSError, subprocess.TimeoutExpired):
         return None
     return Path(top) if top else None
@@ -287,10 +293,15 @@ def _clone(url: str, dest: Path, ref: str | None) -> Checkout:
     try:
         if (dest / ".git").is_dir():
             _git(["remote", "set-url", "origin", shown], dest)
-            _git(["fetch", "--quiet", "--prune", "--tags", "origin"], dest, url=url)
+            # --force and --prune-tags: a tag the remote moved or deleted is moved or deleted here too (without
+            # them a moved tag fails every fetch, and a deleted one would still be checked out).
+            _git(["fetch", "--quiet", "--prune", "--prune-tags", "--force", "--tags", "origin"], dest, url=url)
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             _git(["clone", "--quiet", "--no-checkout", "--", shown, str(dest)], url=url)
+        if ref is None or ref == "HEAD":  # the remote's default branch as it is now, not as it was when cloned
+            with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                _git(["remote", "set-head", "origin", "--auto"], dest, url=url)
         target = _target(dest, ref)
         commit = _git(["rev-parse", "--verify", "--end-of-options", f"{target}^{{commit}}"], dest).strip()
         _git(["checkout", "--quiet", "--force", "--detach", commit], dest)
@@ -313,24 +324,21 @@ def current_commit(source: str, ref: str | None = None) -> str | None:
     None for a directory outside git, which has no commit to compare.
     """
     if is_git_url(source):
-        if ref and _SHA.fullmatch(ref):
-            return ref
+        candidates = _ref_candidates(ref)
+        if isinstance(candidates, str):
+            return candidates  # a commit id
         shown = display_url(check_git_url(source))
-        try:  # every ref: a pattern would match by tail (`main` also finds `feature/main`) and list no `^{}`
-            out = _git(["ls-remote", "--", shown], url=source)
+        # Exact names (a pattern also matches by tail, `main` finding `feature/main`: the lookup below is exact),
+        # each tag's peeled `^{}` first: an annotated tag's commit, not the tag object.
+        names = ["HEAD"] if not candidates else [n for _, remote in candidates for n in (f"{remote}^{{}}", remote)]
+        try:
+            out = _git(["ls-remote", "--", shown, *names], url=source)
         except subprocess.CalledProcessError as err:
             raise SourceUnreachable(f"cannot reach {shown!r}: {(err.stderr or '').strip()[-300:]}") from err
         except subprocess.TimeoutExpired as err:
             raise SourceUnreachable(f"git timed out reaching {shown!r}") from err
         refs = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
-        branch = (ref or "").removeprefix("refs/heads/")
-        # What _target resolves the same ref to after a fetch: an (annotated) tag's commit, then the branch.
-        order = (
-            ["HEAD"]
-            if ref is None
-            else [f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}", f"refs/heads/{branch}", f"{ref}^{{}}", ref]
-        )
-        for name in order:
+        for name in names:  # in _target's order
             if name in refs:
                 return refs[name]
         raise SourceNotFound(f"{shown!r} has no tag or branch {ref or 'HEAD'!r}")
@@ -340,24 +348,42 @@ def current_commit(source: str, ref: str | None = None) -> str | None:
     return _git_head(root) if _git_toplevel(root) else None
 
 
+_BRANCH_PREFIXES = ("refs/heads/", "refs/remotes/origin/", "remotes/origin/", "origin/")
+
+
+def _ref_candidates(ref: str | None) -> str | list[tuple[str, str]]:
+    """What `ref` may name on the remote, in git's order, as (name in a clone, name on the remote) pairs: a tag,
+    then a branch (`refs/heads/X` or `origin/X`: the branch only; `refs/tags/X` or `tags/X`: the tag only). A
+    full commit id is returned as itself; no ref (or HEAD) is the remote's default branch, []. Nothing else
+    (a short commit id, FETCH_HEAD, `main~2`) is a ref: refresh could not tell whether it moved."""
+    if ref is None or ref == "HEAD":
+        return []
+    if _SHA.fullmatch(ref.lower()):
+        return ref.lower()
+    for prefix in _BRANCH_PREFIXES:
+        if ref.startswith(prefix) and (branch := ref.removeprefix(prefix)):
+            return [(f"refs/remotes/origin/{branch}", f"refs/heads/{branch}")]
+    for prefix in ("refs/tags/", "tags/"):
+        if ref.startswith(prefix) and (tag := ref.removeprefix(prefix)):
+            return [(f"refs/tags/{tag}", f"refs/tags/{tag}")]
+    if ref.startswith("refs/") or not re.fullmatch(r"[\w./+@-]+", ref) or ref.endswith("_HEAD"):
+        raise InvalidArgument(f"{ref!r} is not a tag or branch name; give a tag, a branch or a full commit id")
+    return [(f"refs/tags/{ref}", f"refs/tags/{ref}"), (f"refs/remotes/origin/{ref}", f"refs/heads/{ref}")]
+
+
 def _target(dest: Path, ref: str | None) -> str:
-    """What `ref` names in a clone, in git's order: a full commit id itself, then a tag, then the remote's branch
-    (a fetch moves it; the local branch a clone makes would stay where it was cloned, and a branch other than the
-    default has none); `refs/heads/X` is the remote's X. No ref: the remote's default branch. A name that is
-    none of these, or that only a local branch holds (a branch the remote no longer has), is refused."""
-    if ref is None:
+    """What `ref` names in a clone after a fetch (see _ref_candidates): never the clone's own local branches,
+    which a fetch does not move, nor a tag the remote moved or deleted (the fetch forced and pruned them)."""
+    candidates = _ref_candidates(ref)
+    if isinstance(candidates, str):
+        return candidates
+    if not candidates:
         return _default_branch(dest)
-    if _SHA.fullmatch(ref):
-        return ref
-    branch = ref.removeprefix("refs/heads/")
-    for candidate in (f"refs/tags/{ref}", f"refs/remotes/origin/{branch}", ref):
-        if candidate == ref and ref.startswith("refs/heads/"):
-            continue
-        full = _try_git(["rev-parse", "--verify", "--quiet", "--symbolic-full-name", candidate], dest)
-        resolves = _try_git(["rev-parse", "--verify", "--quiet", f"{candidate}^{{commit}}"], dest)
-        if resolves and not (full or "").startswith("refs/heads/"):
-            return candidate
-    raise subprocess.CalledProcessError(1, ["git", "rev-parse", ref], "", f"fatal: no tag or branch {ref!r}")
+    for name, _ in candidates:
+        if _try_git(["rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], dest):
+            return name
+    why = f"fatal: no tag or branch {ref!r} (a commit is given by its full 40-character id)"
+    raise subprocess.CalledProcessError(1, ["git", "rev-parse", ref], "", why)
 
 
 def _default_branch(dest: Path) -> str:
