@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Two pytest workers (pytest-xdist): most tests wait on a server, a subprocess or the database, so the
-# suite took 406 s with two against 930 s with one when both were timed on this 2-core machine (531 s with two
-# now, 761 tests). GROUNDING_TEST_WORKERS=0: one process.
+# suite took 406 s with two against 930 s with one when both were timed on this 2-core machine (531-631 s with
+# two now, 761 tests). GROUNDING_TEST_WORKERS=0: one process.
 # Each worker starts its own embedded Postgres; against one shared $GROUNDING_DATABASE_URL, tests that
 # migrate down and up would pull the schema from under the other worker's, so that runs in one process.
 workers=2
