@@ -156,20 +156,30 @@ def prefect_server():
         yield
 
 
-@pytest.fixture
-def loopback_ui():
-    """Streamlit's server.address and allowedHosts as `grounding ui` sets them on loopback (AppTest sets no
-    address, which would mean every interface, and so a login); restored after."""
+@contextlib.contextmanager
+def streamlit_server(address: str | None, allowed_hosts: list[str]):
+    """Streamlit's server.address and server.allowedHosts set for AppTests inside, restored after."""
     from streamlit import config as st_config
 
+    options = {"server.address": address, "server.allowedHosts": allowed_hosts}
+    before = {k: st_config.get_option(k) for k in options}
+    for key, value in options.items():
+        st_config.set_option(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            st_config.set_option(key, value)
+
+
+@pytest.fixture
+def loopback_ui():
+    """Streamlit's server options as `grounding ui` sets them on loopback (AppTest sets no address, which would
+    mean every interface, and so a login)."""
     from grounding.validation import loopback_hosts
 
-    before = {k: st_config.get_option(k) for k in ("server.address", "server.allowedHosts")}
-    st_config.set_option("server.address", "127.0.0.1")
-    st_config.set_option("server.allowedHosts", loopback_hosts("127.0.0.1"))
-    yield
-    for key, value in before.items():
-        st_config.set_option(key, value)
+    with streamlit_server("127.0.0.1", loopback_hosts("127.0.0.1")):
+        yield
 
 
 @pytest.fixture

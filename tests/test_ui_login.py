@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from grounding import access, tokens
 from grounding.cli import main
 from grounding.index.ingest import ingest
-from tests.conftest import git_repo
+from tests.conftest import git_repo, streamlit_server
 from tests.conftest import write_tree as tree
 from tests.test_browser import CHROMEDRIVER, CHROMIUM, browser, running_copilot  # noqa: F401  (browser: a fixture)
 
@@ -175,15 +175,9 @@ def test_trusted_mode_is_refused_by_a_server_listening_off_loopback(teams, monke
     same."""
     monkeypatch.setenv("GROUNDING_UI_AUTH", "none")
     monkeypatch.delenv("GROUNDING_UI_USER")
-    before = {k: st_config.get_option(k) for k in ("server.address", "server.allowedHosts")}
-    st_config.set_option("server.address", address)
-    st_config.set_option("server.allowedHosts", hosts)
-    try:
+    with streamlit_server(address, hosts):
         at = AppTest.from_file(str(APP / "pages/1_Ingest.py"), default_timeout=120)
         at.run()
-    finally:
-        for key, value in before.items():
-            st_config.set_option(key, value)
     assert [t.value for t in at.title] == LOGIN and teams["payroll"] not in text_of(at)
 
 

@@ -15,6 +15,8 @@ random (length, character classes and Shannon entropy) and are not placeholders 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from collections import Counter
@@ -165,9 +167,6 @@ def _looks_random(value: str) -> bool:
 
 def _is_basic_credential(value: str) -> bool:
     """Whether `value` is base64 of `user:password` with a password that is not a word or a placeholder."""
-    import base64
-    import binascii
-
     try:
         decoded = base64.b64decode(value + "=" * (-len(value) % 4), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):

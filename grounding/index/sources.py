@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from grounding import validation
 from grounding.errors import InvalidArgument, SourceNotFound, SourceUnreachable
 from grounding.index.languages import detect_language
 from grounding.index.secrets import is_secret_file
@@ -358,6 +359,7 @@ def _ref_candidates(ref: str | None) -> str | list[tuple[str, str]]:
     (a short commit id, FETCH_HEAD, `main~2`) is a ref: refresh could not tell whether it moved."""
     if ref is None or ref == "HEAD":
         return []
+    validation.git_ref(ref)  # nothing git could read as an option or a range
     if _SHA.fullmatch(ref.lower()):
         return ref.lower()
     for prefix in _BRANCH_PREFIXES:
@@ -366,7 +368,7 @@ def _ref_candidates(ref: str | None) -> str | list[tuple[str, str]]:
     for prefix in ("refs/tags/", "tags/"):
         if ref.startswith(prefix) and (tag := ref.removeprefix(prefix)):
             return [(f"refs/tags/{tag}", f"refs/tags/{tag}")]
-    if ref.startswith("refs/") or not re.fullmatch(r"[\w./+@-]+", ref) or ref.endswith("_HEAD"):
+    if ref.startswith("refs/") or ref.endswith("_HEAD"):
         raise InvalidArgument(f"{ref!r} is not a tag or branch name; give a tag, a branch or a full commit id")
     return [(f"refs/tags/{ref}", f"refs/tags/{ref}"), (f"refs/remotes/origin/{ref}", f"refs/heads/{ref}")]
 
