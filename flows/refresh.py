@@ -71,7 +71,13 @@ def _ingest_runs(plans: list[RefreshPlan], *, timeout_s: float) -> dict[str, dic
             started[plan.repo] = run_deployment(
                 INGEST_DEPLOYMENT,
                 # wait=False: an ingest of it already under way fails this one at once, not holding a slot
-                parameters={"source": plan.source, "name": plan.repo, "ref": plan.ref, "wait": False},
+                parameters={
+                    "source": plan.source,
+                    "name": plan.repo,
+                    "ref": plan.ref,
+                    "wait": False,
+                    "repo_id": plan.repo_id,  # a repository deleted before a worker takes the run is not registered
+                },
                 timeout=0,  # only create the run: the workers run them side by side
                 as_subflow=True,
             )

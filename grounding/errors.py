@@ -22,10 +22,10 @@ class EmptyRepository(GroundingError):
 class RepoNotFound(GroundingError):
     """The repository named has never been ingested."""
 
-    def __init__(self, name: str, known: list[str] | None = None) -> None:
+    def __init__(self, name: str, known: list[str] | None = None, *, why: str | None = None) -> None:
         hint = f" Known repositories: {', '.join(known)}." if known else ""
         super().__init__(
-            f"repository {name!r} is not ingested; run `grounding ingest PATH_OR_URL --name {name}` first.{hint}"
+            why or f"repository {name!r} is not ingested; run `grounding ingest PATH_OR_URL --name {name}` first.{hint}"
         )
         self.name = name
 

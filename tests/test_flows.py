@@ -311,3 +311,81 @@ def test_the_nightly_retriever_job_pretrains_only_where_a_gpu_is(monkeypatch):
     deployments = yaml.safe_load((Path(__file__).parent.parent / "prefect.yaml").read_text())["deployments"]
     nightly = next(d for d in deployments if d["entrypoint"] == "flows/finetune.py:finetune_retriever")
     assert nightly["parameters"]["pretrain_steps"] is None
+
+
+def test_an_ingest_queued_before_a_delete_registers_nothing_and_leaves_a_new_registration_alone(
+    prefect_server, engine, repo_name, tmp_path, monkeypatch
+):
+    """A job of the API or the copilot may wait minutes for a worker; the repository deleted meanwhile (to
+    remove what should never have been indexed) must not come back, nor a new one of that name be overwritten."""
+    import types
+
+    from grounding import store
+    from grounding.config import reset_settings
+    from grounding.errors import RepoNotFound
+    from grounding.index.ingest import ingest
+    from grounding.index.remove import remove_repo
+    from grounding.service import jobs
+    from tests.conftest import write_tree
+
+    monkeypatch.setenv("GROUNDING_ENCODER", "hashing-64")
+    reset_settings()
+    leaked = write_tree(tmp_path / "leaked", {"pay/salaries.py": "def salary(name):\n    return 420_000\n"})
+    replacement = write_tree(tmp_path / "new", {"app/greet.py": "def greet(name):\n    return f'hi {name}'\n"})
+    ingest(str(leaked), name=repo_name)
+    deferred = []
+
+    class LateWorker:  # the job's thread, run by hand after the delete: a worker that takes the run late
+        def __init__(self, target, args, **_):
+            self.run = lambda: target(*args)
+
+        def start(self):
+            deferred.append(self)
+
+    monkeypatch.setattr(jobs, "threading", types.SimpleNamespace(Thread=LateWorker))
+    first = jobs.start(str(leaked), name=repo_name, ref=None, use_deployment=False)
+    with engine.connect() as conn:
+        assert first.repo_id == store.repo_id(conn, repo_name)
+    remove_repo(repo_name)
+    deferred.pop().run()
+    assert first.status == "failed" and "was deleted after this ingest was queued" in first.error
+    with pytest.raises(RepoNotFound), engine.connect() as conn:
+        store.repo_id(conn, repo_name)
+
+    ingest(str(leaked), name=repo_name)
+    second = jobs.start(str(leaked), name=repo_name, ref=None, use_deployment=False)
+    remove_repo(repo_name)
+    ingest(str(replacement), name=repo_name)  # registered anew, from elsewhere, before the job runs
+    with engine.connect() as conn:
+        before = store.repo_record(conn, repo_name)
+    deferred.pop().run()
+    assert second.status == "failed" and "registered again" in second.error
+    with engine.connect() as conn:
+        after = store.repo_record(conn, repo_name)
+        paths = set(conn.execute(sa.text("SELECT path FROM files WHERE repo_id = :r"), {"r": after.id}).scalars())
+    assert after == before and paths == {"app/greet.py"}
+
+
+def test_refresh_fan_out_runs_carry_the_planned_repository(prefect_server, engine, repo_name, monkeypatch):
+    """refresh-repos's ingest-repo runs wait for a worker too: each names the repository id it planned for."""
+    import prefect.deployments
+
+    from flows.refresh import _ingest_runs
+    from grounding import store
+    from grounding.index.refresh import RefreshPlan
+
+    with engine.begin() as conn:
+        planned = store.upsert_repo(conn, repo_name, source="https://git.example.com/acme/api.git", ref=None)
+    asked = []
+
+    def run_deployment(name, *, parameters, **_):
+        asked.append(parameters)
+        raise RuntimeError("no Prefect API in this test")
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    plan = RefreshPlan(repo_name, "https://git.example.com/acme/api.git", None, None, "a" * 40, planned)
+    rows = _ingest_runs([plan], timeout_s=1)
+    assert (
+        asked == [{"source": plan.source, "name": repo_name, "ref": None, "wait": False, "repo_id": planned}]
+        and rows[repo_name]["action"] == "failed"
+    )

@@ -126,7 +126,7 @@ def ingest(
     derived_from: str | None = None,
     shards: int = 1,
     run_shards: ShardRunner | None = None,
-    existing: bool = False,
+    repo_id: int | None = None,
 ) -> IngestReport:
     """Ingest `source` (a path or git URL) as repository `name`, incrementally; returns what was done.
 
@@ -136,9 +136,13 @@ def ingest(
     `derived_from` is grounding's own: it marks an eval index as derived from that repository.
     With `shards` > 1 the changed files are split into that many shards (grounding.index.shards), written
     by `run_shards` (flows/ingest.py runs them on Prefect's workers; default: one after another here);
-    the snapshot becomes current once, after all of them. With `existing` (a refresh) the repository must
-    still be registered when the lock is taken: one deleted meanwhile is not registered again.
+    the snapshot becomes current once, after all of them. `repo_id` is the repository's id when this ingest
+    was planned or queued (a refresh, a job of the API or the copilot): it must still be that repository when
+    the lock is taken, so one deleted meanwhile is not registered again, nor one registered anew under its
+    name written with the old one's source.
     """
+    if repo_id is not None:
+        repo_id = validation.count(repo_id, "repo_id", maximum=2**31 - 1)
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidArgument(f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
     if not isinstance(source, str) or not source.strip():
@@ -167,8 +171,13 @@ def ingest(
         with engine.begin() as conn:
             home.note_database(conn)  # this home's id-named files (clones) are this database's
             record = store.repo_record(conn, name)
-            if record is None and existing:
-                raise RepoNotFound(name)
+            if repo_id is not None and (record is None or record.id != repo_id):
+                again = "" if record is None else ", and registered again from another request"
+                raise RepoNotFound(
+                    name,
+                    why=f"repository {name!r} was deleted after this ingest was queued{again}; nothing was "
+                    f"ingested. Start a new ingest to read it again",
+                )
             parent = store.repo_id(conn, derived_from) if derived_from is not None else None
         checkout = None
         if user is None and not is_url:

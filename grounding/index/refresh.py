@@ -34,6 +34,7 @@ class RefreshPlan:
     ref: str | None
     commit_before: str | None
     commit_now: str | None  # None: not a git checkout, so there is no commit to compare and it is re-read
+    repo_id: int | None = None  # the repository planned for: one deleted (or registered anew) since is not ingested
 
     @property
     def moved(self) -> bool:
@@ -59,13 +60,14 @@ def plan_refresh(repo: str) -> RefreshPlan:
     with db.get_engine().connect() as conn:
         source, ref, before = store.repo_source(conn, repo)
         parent = store.derived_parent(conn, repo)
+        planned = store.repo_id(conn, repo)
     if parent is not None:
         raise InvalidArgument(
             f"{repo!r} is an eval index derived from {parent!r}; `grounding eval {parent}` rebuilds it"
         )
     if not sources.is_git_url(source):
         ref = None  # a local checkout is read as it is; the stored ref only records its branch
-    return RefreshPlan(repo, source, ref, before, sources.current_commit(source, ref))
+    return RefreshPlan(repo, source, ref, before, sources.current_commit(source, ref), planned)
 
 
 def refresh(repo: str) -> RefreshOutcome:
@@ -73,7 +75,7 @@ def refresh(repo: str) -> RefreshOutcome:
     plan = plan_refresh(repo)
     if not plan.moved:
         return plan.unchanged()
-    report = ingest(plan.source, name=plan.repo, ref=plan.ref, existing=True)  # not one deleted since the plan
+    report = ingest(plan.source, name=plan.repo, ref=plan.ref, repo_id=plan.repo_id)
     outcome = plan.ingested(report.commit, report.files_changed)
     return dataclasses.replace(outcome, report=report)
 

@@ -53,6 +53,7 @@ class IngestJob:
     mode: str  # deployment or direct
     user: str | None = None  # who asked: the flow checks their access itself
     replace_source: bool = False
+    repo_id: int | None = None  # the repository's id when queued: one deleted before the run is not registered
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.time)
     status: str = "starting"  # starting, running, complete, failed
@@ -127,12 +128,18 @@ def start(
     replace_source: bool = False,
 ) -> IngestJob:
     """Start ingesting `source` as `name` (as `user`, checked by the flow); ValueError while another
-    ingest of `name` started here runs."""
+    ingest of `name` started here runs. A repository registered now must still be the same one when the run
+    starts (a worker may take it minutes later): deleted meanwhile, it is not registered again."""
+    from grounding import db, store
+
+    with db.get_engine().connect() as conn:
+        record = store.repo_record(conn, name)
+    repo_id = record.id if record is not None else None  # None: a new repository, which the run registers
     with _lock:
         if any(j.name == name for j in running_jobs()):
             raise ValueError(f"an ingest of {name!r} is already running; wait for it to finish")
         mode = "deployment" if use_deployment else "direct"
-        new = IngestJob(source, name, ref, mode, user=user, replace_source=replace_source)
+        new = IngestJob(source, name, ref, mode, user=user, replace_source=replace_source, repo_id=repo_id)
         _jobs[new.key] = new
     target = _run_deployment if use_deployment else _run_direct
     # The thread gets a copy of this context: Prefect's settings (a test harness's server) and our listener.
@@ -161,6 +168,7 @@ def _run_direct(job: IngestJob) -> None:
                 ref=job.ref,
                 user=job.user,
                 replace_source=job.replace_source,
+                repo_id=job.repo_id,
                 return_state=True,
             )
         job.flow_state = state.type.value
@@ -193,6 +201,7 @@ def _run_deployment(job: IngestJob) -> None:
                 "ref": job.ref,
                 "user": job.user,
                 "replace_source": job.replace_source,
+                "repo_id": job.repo_id,
             },
             timeout=0,
         )
