@@ -25,8 +25,10 @@ def real_chunks(n: int = 48) -> list[str]:
     encoder = HFEncoder(MINILM, precision="fp32")
     texts = []
     for path in sorted((SITE_PACKAGES / "requests").glob("*.py"))[:8]:
-        texts += [c.embed_text for c in chunk_file(path.name, path.read_bytes(), "python", max_tokens=200,
-                                                   counter=encoder.token_counter())]
+        texts += [
+            c.embed_text
+            for c in chunk_file(path.name, path.read_bytes(), "python", max_tokens=200, counter=encoder.token_counter())
+        ]
     return texts[:n] + ["x", "how is the retry backoff computed?"]
 
 
@@ -57,8 +59,13 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_units_and_its_vec
     assert cosine.min() >= embed.BF16_MIN_COSINE, cosine.min()
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5), "vectors stay unit-norm (pooled in fp32)"
     # What retrieval sees: each question's nearest chunk is the same one in both precisions.
-    questions = ["send a prepared request", "merge session settings", "parse the content type header",
-                 "retry on a connection error", "cookie jar from a dict"]
+    questions = [
+        "send a prepared request",
+        "merge session settings",
+        "parse the content type header",
+        "retry on a connection error",
+        "cookie jar from a dict",
+    ]
     qa, qb = auto.embed(questions), fp32.embed(questions)
     assert ((qa @ a.T).argmax(1) == (qb @ b.T).argmax(1)).all()
 
@@ -82,8 +89,11 @@ def test_batches_by_token_count_give_the_vectors_of_one_text_at_a_time(fp32):
     assert np.abs(batched - alone).max() < 1e-5, "padding, masks or the order of rows went wrong"
     assert fp32.embed([]).shape == (0, fp32.dim)
     # Few distinct shapes: each new one costs oneDNN a kernel and a scratchpad it keeps (memory grew to 10 GB).
-    widths = {fp32._padded([[101] * n])["input_ids"].shape[1] for n in range(1, fp32.max_tokens + 1)}
+    widths = {fp32._padded([[101] * n, [101]])["input_ids"].shape[1] for n in range(1, fp32.max_tokens + 1)}
     assert widths == set(range(embed.PAD_TO, fp32.max_tokens + 1, embed.PAD_TO)), sorted(widths)
+    # A question is embedded alone, and is short: it is padded less (a third of the work at 10 tokens).
+    alone = {fp32._padded([[101] * n])["input_ids"].shape[1] for n in range(1, fp32.max_tokens + 1)}
+    assert alone == set(range(embed.QUESTION_PAD_TO, fp32.max_tokens + 1, embed.QUESTION_PAD_TO)), sorted(alone)
 
 
 def test_the_precision_setting_is_read_and_checked(monkeypatch):

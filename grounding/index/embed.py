@@ -80,6 +80,11 @@ def load_local_model(path: str | Path, model_class, *, missing: str, setting: st
 
 PRECISIONS = ("auto", "fp32", "bf16")
 PAD_TO = 32  # batch widths are rounded up to a multiple of this many tokens (HFEncoder._padded says why)
+# A text embedded alone (a question: `ask` encodes each before it searches) is rounded to a multiple of 8 only:
+# CoSQA's questions are ~10 tokens, so 32 tripled the work. One CoSQA question, p50, one process, alternating:
+# MiniLM 7.2 against 8.4 ms, mpnet 24.9 against 32.7 (600 each); one row at every width to 256
+# grew MiniLM by 53 MB resident (6 MB rounded to 32; 480 MB at exact widths).
+QUESTION_PAD_TO = 8
 # The least cosine to fp32's vector a bf16 vector may have on the probe texts for `auto` to keep bf16. MiniLM-L6
 # (bench/encoder.py): min 0.99991 on 1,500 torch chunks, 0.99993 on CoSQA's 6,548; CoSQA dev MRR@10 0.5170 in
 # fp32, 0.5161 in bf16 (-0.0009, paired 95% interval [-0.0034, +0.0005]); with widths rounded to PAD_TO and
@@ -181,12 +186,16 @@ class HFEncoder(Embedder):
                 self.model = fp32
                 logger.warning(
                     "encoder %s stays in fp32: its bf16 vectors differ (min cosine %.5f < %.4f)",
-                    self.name, cosine, BF16_MIN_COSINE,
+                    self.name,
+                    cosine,
+                    BF16_MIN_COSINE,
                 )
                 return
         self.model = bf16
         self.precision = "bf16"
-        logger.info("encoder %s runs in bf16 on %s (min cosine to fp32 %s)", self.name, self.device, self.bf16_min_cosine)
+        logger.info(
+            "encoder %s runs in bf16 on %s (min cosine to fp32 %s)", self.name, self.device, self.bf16_min_cosine
+        )
 
     def embed(self, texts: list[str], *, batch_size: int = 32) -> np.ndarray:
         """Tokenized once, then batched by token count: sorting by characters left ~22% of a batch padding on
@@ -202,13 +211,15 @@ class HFEncoder(Embedder):
         return out
 
     def _padded(self, rows: list[list[int]]) -> dict:
-        """These token ids as one padded batch, its width rounded up to a multiple of PAD_TO: every new input
-        shape costs oneDNN a kernel and a scratchpad it keeps, so exact widths (1..256) grew a bf16 ingest to
-        10 GB resident; rounded to 32, 1,500 chunks took 0.9 GB against 2.2 at the same speed."""
+        """These token ids as one padded batch, its width rounded up to a multiple of PAD_TO (QUESTION_PAD_TO for
+        one row): every new input shape costs oneDNN a kernel and a scratchpad it keeps, so exact widths (1..256)
+        grew a bf16 ingest to 10 GB resident; rounded to 32, 1,500 chunks took 0.9 GB against 2.2 at the same
+        speed."""
         import torch
 
         width = max(len(r) for r in rows)
-        width = max(width, min(self.max_tokens, -(-width // PAD_TO) * PAD_TO))
+        multiple = PAD_TO if len(rows) > 1 else QUESTION_PAD_TO
+        width = max(width, min(self.max_tokens, -(-width // multiple) * multiple))
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for row, r in enumerate(rows):  # on the right, whatever the tokenizer's side: positions count from 0
