@@ -90,3 +90,35 @@ def test_compose_workers_share_one_home_volume():
         (volume,) = [v.split(":")[0] for v in services[name]["volumes"] if v.endswith(f":{home}")]
         homes.add(volume)
     assert len(homes) == 1, homes
+
+
+def test_network_policies_admit_only_grounding_pods_to_the_prefect_api_and_postgres():
+    """The Prefect API starts trusted ingests and shows every run's parameters, Postgres holds every repository:
+    in the namespace nothing is admitted by default, and those two only from pods with the client labels."""
+    from urllib.parse import urlsplit
+
+    policies = {d["metadata"]["name"]: d for d in _documents(INFRA / "k8s/network-policy.yaml")}
+    workers = _documents(INFRA / "k8s/workers.yaml")
+    (namespace,) = [d["metadata"]["name"] for d in workers if d["kind"] == "Namespace"]
+    assert all(p["kind"] == "NetworkPolicy" and p["metadata"]["namespace"] == namespace for p in policies.values())
+    deny = policies["default-deny-ingress"]["spec"]
+    assert deny["podSelector"] == {} and "Ingress" in deny["policyTypes"] and not deny.get("ingress")
+
+    (secret,) = [d["stringData"] for d in workers if d["kind"] == "Secret"]
+    served = {  # the policy guarding each server, the port the clients' URL names, the label a client needs
+        "prefect-api-from-grounding-only": (urlsplit(secret["PREFECT_API_URL"]).port, "grounding/prefect-client"),
+        "postgres-from-grounding-only": (urlsplit(secret["GROUNDING_DATABASE_URL"]).port, "grounding/database-client"),
+    }
+    for name, (port, label) in served.items():
+        spec = policies[name]["spec"]
+        assert spec["podSelector"]["matchLabels"] and spec["policyTypes"] == ["Ingress"], name
+        for rule in spec["ingress"]:
+            assert rule["ports"] == [{"protocol": "TCP", "port": port}], name
+            for peer in rule["from"]:  # pods of this namespace only: no namespaceSelector, no ipBlock
+                assert set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"], (name, peer)
+        admitted = [p["podSelector"]["matchLabels"] for r in spec["ingress"] for p in r["from"]]
+        assert {label: "true"} in admitted, name
+        for worker in (d for d in workers if d["kind"] == "Deployment"):
+            assert worker["spec"]["template"]["metadata"]["labels"].get(label) == "true", worker["metadata"]["name"]
+        helm = yaml.safe_load((INFRA / "k8s/prefect-worker-gpu.values.yaml").read_text())["worker"]
+        assert helm["podLabels"].get(label) == "true"
