@@ -72,6 +72,7 @@ def ingest_task(
     shards: int = 1,
     shard_pool: str | None = None,
     repo_id: int | None = None,
+    deletion_mark: int | None = None,
 ) -> IngestReport:
     logger = get_run_logger()
     listener = progress_listener()
@@ -92,6 +93,7 @@ def ingest_task(
         shards=shards,
         run_shards=_shard_runner(shard_pool) if shards != 1 else None,
         repo_id=repo_id,
+        deletion_mark=deletion_mark,
     )
 
 
@@ -358,6 +360,7 @@ def ingest_repo(
     shards: int = 1,
     shard_pool: str | None = None,
     repo_id: int | None = None,
+    deletion_mark: int | None = None,
 ) -> dict:
     """Ingest `source` (a directory or git URL) as repository `name` (default: its last path segment).
 
@@ -370,14 +373,14 @@ def ingest_repo(
     With `shards` > 1 the changed files are written by that many shards: tasks of an `ingest-shards` sub-flow
     run on the Dask or Ray cluster GROUNDING_SHARD_CLUSTER names; else, run from a deployment, `ingest-shard`
     flow runs on `shard_pool` (default: `gpu` when a worker of it is online, else `cpu`), which the pool's
-    workers share out; else tasks of an `ingest-shards` sub-flow run, on threads. `repo_id` (a job of the API
-    or the copilot, a refresh) is the repository's id when the run was queued: one deleted since is not
-    registered again.
+    workers share out; else tasks of an `ingest-shards` sub-flow run, on threads. `repo_id` and `deletion_mark`
+    (a job of the API or the copilot, a refresh's fan-out) are what the run saw when it was queued: a
+    repository deleted since is not registered again.
     """
     if shard_pool not in (None, *SHARD_DEPLOYMENTS):
         raise InvalidArgument(f"shard_pool must be one of {sorted(SHARD_DEPLOYMENTS)}, not {shard_pool!r}")
     shard_task_runner(get_settings().shard_cluster)  # a cluster that cannot be named fails before any work
-    report = ingest_task(source, name, ref, user, replace_source, wait, shards, shard_pool, repo_id)
+    report = ingest_task(source, name, ref, user, replace_source, wait, shards, shard_pool, repo_id, deletion_mark)
     publish_report(report)
     summary = dataclasses.asdict(report)
     summary["skipped"] = report.skipped_by_reason()

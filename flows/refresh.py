@@ -76,7 +76,9 @@ def _ingest_runs(plans: list[RefreshPlan], *, timeout_s: float) -> dict[str, dic
                     "name": plan.repo,
                     "ref": plan.ref,
                     "wait": False,
-                    "repo_id": plan.repo_id,  # a repository deleted before a worker takes the run is not registered
+                    # what the plan saw: a repository deleted before a worker takes the run is not registered again
+                    "repo_id": plan.repo_id,
+                    "deletion_mark": plan.deletion_mark,
                 },
                 timeout=0,  # only create the run: the workers run them side by side
                 as_subflow=True,

@@ -11,6 +11,8 @@ A RETRO retrieval database holds a repository's files cut into fixed-length chun
 each with its encoder vector; its train chunks get their own partial HNSW index (built by
 `store.build_retro_index`), and the neighbours found for each chunk are cached per configuration.
 A sharded ingest keeps its plan (each shard's files and index version) and each write batch's counts.
+Every repository delete leaves a row (by a hash of the name), so that an ingest queued before it does not
+register the repository again.
 Access is granted per repository to principals, `user:NAME` or `group:NAME`; group members are users.
 """
 
@@ -67,6 +69,20 @@ snapshots = Table(
     Column("stats", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("error", Text),
     Index("snapshots_repo", "repo_id", "id"),
+)
+
+# One row per repository deleted (grounding.index.remove), named by the SHA-256 of its name, not the name. An
+# ingest queued or planned earlier (a job of the API or the copilot, a refresh's fan-out run) saw the sequence's
+# last value then; a row of its name past that value means the repository was deleted since, and the ingest
+# does not register it again (grounding.index.ingest). Sequence values are drawn at the delete, before its
+# commit, and never go back, so a delete that commits after the ingest was queued is always seen.
+repo_deletions = Table(
+    "repo_deletions",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("name_sha256", Text, nullable=False),
+    Column("deleted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("repo_deletions_name", "name_sha256", "id"),
 )
 
 # The plan of a sharded ingest (grounding.index.shards): written under the repository's lock by the ingest,

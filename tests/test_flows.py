@@ -365,6 +365,16 @@ def test_an_ingest_queued_before_a_delete_registers_nothing_and_leaves_a_new_reg
         paths = set(conn.execute(sa.text("SELECT path FROM files WHERE repo_id = :r"), {"r": after.id}).scalars())
     assert after == before and paths == {"app/greet.py"}
 
+    remove_repo(repo_name)
+    third = jobs.start(str(leaked), name=repo_name, ref=None, use_deployment=False)  # queued for a new repository
+    assert third.repo_id is None
+    ingest(str(leaked), name=repo_name)  # registered meanwhile by another path (the CLI), then deleted
+    remove_repo(repo_name)
+    deferred.pop().run()
+    assert third.status == "failed" and "was deleted after this ingest was queued" in third.error
+    with pytest.raises(RepoNotFound), engine.connect() as conn:
+        store.repo_id(conn, repo_name)
+
 
 def test_refresh_fan_out_runs_carry_the_planned_repository(prefect_server, engine, repo_name, monkeypatch):
     """refresh-repos's ingest-repo runs wait for a worker too: each names the repository id it planned for."""
@@ -376,6 +386,7 @@ def test_refresh_fan_out_runs_carry_the_planned_repository(prefect_server, engin
 
     with engine.begin() as conn:
         planned = store.upsert_repo(conn, repo_name, source="https://git.example.com/acme/api.git", ref=None)
+        mark = store.deletion_mark(conn)
     asked = []
 
     def run_deployment(name, *, parameters, **_):
@@ -383,9 +394,19 @@ def test_refresh_fan_out_runs_carry_the_planned_repository(prefect_server, engin
         raise RuntimeError("no Prefect API in this test")
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
-    plan = RefreshPlan(repo_name, "https://git.example.com/acme/api.git", None, None, "a" * 40, planned)
+    plan = RefreshPlan(repo_name, "https://git.example.com/acme/api.git", None, None, "a" * 40, planned, mark)
     rows = _ingest_runs([plan], timeout_s=1)
     assert (
-        asked == [{"source": plan.source, "name": repo_name, "ref": None, "wait": False, "repo_id": planned}]
+        asked
+        == [
+            {
+                "source": plan.source,
+                "name": repo_name,
+                "ref": None,
+                "wait": False,
+                "repo_id": planned,
+                "deletion_mark": mark,
+            }
+        ]
         and rows[repo_name]["action"] == "failed"
     )

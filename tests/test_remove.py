@@ -419,3 +419,33 @@ def test_a_home_another_database_also_uses_is_not_swept_and_a_delete_keeps_its_i
     assert {two["dirs"]["checkout"], two["dirs"]["run"]} <= set(report.kept), "repo-ID and runs/ID may be theirs"
     assert two["dirs"]["checkout"].is_dir() and orphan.is_dir()
     assert not get_settings().eval_dir(two["gone"]).exists(), "a hashed name is this repository's wherever it is"
+
+
+def test_a_delete_is_recorded_by_a_hash_of_its_name_past_the_mark_an_earlier_ingest_saw(engine, two):
+    with engine.connect() as conn:
+        before = store.deletion_mark(conn)
+    remove_repo(two["gone"])
+    with engine.connect() as conn:
+        after = store.deletion_mark(conn)
+        assert store.deleted_since(conn, two["gone"], before), "deleted after the mark: an ingest queued then stops"
+        assert store.deleted_since(conn, f"{two['gone']}~eval-docstrings", before), "its eval index too"
+        assert not store.deleted_since(conn, two["gone"], after), "queued after the delete: a new registration"
+        assert not store.deleted_since(conn, two["kept"], before)
+        stored = conn.execute(sa.text("SELECT name_sha256 FROM repo_deletions WHERE id > :m"), {"m": before})
+        assert two["gone"] not in str(stored.scalars().all()), "the name itself is not kept"
+
+
+def test_migration_0015_adds_and_drops_the_deletes_record(engine):
+    from tests.conftest import migrate
+
+    def exists() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT to_regclass('repo_deletions') IS NOT NULL")).scalar()
+
+    assert exists()
+    try:
+        migrate("0014")
+        assert not exists()
+    finally:
+        migrate("head")
+    assert exists()

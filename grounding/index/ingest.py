@@ -127,6 +127,7 @@ def ingest(
     shards: int = 1,
     run_shards: ShardRunner | None = None,
     repo_id: int | None = None,
+    deletion_mark: int | None = None,
 ) -> IngestReport:
     """Ingest `source` (a path or git URL) as repository `name`, incrementally; returns what was done.
 
@@ -136,13 +137,15 @@ def ingest(
     `derived_from` is grounding's own: it marks an eval index as derived from that repository.
     With `shards` > 1 the changed files are split into that many shards (grounding.index.shards), written
     by `run_shards` (flows/ingest.py runs them on Prefect's workers; default: one after another here);
-    the snapshot becomes current once, after all of them. `repo_id` is the repository's id when this ingest
-    was planned or queued (a refresh, a job of the API or the copilot): it must still be that repository when
-    the lock is taken, so one deleted meanwhile is not registered again, nor one registered anew under its
-    name written with the old one's source.
+    the snapshot becomes current once, after all of them. An ingest planned or queued before it runs (a
+    refresh, a job of the API or the copilot) passes what it saw then: the repository's id, if it was
+    registered, and `store.deletion_mark`. When the lock is taken it must still be that repository, and not
+    deleted since: a delete wins over every ingest queued before it, which registers nothing.
     """
     if repo_id is not None:
         repo_id = validation.count(repo_id, "repo_id", maximum=2**31 - 1)
+    if deletion_mark is not None:
+        deletion_mark = validation.count(deletion_mark, "deletion_mark", minimum=0, maximum=2**63 - 1)
     if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
         raise InvalidArgument(f"shards must be a whole number from 1 to {MAX_SHARDS}, not {shards!r}")
     if not isinstance(source, str) or not source.strip():
@@ -171,7 +174,8 @@ def ingest(
         with engine.begin() as conn:
             home.note_database(conn)  # this home's id-named files (clones) are this database's
             record = store.repo_record(conn, name)
-            if repo_id is not None and (record is None or record.id != repo_id):
+            deleted = deletion_mark is not None and store.deleted_since(conn, name, deletion_mark)
+            if deleted or (repo_id is not None and (record is None or record.id != repo_id)):
                 again = "" if record is None else ", and registered again from another request"
                 raise RepoNotFound(
                     name,

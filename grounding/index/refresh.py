@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from grounding import db, store, validation
-from grounding.errors import InvalidArgument
+from grounding.errors import InvalidArgument, RepoNotFound
 from grounding.index import sources
 from grounding.index.ingest import ingest
 from grounding.records import IngestReport
@@ -34,7 +34,8 @@ class RefreshPlan:
     ref: str | None
     commit_before: str | None
     commit_now: str | None  # None: not a git checkout, so there is no commit to compare and it is re-read
-    repo_id: int | None = None  # the repository planned for: one deleted (or registered anew) since is not ingested
+    repo_id: int | None = None  # the repository planned for, and the deletes' mark then (store.deletion_mark):
+    deletion_mark: int | None = None  # one deleted since the plan is not registered again by its ingest
 
     @property
     def moved(self) -> bool:
@@ -58,16 +59,20 @@ def plan_refresh(repo: str) -> RefreshPlan:
     """Whether `repo`'s source moved since its last snapshot (a `git ls-remote` or `rev-parse`, no ingest)."""
     repo = validation.repo_name(repo, derived_ok=True)
     with db.get_engine().connect() as conn:
-        source, ref, before = store.repo_source(conn, repo)
+        mark = store.deletion_mark(conn)  # first: a delete that commits after this read is past the mark
+        record = store.repo_record(conn, repo)
+        if record is None:
+            raise RepoNotFound(repo, store.repo_names(conn))
+        before = store.repo_source(conn, repo)[2]  # only whether to ingest: source, ref and id are the record's
+        source, ref = record.source, record.ref
         parent = store.derived_parent(conn, repo)
-        planned = store.repo_id(conn, repo)
     if parent is not None:
         raise InvalidArgument(
             f"{repo!r} is an eval index derived from {parent!r}; `grounding eval {parent}` rebuilds it"
         )
     if not sources.is_git_url(source):
         ref = None  # a local checkout is read as it is; the stored ref only records its branch
-    return RefreshPlan(repo, source, ref, before, sources.current_commit(source, ref), planned)
+    return RefreshPlan(repo, source, ref, before, sources.current_commit(source, ref), record.id, mark)
 
 
 def refresh(repo: str) -> RefreshOutcome:
@@ -75,7 +80,7 @@ def refresh(repo: str) -> RefreshOutcome:
     plan = plan_refresh(repo)
     if not plan.moved:
         return plan.unchanged()
-    report = ingest(plan.source, name=plan.repo, ref=plan.ref, repo_id=plan.repo_id)
+    report = ingest(plan.source, name=plan.repo, ref=plan.ref, repo_id=plan.repo_id, deletion_mark=plan.deletion_mark)
     outcome = plan.ingested(report.commit, report.files_changed)
     return dataclasses.replace(outcome, report=report)
 

@@ -361,6 +361,7 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
 
         name = validation.repo_name(name)
         source = None if body.source is None else network_source(body.source)
+        registered = None
         if source is None:
             with db.get_engine().connect() as conn:
                 record = store.repo_record(conn, name)
@@ -368,7 +369,7 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
                 raise InvalidArgument(
                     f"repository {name!r} is new: give the `source` (a path or git URL) to read it from"
                 )
-            source = record.source
+            source, registered = record.source, record.id  # the source of this registration, not a later one
         try:
             job = jobs.start(
                 source,
@@ -377,6 +378,7 @@ def create_app(*, rate_limit: int | None = None) -> FastAPI:
                 use_deployment=jobs.deployment_available(),
                 user=None,
                 replace_source=body.replace_source,
+                repo_id=registered,
             )
         except ValueError as err:
             raise IngestBusy(str(err)) from None

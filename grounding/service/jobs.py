@@ -53,7 +53,8 @@ class IngestJob:
     mode: str  # deployment or direct
     user: str | None = None  # who asked: the flow checks their access itself
     replace_source: bool = False
-    repo_id: int | None = None  # the repository's id when queued: one deleted before the run is not registered
+    repo_id: int | None = None  # the repository's id when queued, and the deletes' mark then: a repository
+    deletion_mark: int | None = None  # deleted before the run starts is not registered again (ingest says how)
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.time)
     status: str = "starting"  # starting, running, complete, failed
@@ -126,20 +127,26 @@ def start(
     use_deployment: bool,
     user: str | None = None,
     replace_source: bool = False,
+    repo_id: int | None = None,
 ) -> IngestJob:
     """Start ingesting `source` as `name` (as `user`, checked by the flow); ValueError while another
-    ingest of `name` started here runs. A repository registered now must still be the same one when the run
-    starts (a worker may take it minutes later): deleted meanwhile, it is not registered again."""
+    ingest of `name` started here runs. A worker may take the run minutes later: the repository must then
+    still be the one registered now (`repo_id`, given by a caller that read its source from that row), and
+    not deleted since; else the run registers nothing."""
     from grounding import db, store
 
     with db.get_engine().connect() as conn:
-        record = store.repo_record(conn, name)
-    repo_id = record.id if record is not None else None  # None: a new repository, which the run registers
+        mark = store.deletion_mark(conn)  # first: a delete that commits after this read is past the mark
+        if repo_id is None:
+            record = store.repo_record(conn, name)
+            repo_id = record.id if record is not None else None  # None: new; the run registers it
     with _lock:
         if any(j.name == name for j in running_jobs()):
             raise ValueError(f"an ingest of {name!r} is already running; wait for it to finish")
         mode = "deployment" if use_deployment else "direct"
-        new = IngestJob(source, name, ref, mode, user=user, replace_source=replace_source, repo_id=repo_id)
+        new = IngestJob(
+            source, name, ref, mode, user=user, replace_source=replace_source, repo_id=repo_id, deletion_mark=mark
+        )
         _jobs[new.key] = new
     target = _run_deployment if use_deployment else _run_direct
     # The thread gets a copy of this context: Prefect's settings (a test harness's server) and our listener.
@@ -169,6 +176,7 @@ def _run_direct(job: IngestJob) -> None:
                 user=job.user,
                 replace_source=job.replace_source,
                 repo_id=job.repo_id,
+                deletion_mark=job.deletion_mark,
                 return_state=True,
             )
         job.flow_state = state.type.value
@@ -202,6 +210,7 @@ def _run_deployment(job: IngestJob) -> None:
                 "user": job.user,
                 "replace_source": job.replace_source,
                 "repo_id": job.repo_id,
+                "deletion_mark": job.deletion_mark,
             },
             timeout=0,
         )

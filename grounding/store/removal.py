@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -16,6 +17,8 @@ __all__ = [
     "database_identity",
     "training_run_ids",
     "delete_repos",
+    "deletion_mark",
+    "deleted_since",
 ]
 
 
@@ -135,4 +138,25 @@ def delete_repos(conn: Connection, repo_ids: tuple[int, ...]) -> None:
     for did in conn.execute(sa.text("SELECT id FROM retro_databases WHERE repo_id = ANY(:ids)"), ids).scalars():
         conn.execute(sa.text(f"DROP INDEX IF EXISTS retro_chunks_hnsw_d{int(did)}"))
     conn.execute(sa.text("DELETE FROM bm25_postings WHERE repo_id = ANY(:ids)"), ids)
-    conn.execute(sa.text("DELETE FROM repositories WHERE id = ANY(:ids)"), ids)
+    names = conn.execute(sa.text("DELETE FROM repositories WHERE id = ANY(:ids) RETURNING name"), ids).scalars()
+    for name in names:  # in the delete's transaction: gone and recorded together
+        conn.execute(sa.text("INSERT INTO repo_deletions (name_sha256) VALUES (:h)"), {"h": _name_hash(name)})
+
+
+def _name_hash(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def deletion_mark(conn: Connection) -> int:
+    """The last value the deletes' sequence gave (0 before the first delete): what an ingest queued now saw."""
+    return conn.execute(
+        sa.text("SELECT COALESCE(pg_sequence_last_value(pg_get_serial_sequence('repo_deletions', 'id')), 0)")
+    ).scalar()
+
+
+def deleted_since(conn: Connection, name: str, mark: int) -> bool:
+    """Whether repository `name` was deleted after `deletion_mark` returned `mark`."""
+    return conn.execute(
+        sa.text("SELECT EXISTS (SELECT 1 FROM repo_deletions WHERE name_sha256 = :h AND id > :m)"),
+        {"h": _name_hash(name), "m": mark},
+    ).scalar()
