@@ -44,6 +44,7 @@ class Settings:
     rrf_k: int  # the constant of reciprocal-rank fusion
     fusion_weights: str  # vector=W,lexical=W,trigram=W (grounding.search.fusion), or auto: the index version's own
     candidates: int  # how many hits each retriever contributes to fusion
+    search_timeout_s: float  # the statement timeout of a search's SQL
     role_prior: float  # fused score factor of tests, docs, examples... unless the question asks for them
     reranker: str  # `promoted` (the repository's promoted train-reranker model, if any), `off`, or a local path
     rerank_candidates: int  # how many fused hits the reranker scores
@@ -107,6 +108,8 @@ _ENV = {
     # Chosen by bench/fusion.py on CoSQA dev-500 and click/gin/express commit questions (README, Ranking).
     "fusion_weights": ("GROUNDING_FUSION_WEIGHTS", str, "auto"),  # auto: the index version's, else the default
     "candidates": ("GROUNDING_CANDIDATES", int, 50),
+    # What one search may cost Postgres: at 100k chunks p99 is under 0.1 s; a crafted filter could run for hours.
+    "search_timeout_s": ("GROUNDING_SEARCH_TIMEOUT_S", float, 20.0),
     "role_prior": ("GROUNDING_ROLE_PRIOR", float, 0.15),  # chosen by bench/fusion.py on dev sets
     "reranker": ("GROUNDING_RERANKER", str, "promoted"),
     # Each candidate is one cross-encoder pass (~30 ms for MiniLM-L6 on a CPU core pair): 20 leave MRR@10 room to move.

@@ -38,6 +38,10 @@ class DatabaseUnavailable(GroundingError):
     """Postgres cannot be reached or lacks pgvector."""
 
 
+class SearchTimeout(GroundingError):
+    """A search ran past GROUNDING_SEARCH_TIMEOUT_S in Postgres and was stopped there."""
+
+
 class IngestBusy(GroundingError):
     """Another ingest or reindex holds the repository's lock."""
 

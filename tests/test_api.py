@@ -435,3 +435,32 @@ def test_owner_name_repositories_and_no_slash_redirects(api, world, hashing):
         assert nested in [r["name"] for r in c.get("/v1/repos").json()["items"]]
         slashed = c.get("/v1/me/", headers={"Host": "evil.example"})
         assert slashed.status_code == 404 and "location" not in slashed.headers
+
+
+def test_a_search_crafted_to_burn_the_database_is_refused_or_stopped(api, world, monkeypatch):
+    """Path globs are regexes Postgres compiles per row read: a reviewer's 3 KB query ran 19 s, 50 long globs
+    7.7 s on a 3-chunk repository, and the backends kept running after the client left."""
+    from grounding.config import reset_settings
+
+    search = {"repo": world["public"], "query": "greet someone"}
+    with client(api, world["tokens"]["alice"].secret) as c:
+        started = time.monotonic()
+        for body in (
+            {**search, "query": "greet path:" + "**/" * 1000 + "x"},
+            {**search, "filters": {"paths": ["**/" * 165 + f"q{i}" for i in range(50)]}},
+            {**search, "filters": {"paths": ["*.py"] * 10, "exclude_paths": ["t/*"] * 7}},
+        ):
+            refused = c.post("/v1/search", json=body)
+            assert refused.status_code == 422 and "at most" in refused.json()["detail"], refused.text
+        assert time.monotonic() - started < 5
+
+        monkeypatch.setenv("GROUNDING_SEARCH_TIMEOUT_S", "0.001")  # what a costly, allowed search meets
+        reset_settings()
+        globs = ["/".join(["**", f"d{i}"] * 30) + "/*.py" for i in range(16)]  # allowed: 16 of < 256 characters
+        stopped = c.post("/v1/search", json={**search, "filters": {"paths": globs}})
+        assert stopped.status_code == 503, stopped.text
+        assert stopped.json()["type"].endswith("SearchTimeout") and "GROUNDING_SEARCH_TIMEOUT_S" in stopped.text
+        monkeypatch.delenv("GROUNDING_SEARCH_TIMEOUT_S")
+        reset_settings()
+        assert c.post("/v1/search", json={**search, "filters": {"paths": globs}}).status_code == 200
+        assert c.post("/v1/search", json=search).json()["hits"], "the pooled connection kept no timeout"

@@ -23,6 +23,7 @@ from grounding.search.retrieve import (
     merge_hits,
     parse_query,
     search,
+    with_inline_filters,
 )
 from grounding.store import ChunkSpan
 from tests.conftest import copy_tree, drop_repos, module_environment
@@ -141,6 +142,22 @@ def test_globs_mean_the_same_in_postgres(engine):
             for pattern, path, _ in GLOBS
         ]
     assert got == [expected for _, _, expected in GLOBS]
+
+
+def test_globs_postgres_would_burn_cpu_on_are_refused_and_repeated_any_depths_count_once():
+    from grounding.search import filters as f
+
+    assert glob_to_regex("a/**/**/**/b") == glob_to_regex("a/**/b") and glob_to_regex("**/**/x") == glob_to_regex("x")
+    assert glob_to_regex("a**/**/b") != glob_to_regex("a**/b"), "`a**` is not a whole segment"
+    assert glob_to_regex("**/" * 1000 + "x").count("(?:.*/)?") == 1  # compiled in Postgres: 23 s before
+    SearchFilters(paths=("*.py",) * 8, exclude_paths=("t/*",) * 8)
+    with pytest.raises(InvalidArgument, match=f"at most {f.MAX_PATH_PATTERNS} path patterns"):
+        SearchFilters(paths=("*.py",) * 9, exclude_paths=("t/*",) * 8)  # 50 of them: 1.3 s per row read
+    SearchFilters(paths=("a" * f.MAX_PATTERN_CHARS,))
+    with pytest.raises(InvalidArgument, match=f"at most {f.MAX_PATTERN_CHARS} characters"):
+        SearchFilters(exclude_paths=("a" * (f.MAX_PATTERN_CHARS + 1),))
+    with pytest.raises(InvalidArgument, match="path patterns"):  # written inline in a question, too
+        with_inline_filters("greet " + " ".join(f"path:src/m{i}/*" for i in range(17)), None)
 
 
 def test_empty_glob_and_bare_strings_are_refused():

@@ -14,6 +14,14 @@ from grounding import store
 from grounding.errors import InvalidArgument
 from grounding.roles import ROLES
 
+# Every path glob becomes a regex that Postgres compiles and tries on each row every ranking reads. Its compile
+# time grows with the cube of the `**/` segments (1,000 of them: 23 s), and a backend caches 32 compiled
+# regexes: 50 globs recompiled each on every row (1.3 s a row). So a search takes at most MAX_PATH_PATTERNS
+# globs (paths and exclude_paths together) of at most MAX_PATTERN_CHARS, runs of `**/` count once, and the
+# statement has a timeout (GROUNDING_SEARCH_TIMEOUT_S).
+MAX_PATH_PATTERNS = 16
+MAX_PATTERN_CHARS = 256
+
 
 @dataclass(frozen=True)
 class SearchFilters:
@@ -46,6 +54,14 @@ class SearchFilters:
             if not all(isinstance(v, str) and v.strip() and "\0" not in v for v in value):
                 raise InvalidArgument(f"SearchFilters.{f.name} takes non-empty strings, not {value!r}")
             object.__setattr__(self, f.name, tuple(value))
+        globs = self.paths + self.exclude_paths
+        if len(globs) > MAX_PATH_PATTERNS:
+            raise InvalidArgument(
+                f"a search takes at most {MAX_PATH_PATTERNS} path patterns (paths and exclude_paths together), "
+                f"not {len(globs)}: combine them (`src/**` instead of one per file)"
+            )
+        if long := next((g for g in globs if len(g) > MAX_PATTERN_CHARS), None):
+            raise InvalidArgument(f"a path pattern is at most {MAX_PATTERN_CHARS} characters, not {len(long)}")
         unknown = [r for r in self.roles if r.lower() not in ROLES]
         if unknown:
             raise InvalidArgument(f"unknown role {unknown[0]!r}: roles are {', '.join(ROLES)}")
@@ -80,6 +96,7 @@ def glob_to_regex(pattern: str) -> str:
     glob = glob.strip("/")
     if glob.startswith("./"):
         glob = glob[2:]
+    glob = _REPEATED_ANY_DEPTH.sub("**/", glob)  # `a/**/**/b` is `a/**/b`, and one regex group, not many
     if not glob:
         raise InvalidArgument(f"empty path pattern: {pattern!r}")
     out, i = [], 0
@@ -120,6 +137,9 @@ def glob_to_regex(pattern: str) -> str:
     except re.error as err:
         raise InvalidArgument(f"path pattern {pattern!r} is not a valid glob ({err})") from None
     return regex
+
+
+_REPEATED_ANY_DEPTH = re.compile(r"(?<![^/])(?:\*\*/){2,}")  # whole `**/` segments, two or more in a row
 
 
 def _class_end(glob: str, start: int) -> int | None:

@@ -303,6 +303,8 @@ def search(
     settings = get_settings()
     if not 0 < settings.role_prior <= 1:  # NaN fails this too
         raise InvalidArgument(f"GROUNDING_ROLE_PRIOR must be above 0 and at most 1, not {settings.role_prior}")
+    if not 0 < settings.search_timeout_s < float("inf"):  # NaN fails this too
+        raise InvalidArgument(f"GROUNDING_SEARCH_TIMEOUT_S must be a positive number, not {settings.search_timeout_s}")
     if settings.rerank_candidates < 1:
         raise InvalidArgument(f"GROUNDING_RERANK_CANDIDATES must be at least 1, not {settings.rerank_candidates}")
     engine = db.get_engine()
@@ -382,6 +384,7 @@ def search(
                 weights=weights,
                 favoured_roles=favoured,
                 role_prior=settings.role_prior,
+                timeout_s=settings.search_timeout_s,
             )
         hits = [
             dataclasses.replace(

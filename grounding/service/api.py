@@ -38,6 +38,7 @@ from grounding.errors import (
     NotIndexed,
     RateLimited,
     RepoNotFound,
+    SearchTimeout,
     SourceConflict,
     SourceNotFound,
     Unauthenticated,
@@ -62,6 +63,7 @@ _STATUS = (  # most specific first
     (SourceConflict, 409),
     (GeneratorUnavailable, 503),
     (DatabaseUnavailable, 503),
+    (SearchTimeout, 503),
 )
 
 

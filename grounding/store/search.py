@@ -16,6 +16,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from grounding.errors import SearchTimeout
 from grounding.lexical import K1, B
 from grounding.records import Citation, Hit, IndexVersion
 from grounding.store.writes import VECTOR_TYPE, vector_literal
@@ -193,12 +194,15 @@ def hybrid_search(
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
     favoured_roles: Sequence[str] = ("source",),
     role_prior: float = 1.0,
+    timeout_s: float | None = None,
 ) -> list[Hit]:
     """Vector, BM25 and trigram rankings of the visible chunks that pass `filters`, fused by reciprocal rank.
 
     Each ranking adds its weight (vector, lexical, trigram) / (rrf_k + rank) to a chunk's score; a 0
     weight skips it. A chunk whose file's role is not among `favoured_roles` has its fused score
-    multiplied by `role_prior` (1 leaves the roles alone)."""
+    multiplied by `role_prior` (1 leaves the roles alone). Postgres stops the statement after `timeout_s`
+    (SearchTimeout): the transaction is the caller's, so the timeout is set for it alone."""
+    _statement_timeout(conn, timeout_s)
     params: dict = {"r": repo, "n": candidates, "k": k, "rrf": rrf_k}
     params.update(wv=weights[0], wl=weights[1], wt=weights[2])
     params.update(favoured=list(favoured_roles), prior=float(role_prior))
@@ -237,7 +241,7 @@ def hybrid_search(
         FROM fused JOIN chunks c ON c.id = fused.id JOIN files f ON f.id = c.file_id
         ORDER BY fused.score DESC, c.id
     """
-    rows = conn.execute(sa.text(sql), params).all()
+    rows = _timed(conn, sql, params, timeout_s)
     return [
         Hit(
             chunk_id=cid,
@@ -264,14 +268,40 @@ def hybrid_search(
 
 
 def bm25_search(
-    conn: Connection, repo: int, terms: Sequence[str], *, k: int, filters: ChunkFilter | None = None
+    conn: Connection,
+    repo: int,
+    terms: Sequence[str],
+    *,
+    k: int,
+    filters: ChunkFilter | None = None,
+    timeout_s: float | None = None,
 ) -> list[tuple[int, float]]:
     """(chunk id, BM25 score) of the k best visible chunks for tokenised `terms`: the lexical ranking alone."""
+    _statement_timeout(conn, timeout_s)
     params: dict = {"r": repo, "n": k}
     sql = (
         f"WITH {_bm25_ctes(terms, (filters or ChunkFilter()).sql(params), params)} SELECT id, score FROM lex ORDER BY r"
     )
-    return [(cid, float(score)) for cid, score in conn.execute(sa.text(sql), params)]
+    return [(cid, float(score)) for cid, score in _timed(conn, sql, params, timeout_s)]
+
+
+def _statement_timeout(conn: Connection, timeout_s: float | None) -> None:
+    if timeout_s is not None:  # for this transaction only (is_local): a pooled connection keeps no setting
+        ms = max(1, round(timeout_s * 1000))
+        conn.execute(sa.text("SELECT set_config('statement_timeout', :t, true)"), {"t": f"{ms}ms"})
+
+
+def _timed(conn: Connection, sql: str, params: dict, timeout_s: float | None) -> list:
+    """The rows of `sql`; a statement Postgres cancelled at the timeout is a SearchTimeout, not a driver error."""
+    try:
+        return conn.execute(sa.text(sql), params).all()
+    except sa.exc.OperationalError as err:
+        if getattr(err.orig, "sqlstate", None) != "57014":  # query_canceled
+            raise
+        raise SearchTimeout(
+            f"the search ran past {timeout_s:g} s in the database and was stopped (GROUNDING_SEARCH_TIMEOUT_S); "
+            "narrow or simplify its path filters, or ask again when the server is less busy"
+        ) from None
 
 
 def symbol_parts(conn: Connection, chunk_ids: Sequence[int], *, within_lines: int) -> dict[int, list[ChunkSpan]]:
