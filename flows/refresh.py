@@ -102,7 +102,13 @@ def _ingest_runs(plans: list[RefreshPlan], *, timeout_s: float) -> dict[str, dic
                 if states[repo] not in FINAL:
                     continue
                 if states[repo] != "COMPLETED":
-                    rows[repo] = _row(repo, error=f"flow run {run.name} {states[repo].lower()}: {state.message or ''}")
+                    plan = by_repo[repo]
+                    if plan.deleted_since():  # the run refused it: deleted after the plan, so nothing failed
+                        rows[repo] = _row(repo, plan.deleted())
+                    else:
+                        rows[repo] = _row(
+                            repo, error=f"flow run {run.name} {states[repo].lower()}: {state.message or ''}"
+                        )
                     continue
                 with db.get_engine().connect() as conn:
                     commit = store.repo_source(conn, repo)[2]

@@ -410,3 +410,43 @@ def test_refresh_fan_out_runs_carry_the_planned_repository(prefect_server, engin
         ]
         and rows[repo_name]["action"] == "failed"
     )
+
+
+def test_a_fan_out_run_refused_because_its_repository_was_deleted_is_reported_deleted_not_failed(
+    prefect_server, engine, repo_name, monkeypatch
+):
+    import types
+
+    import prefect.client.orchestration
+    import prefect.deployments
+
+    from flows.refresh import _ingest_runs
+    from grounding import store
+    from grounding.index.refresh import RefreshPlan
+    from grounding.index.remove import remove_repo
+
+    plans = []
+    for name in (repo_name, f"{repo_name}-other"):
+        with engine.begin() as conn:
+            planned = store.upsert_repo(conn, name, source=f"https://git.example.com/acme/{name}.git", ref=None)
+            plans.append(RefreshPlan(name, "https://x", None, None, "a" * 40, planned, store.deletion_mark(conn)))
+    remove_repo(repo_name)  # after its plan, before its run: the run refuses it
+    failed = types.SimpleNamespace(type=types.SimpleNamespace(value="FAILED"), message="RepoNotFound: ...")
+
+    class Client:  # every run ended FAILED
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read_flow_run(self, run_id):
+            return types.SimpleNamespace(state=failed)
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", lambda name, **_: types.SimpleNamespace(id=1, name="r"))
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda **_: Client())
+    rows = _ingest_runs(plans, timeout_s=5)
+    assert rows[repo_name]["action"] == "deleted", rows
+    assert rows[f"{repo_name}-other"]["action"] == "failed", "a run that failed for its own reasons still fails"
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM repositories WHERE name = :n"), {"n": f"{repo_name}-other"})

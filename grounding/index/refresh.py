@@ -18,7 +18,7 @@ from grounding.records import IngestReport
 @dataclass(frozen=True)
 class RefreshOutcome:
     repo: str
-    action: str  # "ingested" or "unchanged"
+    action: str  # "ingested", "unchanged" or "deleted" (during the refresh: nothing ingested)
     commit_before: str | None
     commit_after: str | None
     reason: str
@@ -45,6 +45,19 @@ class RefreshPlan:
         return RefreshOutcome(
             self.repo, "unchanged", self.commit_before, self.commit_now, f"still at {self.commit_now[:12]}"
         )
+
+    def deleted(self) -> RefreshOutcome:
+        return RefreshOutcome(
+            self.repo, "deleted", self.commit_before, None, "deleted during the refresh: not ingested"
+        )
+
+    def deleted_since(self) -> bool:
+        """Whether the repository was deleted (or deleted and registered anew) after this plan was made."""
+        with db.get_engine().connect() as conn:
+            if self.deletion_mark is not None and store.deleted_since(conn, self.repo, self.deletion_mark):
+                return True
+            record = store.repo_record(conn, self.repo)
+        return record is None or (self.repo_id is not None and record.id != self.repo_id)
 
     def ingested(self, commit: str | None, files_changed: int | None, *, by: str = "") -> RefreshOutcome:
         changed = "" if files_changed is None else f", {files_changed} files changed"
@@ -76,11 +89,19 @@ def plan_refresh(repo: str) -> RefreshPlan:
 
 
 def refresh(repo: str) -> RefreshOutcome:
-    """Re-ingest `repo` (incrementally) if its source's commit moved; a directory outside git is always re-read."""
+    """Re-ingest `repo` (incrementally) if its source's commit moved; a directory outside git is always re-read.
+    A repository deleted after the plan is not registered again: its outcome is `deleted`."""
     plan = plan_refresh(repo)
     if not plan.moved:
         return plan.unchanged()
-    report = ingest(plan.source, name=plan.repo, ref=plan.ref, repo_id=plan.repo_id, deletion_mark=plan.deletion_mark)
+    try:
+        report = ingest(
+            plan.source, name=plan.repo, ref=plan.ref, repo_id=plan.repo_id, deletion_mark=plan.deletion_mark
+        )
+    except RepoNotFound:
+        if plan.deleted_since():  # an administrator's delete came first: nothing to refresh, nothing failed
+            return plan.deleted()
+        raise
     outcome = plan.ingested(report.commit, report.files_changed)
     return dataclasses.replace(outcome, report=report)
 
