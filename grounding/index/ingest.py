@@ -112,6 +112,16 @@ def _check_target(
         )
 
 
+def not_as_queued(
+    conn, name: str, record: store.RepoRecord | None, *, repo_id: int | None, deletion_mark: int | None
+) -> bool:
+    """Whether repository `name` (`record`: its row now, or None) is no longer what an ingest queued earlier saw:
+    deleted since `store.deletion_mark` returned `deletion_mark`, or gone or another since it had `repo_id`."""
+    if deletion_mark is not None and store.deleted_since(conn, name, deletion_mark):
+        return True
+    return repo_id is not None and (record is None or record.id != repo_id)
+
+
 def ingest(
     source: str,
     *,
@@ -174,8 +184,7 @@ def ingest(
         with engine.begin() as conn:
             home.note_database(conn)  # this home's id-named files (clones) are this database's
             record = store.repo_record(conn, name)
-            deleted = deletion_mark is not None and store.deleted_since(conn, name, deletion_mark)
-            if deleted or (repo_id is not None and (record is None or record.id != repo_id)):
+            if not_as_queued(conn, name, record, repo_id=repo_id, deletion_mark=deletion_mark):
                 again = "" if record is None else ", and registered again from another request"
                 raise RepoNotFound(
                     name,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from grounding import db, store, validation
 from grounding.errors import InvalidArgument, RepoNotFound
 from grounding.index import sources
-from grounding.index.ingest import ingest
+from grounding.index.ingest import ingest, not_as_queued
 from grounding.records import IngestReport
 
 
@@ -54,10 +54,10 @@ class RefreshPlan:
     def deleted_since(self) -> bool:
         """Whether the repository was deleted (or deleted and registered anew) after this plan was made."""
         with db.get_engine().connect() as conn:
-            if self.deletion_mark is not None and store.deleted_since(conn, self.repo, self.deletion_mark):
-                return True
             record = store.repo_record(conn, self.repo)
-        return record is None or (self.repo_id is not None and record.id != self.repo_id)
+            return record is None or not_as_queued(
+                conn, self.repo, record, repo_id=self.repo_id, deletion_mark=self.deletion_mark
+            )
 
     def ingested(self, commit: str | None, files_changed: int | None, *, by: str = "") -> RefreshOutcome:
         changed = "" if files_changed is None else f", {files_changed} files changed"
