@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from grounding.errors import InvalidArgument
+
 
 def _default_home() -> Path:
     import platformdirs
@@ -143,7 +145,11 @@ def get_settings() -> Settings:
     for f in fields(Settings):
         var, cast, default = _ENV[f.name]
         raw = os.environ.get(var)
-        values[f.name] = cast(raw) if raw not in (None, "") else default
+        try:
+            values[f.name] = cast(raw) if raw not in (None, "") else default
+        except ValueError:
+            kind = {int: "a whole number", float: "a number"}.get(cast, "a valid value")
+            raise InvalidArgument(f"{var} must be {kind}, not {raw!r}; fix it or unset it for {default!r}") from None
     if values["home"] is None:
         values["home"] = _default_home()
     if values["encoder"] is None:

@@ -5,6 +5,7 @@ repos.py (ingest, ask, serve), models.py (eval and training), access.py (grants,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -73,13 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_libraries()
     _log_to_stderr(logging.INFO if args.verbose else logging.WARNING)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that closed the pipe is met here, not in an error at exit
+        return code
     except GroundingError as err:
         print(f"grounding: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("grounding: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `grounding ask ... | head -1`: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except Exception as err:  # a bug, not bad input: still one line, the traceback with -v
         if args.verbose:
             raise
