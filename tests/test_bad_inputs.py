@@ -163,6 +163,31 @@ def case_fusion_weights(ctx):
     reset_settings()  # the cached settings would keep the bad value past the case
 
 
+def _reset() -> None:
+    from grounding.config import reset_settings
+
+    reset_settings()
+
+
+def case_search_too_slow(ctx):
+    from grounding.errors import SearchTimeout
+
+    ctx.monkeypatch.setenv("GROUNDING_SEARCH_TIMEOUT_S", "0.001")  # 16 long globs compile for longer than that
+    _reset()
+    globs = tuple("/".join(["**", f"d{i}"] * 30) + "/*.py" for i in range(16))
+    raises(SearchTimeout, "GROUNDING_SEARCH_TIMEOUT_S", lambda: search(ctx.repo, Q, filters=SearchFilters(paths=globs)))
+    ctx.monkeypatch.delenv("GROUNDING_SEARCH_TIMEOUT_S")
+    _reset()
+
+
+def case_setting_not_a_number(ctx):
+    ctx.monkeypatch.setenv("GROUNDING_CHUNK_TOKENS", "abc")
+    _reset()
+    one_line_exit(ctx.capsys, ["repos"], "GROUNDING_CHUNK_TOKENS must be a whole number, not 'abc'")
+    ctx.monkeypatch.delenv("GROUNDING_CHUNK_TOKENS")
+    _reset()
+
+
 def case_role_prior(ctx):
     from grounding.config import reset_settings
 
@@ -214,6 +239,16 @@ CASES = {
     "glob-bad-range": lambda c: raises(
         InvalidArgument, "not a valid glob", lambda: grounding.ask(c.repo, f"path:[z-a] {Q}")
     ),
+    "glob-too-many": lambda c: raises(
+        InvalidArgument,
+        "at most 16 path patterns",
+        lambda: grounding.ask(c.repo, Q + " " + " ".join(f"path:m{i}/*" for i in range(17))),
+    ),
+    "glob-too-long": lambda c: raises(
+        InvalidArgument, "at most 256 characters", lambda: search(c.repo, Q, filters=SearchFilters(paths=("a" * 257,)))
+    ),
+    "search-too-slow": case_search_too_slow,
+    "setting-not-a-number": case_setting_not_a_number,
     "filters-items": case_filters_items,
     "role-unknown": lambda c: raises(
         InvalidArgument,
