@@ -110,6 +110,8 @@ def test_a_ref_resolves_as_git_would_and_never_to_a_branch_the_remote_dropped(tm
         with pytest.raises((SourceUnreachable, InvalidArgument)):
             open_source(url, checkouts=co, name="r", ref=ref)
     assert open_source(url, checkouts=co, name="r", ref=one.upper()).commit == one
+    with pytest.raises(SourceUnreachable, match=f"no commit {'a' * 40} on the remote's branches and tags"):
+        open_source(url, checkouts=co, name="r", ref="a" * 40)  # was git's "Needed a single revision"
     # The remote moves its tag, then deletes it: the clone follows (fetch used to fail, then keep the old tag).
     git(origin, "tag", "-f", "-a", "v1", "-m", "moved", feature)
     assert open_source(url, checkouts=co, name="r", ref="v1").commit == feature == sources.current_commit(url, "v1")

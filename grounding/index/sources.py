@@ -377,8 +377,11 @@ def _target(dest: Path, ref: str | None) -> str:
     """What `ref` names in a clone after a fetch (see _ref_candidates): never the clone's own local branches,
     which a fetch does not move, nor a tag the remote moved or deleted (the fetch forced and pruned them)."""
     candidates = _ref_candidates(ref)
-    if isinstance(candidates, str):
-        return candidates
+    if isinstance(candidates, str):  # a full commit id: present if a fetched branch or tag reaches it
+        if _try_git(["rev-parse", "--verify", "--quiet", f"{candidates}^{{commit}}"], dest):
+            return candidates
+        why = f"fatal: no commit {candidates} on the remote's branches and tags (a typo, or a commit not pushed)"
+        raise subprocess.CalledProcessError(1, ["git", "rev-parse", ref], "", why)
     if not candidates:
         return _default_branch(dest)
     for name, _ in candidates:
