@@ -113,6 +113,22 @@ def migrate(revision: str) -> None:
         db.reset()
 
 
+def assert_migration_adds(engine, table: str, *, previous: str) -> None:
+    """`table` exists at head, is gone after migrating down to `previous`, and is back at head again."""
+
+    def exists() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar()
+
+    assert exists()
+    try:
+        migrate(previous)
+        assert not exists()
+    finally:
+        migrate("head")
+    assert exists()
+
+
 def drop_repos(pattern: str) -> None:
     """Delete the repositories whose names are LIKE `pattern`, with everything they own."""
     with db.get_engine().begin() as conn:

@@ -436,16 +436,6 @@ def test_a_delete_is_recorded_by_a_hash_of_its_name_past_the_mark_an_earlier_ing
 
 
 def test_migration_0015_adds_and_drops_the_deletes_record(engine):
-    from tests.conftest import migrate
+    from tests.conftest import assert_migration_adds
 
-    def exists() -> bool:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT to_regclass('repo_deletions') IS NOT NULL")).scalar()
-
-    assert exists()
-    try:
-        migrate("0014")
-        assert not exists()
-    finally:
-        migrate("head")
-    assert exists()
+    assert_migration_adds(engine, "repo_deletions", previous="0014")

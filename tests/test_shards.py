@@ -333,16 +333,6 @@ def test_shards_split_files_by_bytes_and_keep_listing_order():
 
 
 def test_migration_0014_adds_and_drops_the_shard_plans(engine):
-    from tests.conftest import migrate
+    from tests.conftest import assert_migration_adds
 
-    def exists() -> bool:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT to_regclass('ingest_shards') IS NOT NULL")).scalar()
-
-    assert exists()
-    try:
-        migrate("0013")
-        assert not exists()
-    finally:
-        migrate("head")
-    assert exists()
+    assert_migration_adds(engine, "ingest_shards", previous="0013")

@@ -268,21 +268,14 @@ def hybrid_search(
 
 
 def bm25_search(
-    conn: Connection,
-    repo: int,
-    terms: Sequence[str],
-    *,
-    k: int,
-    filters: ChunkFilter | None = None,
-    timeout_s: float | None = None,
+    conn: Connection, repo: int, terms: Sequence[str], *, k: int, filters: ChunkFilter | None = None
 ) -> list[tuple[int, float]]:
     """(chunk id, BM25 score) of the k best visible chunks for tokenised `terms`: the lexical ranking alone."""
-    _statement_timeout(conn, timeout_s)
     params: dict = {"r": repo, "n": k}
     sql = (
         f"WITH {_bm25_ctes(terms, (filters or ChunkFilter()).sql(params), params)} SELECT id, score FROM lex ORDER BY r"
     )
-    return [(cid, float(score)) for cid, score in _timed(conn, sql, params, timeout_s)]
+    return [(cid, float(score)) for cid, score in conn.execute(sa.text(sql), params)]
 
 
 def _statement_timeout(conn: Connection, timeout_s: float | None) -> None:
